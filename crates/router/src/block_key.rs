@@ -1,0 +1,194 @@
+//! Block keys: the one definition of how a prompt's token ids become a chain of
+//! KV-block identities. The engine's prefix cache and the router's indexes both
+//! call [`BlockHasher`], so router keys and engine keys can never disagree.
+//!
+//! `key_i = H(key_{i-1}, tokens of block i, extra)`, over full blocks only; the
+//! first block's parent is the fixed [`ROOT_PARENT`].
+//!
+//! Collisions. The default [`HashAlgo::Xxh3`] is a fast non-cryptographic 64-bit
+//! hash. Among `n` live blocks the chance that any two distinct prefixes share a
+//! key is about `n² / 2^65` (1e-8 at a million blocks): harmless by accident, but
+//! someone who can choose prompts can craft a collision with another tenant's
+//! prefix and be served KV computed from it. Multi-tenant deployments should use
+//! [`HashAlgo::Sha256`] (vLLM's reason for sha256) and/or a per-tenant cache salt
+//! passed as `extra`, which puts every tenant in its own key space.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use xxhash_rust::xxh3::Xxh3;
+
+/// Token id as produced by the tokenizer.
+pub type TokenId = u32;
+
+/// Identity of one full KV block: a hash of its whole prefix chain.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BlockKey(pub u128);
+
+impl std::fmt::Debug for BlockKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlockKey({:#x})", self.0)
+    }
+}
+
+/// Parent of the first block of every chain (vLLM's `NONE_HASH`, but fixed so
+/// that every process derives the same keys).
+pub const ROOT_PARENT: BlockKey = BlockKey(0x7265_7072_6973_655f_726f_6f74_5f6b_6579);
+
+/// Which hash function builds the chain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HashAlgo {
+    /// xxh3, 64-bit: fast, not collision resistant against a chosen-prompt attacker.
+    #[default]
+    Xxh3,
+    /// SHA-256 truncated to 128 bits: slower, collision resistant.
+    Sha256,
+}
+
+impl std::str::FromStr for HashAlgo {
+    type Err = BlockKeyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "xxh3" => Ok(Self::Xxh3),
+            "sha256" => Ok(Self::Sha256),
+            other => Err(BlockKeyError::UnknownAlgo(other.to_string())),
+        }
+    }
+}
+
+/// Errors from building a [`BlockHasher`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BlockKeyError {
+    /// Block size must be at least one token.
+    #[error("block size must be > 0")]
+    ZeroBlockSize,
+    /// Hash algorithm name not recognised.
+    #[error("unknown block hash algorithm '{0}' (expected xxh3 or sha256)")]
+    UnknownAlgo(String),
+}
+
+/// Chains token blocks into [`BlockKey`]s; cheap to copy and share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockHasher {
+    block_size: usize,
+    algo: HashAlgo,
+}
+
+impl BlockHasher {
+    /// A hasher for blocks of `block_size` tokens.
+    pub fn new(block_size: usize, algo: HashAlgo) -> Result<Self, BlockKeyError> {
+        if block_size == 0 {
+            return Err(BlockKeyError::ZeroBlockSize);
+        }
+        Ok(Self { block_size, algo })
+    }
+
+    /// Tokens per block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// The hash algorithm in use.
+    pub fn algo(&self) -> HashAlgo {
+        self.algo
+    }
+
+    /// Key of one full block given its parent's key (`ROOT_PARENT` for block 0).
+    pub fn hash_block(&self, parent: BlockKey, tokens: &[TokenId], extra: &[u8]) -> BlockKey {
+        debug_assert_eq!(tokens.len(), self.block_size);
+        match self.algo {
+            HashAlgo::Xxh3 => {
+                let mut h = Xxh3::new();
+                h.update(&parent.0.to_le_bytes());
+                // Token ids are hashed as one contiguous little-endian byte run.
+                for t in tokens {
+                    h.update(&t.to_le_bytes());
+                }
+                h.update(&(extra.len() as u64).to_le_bytes());
+                h.update(extra);
+                BlockKey(h.digest() as u128)
+            }
+            HashAlgo::Sha256 => {
+                let mut h = Sha256::new();
+                h.update(parent.0.to_le_bytes());
+                for t in tokens {
+                    h.update(t.to_le_bytes());
+                }
+                h.update((extra.len() as u64).to_le_bytes());
+                h.update(extra);
+                let d = h.finalize();
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&d[..16]);
+                BlockKey(u128::from_le_bytes(b))
+            }
+        }
+    }
+
+    /// Keys of every full block of `tokens` (a trailing partial block has none).
+    pub fn prompt_keys(&self, tokens: &[TokenId], extra: &[u8]) -> Vec<BlockKey> {
+        let mut keys = Vec::with_capacity(tokens.len() / self.block_size);
+        self.extend_keys(&mut keys, tokens, extra);
+        keys
+    }
+
+    /// Append the keys of blocks of `tokens` that became full since `keys` was
+    /// last extended; `tokens` is the whole sequence so far.
+    pub fn extend_keys(&self, keys: &mut Vec<BlockKey>, tokens: &[TokenId], extra: &[u8]) {
+        let full = tokens.len() / self.block_size;
+        while keys.len() < full {
+            let i = keys.len();
+            let parent = keys.last().copied().unwrap_or(ROOT_PARENT);
+            let block = &tokens[i * self.block_size..(i + 1) * self.block_size];
+            keys.push(self.hash_block(parent, block, extra));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_full_blocks_get_keys() {
+        let h = BlockHasher::new(4, HashAlgo::Xxh3).unwrap();
+        assert_eq!(h.prompt_keys(&[1, 2, 3], b"").len(), 0);
+        assert_eq!(h.prompt_keys(&[1, 2, 3, 4], b"").len(), 1);
+        assert_eq!(h.prompt_keys(&[1, 2, 3, 4, 5, 6, 7, 8, 9], b"").len(), 2);
+    }
+
+    #[test]
+    fn keys_chain_over_the_prefix() {
+        for algo in [HashAlgo::Xxh3, HashAlgo::Sha256] {
+            let h = BlockHasher::new(2, algo).unwrap();
+            let a = h.prompt_keys(&[1, 2, 3, 4], b"");
+            let b = h.prompt_keys(&[9, 9, 3, 4], b"");
+            // Same second block, different first block: the second key differs too.
+            assert_ne!(a[1], b[1]);
+            assert_eq!(a[0], h.prompt_keys(&[1, 2, 7], b"")[0]);
+        }
+    }
+
+    #[test]
+    fn extra_keys_separate_key_spaces() {
+        let h = BlockHasher::new(2, HashAlgo::Xxh3).unwrap();
+        assert_ne!(h.prompt_keys(&[1, 2], b"tenant-a"), h.prompt_keys(&[1, 2], b"tenant-b"));
+        assert_ne!(h.prompt_keys(&[1, 2], b""), h.prompt_keys(&[1, 2], b"x"));
+    }
+
+    #[test]
+    fn extend_matches_batch() {
+        let h = BlockHasher::new(3, HashAlgo::Sha256).unwrap();
+        let toks: Vec<u32> = (0..20).collect();
+        let mut keys = Vec::new();
+        for n in 0..=toks.len() {
+            h.extend_keys(&mut keys, &toks[..n], b"s");
+        }
+        assert_eq!(keys, h.prompt_keys(&toks, b"s"));
+    }
+
+    #[test]
+    fn bad_config_is_an_error() {
+        assert_eq!(BlockHasher::new(0, HashAlgo::Xxh3), Err(BlockKeyError::ZeroBlockSize));
+        assert!("md5".parse::<HashAlgo>().is_err());
+        assert_eq!("sha256".parse::<HashAlgo>(), Ok(HashAlgo::Sha256));
+    }
+}
