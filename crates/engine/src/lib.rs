@@ -1,1 +1,15 @@
+//! reprise's inference engine: the paged KV cache manager (block pool, prefix
+//! cache, scheduler), model families with paged attention, sampling and the
+//! worker loop that ties them together.
 
+pub mod attention;
+pub mod chat_template;
+pub mod executor;
+pub mod kv;
+pub mod model;
+pub mod sampler;
+pub mod scheduler;
+pub mod tokenizer;
+pub mod worker;
+
+pub use reprise_router::{BlockHasher, BlockKey, HashAlgo, KvEvent, KvEventData, TokenId, WorkerLoad};

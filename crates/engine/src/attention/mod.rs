@@ -1,0 +1,1 @@
+//! Attention backends reading K/V through block tables.
