@@ -1,0 +1,304 @@
+//! Model hyper-parameters, from HF config.json or GGUF metadata.
+
+use super::ModelError;
+use serde_json::Value;
+
+/// The model family; decides which optional pieces (biases, q/k norms) exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Llama, Llama 3, SmolLM2, Mistral-style dense models.
+    Llama,
+    /// Qwen2 / Qwen2.5: q/k/v biases.
+    Qwen2,
+    /// Qwen3: per-head RMSNorm on q and k before rotary.
+    Qwen3,
+}
+
+impl Family {
+    /// Maps an HF `model_type` or GGUF `general.architecture` to a family.
+    pub fn from_name(name: &str) -> Result<Self, ModelError> {
+        match name.to_ascii_lowercase().as_str() {
+            "llama" | "mistral" | "smollm" | "smollm2" => Ok(Family::Llama),
+            "qwen2" => Ok(Family::Qwen2),
+            "qwen3" => Ok(Family::Qwen3),
+            other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
+        }
+    }
+}
+
+/// Rotary frequency scaling.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Llama 3 piecewise scaling of the inverse frequencies.
+    Llama3 {
+        /// Overall scale factor.
+        factor: f32,
+        /// Wavelengths longer than `original / low_freq_factor` are fully scaled.
+        low_freq_factor: f32,
+        /// Wavelengths shorter than `original / high_freq_factor` are kept.
+        high_freq_factor: f32,
+        /// Context length the model was pre-trained with.
+        original_max_position_embeddings: usize,
+    },
+    /// Positions divided by `factor`.
+    Linear {
+        /// Scale factor.
+        factor: f32,
+    },
+}
+
+/// Hyper-parameters of a decoder-only transformer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// Model family.
+    pub family: Family,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Residual stream width.
+    pub hidden_size: usize,
+    /// MLP inner width.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (GQA).
+    pub num_kv_heads: usize,
+    /// Per-head width (may differ from hidden / heads, as in Qwen3).
+    pub head_dim: usize,
+    /// Rotary base.
+    pub rope_theta: f32,
+    /// Optional rotary scaling.
+    pub rope_scaling: Option<RopeScaling>,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+    /// Output head shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry biases (Qwen2).
+    pub attention_bias: bool,
+    /// Per-head RMSNorm on q and k (Qwen3).
+    pub qk_norm: bool,
+    /// Longest supported context.
+    pub max_position_embeddings: usize,
+    /// BOS token id.
+    pub bos_token_id: Option<u32>,
+    /// EOS token ids.
+    pub eos_token_ids: Vec<u32>,
+}
+
+fn get_usize(v: &Value, key: &str) -> Result<usize, ModelError> {
+    v.get(key)
+        .and_then(Value::as_u64)
+        .map(|x| x as usize)
+        .ok_or_else(|| ModelError::Config(format!("config.json: missing or non-integer {key:?}")))
+}
+
+fn get_f32(v: &Value, key: &str) -> Option<f32> {
+    v.get(key).and_then(Value::as_f64).map(|x| x as f32)
+}
+
+/// Token ids given as one integer or a list of them.
+pub(crate) fn id_list(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Parses a `rope_scaling` / `rope_parameters` object.
+pub(crate) fn parse_rope_scaling(v: &Value) -> Result<Option<RopeScaling>, ModelError> {
+    let Some(obj) = v.as_object() else {
+        return Ok(None);
+    };
+    let kind = obj
+        .get("rope_type")
+        .or_else(|| obj.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let f = |k: &str, d: f32| {
+        obj.get(k)
+            .and_then(Value::as_f64)
+            .map(|x| x as f32)
+            .unwrap_or(d)
+    };
+    match kind {
+        "default" | "none" => Ok(None),
+        "linear" => Ok(Some(RopeScaling::Linear {
+            factor: f("factor", 1.0),
+        })),
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
+            factor: f("factor", 8.0),
+            low_freq_factor: f("low_freq_factor", 1.0),
+            high_freq_factor: f("high_freq_factor", 4.0),
+            original_max_position_embeddings: obj
+                .get("original_max_position_embeddings")
+                .and_then(Value::as_u64)
+                .unwrap_or(8192) as usize,
+        })),
+        other => Err(ModelError::Config(format!(
+            "unsupported rope scaling type {other:?} (supported: default, linear, llama3)"
+        ))),
+    }
+}
+
+impl ModelConfig {
+    /// Parses an HF `config.json` value.
+    pub fn from_hf_json(v: &Value) -> Result<Self, ModelError> {
+        let model_type = v
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ModelError::Config("config.json: missing \"model_type\"".into()))?;
+        let family = Family::from_name(model_type)?;
+        let hidden_size = get_usize(v, "hidden_size")?;
+        let num_heads = get_usize(v, "num_attention_heads")?;
+        if num_heads == 0 {
+            return Err(ModelError::Config("num_attention_heads is 0".into()));
+        }
+        let num_kv_heads = v
+            .get("num_key_value_heads")
+            .and_then(Value::as_u64)
+            .map(|x| x as usize)
+            .unwrap_or(num_heads);
+        let head_dim = v
+            .get("head_dim")
+            .and_then(Value::as_u64)
+            .map(|x| x as usize)
+            .unwrap_or(hidden_size / num_heads);
+        // transformers 5 moves rope settings into `rope_parameters`.
+        let rope_params = v.get("rope_parameters");
+        let rope_theta = get_f32(v, "rope_theta")
+            .or_else(|| rope_params.and_then(|p| get_f32(p, "rope_theta")))
+            .unwrap_or(10_000.0);
+        let rope_scaling = match v.get("rope_scaling") {
+            Some(s) if !s.is_null() => parse_rope_scaling(s)?,
+            _ => match rope_params {
+                Some(p) => parse_rope_scaling(p)?,
+                None => None,
+            },
+        };
+        let cfg = ModelConfig {
+            family,
+            vocab_size: get_usize(v, "vocab_size")?,
+            hidden_size,
+            intermediate_size: get_usize(v, "intermediate_size")?,
+            num_layers: get_usize(v, "num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rope_theta,
+            rope_scaling,
+            rms_norm_eps: get_f32(v, "rms_norm_eps").unwrap_or(1e-6),
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            attention_bias: v
+                .get("attention_bias")
+                .and_then(Value::as_bool)
+                .unwrap_or(family == Family::Qwen2),
+            qk_norm: family == Family::Qwen3,
+            max_position_embeddings: v
+                .get("max_position_embeddings")
+                .and_then(Value::as_u64)
+                .unwrap_or(4096) as usize,
+            bos_token_id: v
+                .get("bos_token_id")
+                .and_then(Value::as_u64)
+                .map(|x| x as u32),
+            eos_token_ids: id_list(v.get("eos_token_id")),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the geometry is self-consistent.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.num_layers == 0 || self.hidden_size == 0 || self.vocab_size == 0 {
+            return bad("zero layers, hidden size or vocabulary".into());
+        }
+        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+            return bad(format!(
+                "{} query heads are not a multiple of {} kv heads",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+            return bad(format!(
+                "head_dim {} must be even and non-zero",
+                self.head_dim
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rotary inverse frequencies (length `head_dim / 2`), scaled as configured.
+    pub fn inv_freqs(&self) -> Vec<f32> {
+        let d = self.head_dim;
+        // f32 like transformers, so long positions round the same way.
+        let mut inv: Vec<f32> = (0..d / 2)
+            .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f32 / d as f32))
+            .collect();
+        match &self.rope_scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => inv.iter_mut().for_each(|f| *f /= factor),
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let old = *original_max_position_embeddings as f32;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                for f in inv.iter_mut() {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    if wavelen < high_wavelen {
+                        continue;
+                    } else if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+        inv
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rope_parameters_and_top_level_scaling() {
+        let v: Value = serde_json::json!({
+            "model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "intermediate_size": 128, "num_hidden_layers": 2,
+            "vocab_size": 100, "eos_token_id": [1, 2],
+            "rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0,
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+        });
+        let c = ModelConfig::from_hf_json(&v).unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { .. })));
+        assert_eq!(c.eos_token_ids, vec![1, 2]);
+        assert_eq!(c.head_dim, 16);
+    }
+
+    #[test]
+    fn unknown_architecture_is_an_error() {
+        let v: Value = serde_json::json!({"model_type": "gpt_neox"});
+        assert!(matches!(
+            ModelConfig::from_hf_json(&v),
+            Err(ModelError::UnsupportedArchitecture(_))
+        ));
+    }
+}

@@ -1,0 +1,391 @@
+//! Finding and loading models: GGUF files, HF layout directories, HF repo ids
+//! through hf-hub's local cache, and the default model.
+
+use super::config::{id_list, parse_rope_scaling};
+use super::transformer::{Naming, TensorSource, Transformer};
+use super::{Family, LoadedModel, ModelConfig, ModelError};
+use crate::chat_template::ChatTemplate;
+use crate::tokenizer::Tokenizer;
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+/// File name of the default model.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where `models/fetch-default.sh` puts the default model.
+pub fn default_model_path() -> PathBuf {
+    let dir = match std::env::var_os("REPRISE_MODELS_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => {
+            let cache = match std::env::var_os("XDG_CACHE_HOME") {
+                Some(c) if !c.is_empty() => PathBuf::from(c),
+                _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"),
+            };
+            cache.join("reprise").join("models")
+        }
+    };
+    dir.join(DEFAULT_MODEL_FILE)
+}
+
+/// Loads a model from a GGUF file, an HF layout directory, an HF repo id in the
+/// local hf-hub cache, or (for `None` / empty) the default model.
+pub fn load(source: Option<&str>) -> Result<LoadedModel, ModelError> {
+    let source = source.map(str::trim).filter(|s| !s.is_empty());
+    let Some(src) = source else {
+        let path = default_model_path();
+        if !path.is_file() {
+            return Err(ModelError::DefaultModelMissing(path));
+        }
+        return load_gguf(&path);
+    };
+    let path = Path::new(src);
+    if path.is_file() {
+        return load_gguf(path);
+    }
+    if path.is_dir() {
+        return load_hf_dir(path, src);
+    }
+    // A repo id: look for its snapshot in the hf-hub cache (no network).
+    if src.contains('/') && !src.starts_with('/') && !src.starts_with('.') {
+        let repo = hf_hub::Cache::from_env().model(src.to_string());
+        if let Some(cfg) = repo.get("config.json") {
+            if let Some(dir) = cfg.parent() {
+                return load_hf_dir(dir, src);
+            }
+        }
+    }
+    Err(ModelError::SourceNotFound(src.to_string()))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn malformed(path: &Path, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Malformed {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+fn tensor_to_f32(path: &Path, name: &str, t: Tensor) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
+    let dims = t.dims().to_vec();
+    let data = t
+        .to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| malformed(path, format!("tensor {name}: {e}")))?;
+    Ok((dims, data))
+}
+
+struct GgufSource<'a> {
+    path: &'a Path,
+    content: &'a gguf_file::Content,
+    reader: BufReader<File>,
+}
+
+impl TensorSource for GgufSource<'_> {
+    fn get(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
+        if !self.content.tensor_infos.contains_key(name) {
+            return Ok(None);
+        }
+        let t = self
+            .content
+            .tensor(&mut self.reader, name, &Device::Cpu)
+            .and_then(|q| q.dequantize(&Device::Cpu))
+            .map_err(|e| malformed(self.path, format!("tensor {name}: {e}")))?;
+        tensor_to_f32(self.path, name, t).map(Some)
+    }
+}
+
+struct Md<'a>(&'a HashMap<String, gguf_file::Value>);
+
+impl Md<'_> {
+    fn get(&self, key: &str) -> Option<&gguf_file::Value> {
+        self.0.get(key)
+    }
+    fn usize(&self, key: &str) -> Result<usize, ModelError> {
+        self.opt_usize(key).ok_or_else(|| {
+            ModelError::Config(format!("GGUF metadata: missing or non-integer {key:?}"))
+        })
+    }
+    fn opt_usize(&self, key: &str) -> Option<usize> {
+        let v = self.get(key)?;
+        v.to_u64()
+            .ok()
+            .or_else(|| v.to_u32().ok().map(u64::from))
+            .or_else(|| v.to_i32().ok().and_then(|x| u64::try_from(x).ok()))
+            .or_else(|| v.to_i64().ok().and_then(|x| u64::try_from(x).ok()))
+            .map(|x| x as usize)
+    }
+    fn f32(&self, key: &str) -> Option<f32> {
+        let v = self.get(key)?;
+        v.to_f32()
+            .ok()
+            .or_else(|| v.to_f64().ok().map(|x| x as f32))
+    }
+    fn str(&self, key: &str) -> Option<&str> {
+        self.get(key)?.to_string().ok().map(String::as_str)
+    }
+    fn strings(&self, key: &str) -> Result<Option<Vec<String>>, ModelError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let arr = v
+            .to_vec()
+            .map_err(|_| ModelError::Config(format!("GGUF metadata {key:?} is not an array")))?;
+        arr.iter()
+            .map(|x| {
+                x.to_string().cloned().map_err(|_| {
+                    ModelError::Config(format!("GGUF metadata {key:?} holds a non-string"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+    fn ints(&self, key: &str) -> Option<Vec<i64>> {
+        let arr = self.get(key)?.to_vec().ok()?;
+        arr.iter()
+            .map(|x| x.to_i32().map(i64::from).or_else(|_| x.to_i64()).ok())
+            .collect()
+    }
+}
+
+/// Loads a GGUF file (llama, qwen2 or qwen3 architecture), dequantizing every tensor to f32.
+pub fn load_gguf(path: &Path) -> Result<LoadedModel, ModelError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let mut reader = BufReader::new(file);
+    let content = gguf_file::Content::read(&mut reader).map_err(|e| malformed(path, e))?;
+    let md = Md(&content.metadata);
+    let arch = md
+        .str("general.architecture")
+        .ok_or_else(|| malformed(path, "no general.architecture"))?
+        .to_string();
+    let family = Family::from_name(&arch)?;
+    let k = |s: &str| format!("{arch}.{s}");
+    let hidden = md.usize(&k("embedding_length"))?;
+    let num_heads = md.usize(&k("attention.head_count"))?;
+    if num_heads == 0 {
+        return Err(ModelError::Config("attention.head_count is 0".into()));
+    }
+    let tokens = md
+        .strings("tokenizer.ggml.tokens")?
+        .ok_or_else(|| ModelError::Config("GGUF has no tokenizer.ggml.tokens".into()))?;
+    let vocab_size = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .map(|t| t.shape.dims()[0])
+        .unwrap_or(tokens.len());
+    let eos = md
+        .opt_usize("tokenizer.ggml.eos_token_id")
+        .map(|x| x as u32);
+    let bos = md
+        .opt_usize("tokenizer.ggml.bos_token_id")
+        .map(|x| x as u32);
+    let has_q_bias = content.tensor_infos.contains_key("blk.0.attn_q.bias");
+    let cfg = ModelConfig {
+        family,
+        vocab_size,
+        hidden_size: hidden,
+        intermediate_size: md.usize(&k("feed_forward_length"))?,
+        num_layers: md.usize(&k("block_count"))?,
+        num_heads,
+        num_kv_heads: md
+            .opt_usize(&k("attention.head_count_kv"))
+            .unwrap_or(num_heads),
+        head_dim: md
+            .opt_usize(&k("attention.key_length"))
+            .unwrap_or(hidden / num_heads),
+        rope_theta: md.f32(&k("rope.freq_base")).unwrap_or(10_000.0),
+        rope_scaling: match (
+            md.str(&k("rope.scaling.type")),
+            md.f32(&k("rope.scaling.factor")),
+        ) {
+            (Some("linear"), Some(f)) => {
+                parse_rope_scaling(&serde_json::json!({"type": "linear", "factor": f}))?
+            }
+            _ => None,
+        },
+        rms_norm_eps: md
+            .f32(&k("attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5),
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        attention_bias: has_q_bias,
+        qk_norm: family == Family::Qwen3,
+        max_position_embeddings: md.opt_usize(&k("context_length")).unwrap_or(4096),
+        bos_token_id: bos,
+        eos_token_ids: eos.into_iter().collect(),
+    };
+    cfg.validate()?;
+
+    let merges = md.strings("tokenizer.ggml.merges")?.unwrap_or_default();
+    let token_types = md.ints("tokenizer.ggml.token_type");
+    let tok_model = md.str("tokenizer.ggml.model").unwrap_or("gpt2");
+    if tok_model != "gpt2" {
+        return Err(ModelError::Config(format!(
+            "GGUF tokenizer model {tok_model:?} is not supported (only byte-level BPE, \"gpt2\")"
+        )));
+    }
+    let pre = md.str("tokenizer.ggml.pre").unwrap_or("default");
+    let tokenizer = Tokenizer::from_gguf_vocab(&tokens, &merges, token_types.as_deref(), pre)?;
+    let tok_str = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).cloned());
+    let chat_template = match md.str("tokenizer.chat_template") {
+        Some(t) => Some(ChatTemplate::new(t, tok_str(bos), tok_str(eos))?),
+        None => None,
+    };
+
+    let rope_freqs = content.tensor_infos.contains_key("rope_freqs.weight");
+    let mut src = GgufSource {
+        path,
+        content: &content,
+        reader,
+    };
+    let rope_freq_factors = if rope_freqs {
+        src.get("rope_freqs.weight")?.map(|(_, d)| d)
+    } else {
+        None
+    };
+    // llama.cpp permutes llama-arch q/k rows for its interleaved rotary; qwen archs use NeoX.
+    let unpermute = family == Family::Llama;
+    let max_model_len = cfg.max_position_embeddings;
+    let eos_token_ids = cfg.eos_token_ids.clone();
+    let model =
+        Transformer::from_source(cfg, &mut src, Naming::Gguf, unpermute, rope_freq_factors)?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    Ok(LoadedModel {
+        model: Box::new(model),
+        tokenizer,
+        chat_template,
+        eos_token_ids,
+        bos_token_id: bos,
+        max_model_len,
+        name,
+    })
+}
+
+struct SafetensorsSource {
+    tensors: HashMap<String, (PathBuf, Tensor)>,
+}
+
+impl TensorSource for SafetensorsSource {
+    fn get(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
+        match self.tensors.remove(name) {
+            None => Ok(None),
+            Some((path, t)) => tensor_to_f32(&path, name, t).map(Some),
+        }
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    serde_json::from_str(&text).map_err(|e| malformed(path, e))
+}
+
+/// A special-token field of tokenizer_config.json: a string or `{"content": ...}`.
+fn token_field(cfg: &Value, key: &str) -> Option<String> {
+    match cfg.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(String::from),
+        _ => None,
+    }
+}
+
+/// The chat template from tokenizer_config.json (string or named list) or chat_template.jinja.
+fn hf_chat_template(dir: &Path, tok_cfg: &Value) -> Result<Option<String>, ModelError> {
+    match tok_cfg.get("chat_template") {
+        Some(Value::String(s)) => return Ok(Some(s.clone())),
+        Some(Value::Array(list)) => {
+            let pick = list
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .or_else(|| list.first());
+            if let Some(t) = pick.and_then(|t| t.get("template")).and_then(Value::as_str) {
+                return Ok(Some(t.to_string()));
+            }
+        }
+        _ => {}
+    }
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        return std::fs::read_to_string(&jinja)
+            .map(Some)
+            .map_err(io_err(&jinja));
+    }
+    Ok(None)
+}
+
+/// Loads an HF layout directory: config.json, *.safetensors, tokenizer.json, tokenizer_config.json.
+pub fn load_hf_dir(dir: &Path, name: &str) -> Result<LoadedModel, ModelError> {
+    let cfg_json = read_json(&dir.join("config.json"))?;
+    let mut cfg = ModelConfig::from_hf_json(&cfg_json)?;
+    let gen_path = dir.join("generation_config.json");
+    if gen_path.is_file() {
+        for id in id_list(read_json(&gen_path)?.get("eos_token_id")) {
+            if !cfg.eos_token_ids.contains(&id) {
+                cfg.eos_token_ids.push(id);
+            }
+        }
+    }
+    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let tc_path = dir.join("tokenizer_config.json");
+    let tok_cfg = if tc_path.is_file() {
+        read_json(&tc_path)?
+    } else {
+        Value::Null
+    };
+    let bos_tok = token_field(&tok_cfg, "bos_token");
+    let eos_tok = token_field(&tok_cfg, "eos_token");
+    if cfg.eos_token_ids.is_empty() {
+        if let Some(id) = eos_tok.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
+            cfg.eos_token_ids.push(id);
+        }
+    }
+    let chat_template = match hf_chat_template(dir, &tok_cfg)? {
+        Some(t) => Some(ChatTemplate::new(&t, bos_tok, eos_tok)?),
+        None => None,
+    };
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(malformed(dir, "no *.safetensors files"));
+    }
+    let mut tensors = HashMap::new();
+    for f in &files {
+        let bytes = std::fs::read(f).map_err(io_err(f))?;
+        let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .map_err(|e| malformed(f, e))?;
+        for (k, v) in map {
+            tensors.insert(k, (f.clone(), v));
+        }
+    }
+    let mut src = SafetensorsSource { tensors };
+    let bos_token_id = cfg.bos_token_id;
+    let eos_token_ids = cfg.eos_token_ids.clone();
+    let max_model_len = cfg.max_position_embeddings;
+    let model = Transformer::from_source(cfg, &mut src, Naming::Hf, false, None)?;
+    Ok(LoadedModel {
+        model: Box::new(model),
+        tokenizer,
+        chat_template,
+        eos_token_ids,
+        bos_token_id,
+        max_model_len,
+        name: name.trim_end_matches('/').to_string(),
+    })
+}
