@@ -143,6 +143,48 @@ impl BlockHasher {
     }
 }
 
+/// Allocation-light batch hashing. Added beside the reference [`BlockHasher::hash_block`]
+/// and producing identical keys (a test checks it): xxh3's streaming digest equals the
+/// one-shot hash of the concatenated bytes, so one contiguous buffer per block replaces
+/// one streaming `update` per token, which is several times faster.
+impl BlockHasher {
+    /// Replace `out` with the keys of every full block of `tokens`, reusing its capacity.
+    pub fn prompt_keys_into(&self, tokens: &[TokenId], extra: &[u8], out: &mut Vec<BlockKey>) {
+        out.clear();
+        let bs = self.block_size;
+        let full = tokens.len() / bs;
+        out.reserve(full);
+        match self.algo {
+            HashAlgo::Sha256 => self.extend_keys(out, tokens, extra),
+            HashAlgo::Xxh3 => {
+                // Layout: parent (16) | tokens (4 * bs) | extra.len() (8) | extra.
+                let tok_end = 16 + 4 * bs;
+                let need = tok_end + 8 + extra.len();
+                // Stack buffer for the usual block sizes, heap only for huge blocks or salts.
+                let mut stack = [0u8; 512];
+                let mut heap = Vec::new();
+                let buf: &mut [u8] = if need <= stack.len() {
+                    &mut stack[..need]
+                } else {
+                    heap.resize(need, 0u8);
+                    &mut heap
+                };
+                buf[tok_end..tok_end + 8].copy_from_slice(&(extra.len() as u64).to_le_bytes());
+                buf[tok_end + 8..].copy_from_slice(extra);
+                let mut parent = ROOT_PARENT;
+                for block in tokens.chunks_exact(bs) {
+                    buf[..16].copy_from_slice(&parent.0.to_le_bytes());
+                    for (dst, t) in buf[16..tok_end].chunks_exact_mut(4).zip(block) {
+                        dst.copy_from_slice(&t.to_le_bytes());
+                    }
+                    parent = BlockKey(xxhash_rust::xxh3::xxh3_64(buf) as u128);
+                    out.push(parent);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,7 +212,10 @@ mod tests {
     #[test]
     fn extra_keys_separate_key_spaces() {
         let h = BlockHasher::new(2, HashAlgo::Xxh3).unwrap();
-        assert_ne!(h.prompt_keys(&[1, 2], b"tenant-a"), h.prompt_keys(&[1, 2], b"tenant-b"));
+        assert_ne!(
+            h.prompt_keys(&[1, 2], b"tenant-a"),
+            h.prompt_keys(&[1, 2], b"tenant-b")
+        );
         assert_ne!(h.prompt_keys(&[1, 2], b""), h.prompt_keys(&[1, 2], b"x"));
     }
 
@@ -187,8 +232,26 @@ mod tests {
 
     #[test]
     fn bad_config_is_an_error() {
-        assert_eq!(BlockHasher::new(0, HashAlgo::Xxh3), Err(BlockKeyError::ZeroBlockSize));
+        assert_eq!(
+            BlockHasher::new(0, HashAlgo::Xxh3),
+            Err(BlockKeyError::ZeroBlockSize)
+        );
         assert!("md5".parse::<HashAlgo>().is_err());
         assert_eq!("sha256".parse::<HashAlgo>(), Ok(HashAlgo::Sha256));
+    }
+
+    #[test]
+    fn batch_fast_path_matches_reference() {
+        for algo in [HashAlgo::Xxh3, HashAlgo::Sha256] {
+            for bs in [1, 3, 16] {
+                let h = BlockHasher::new(bs, algo).unwrap();
+                let toks: Vec<u32> = (0..100u32).map(|t| t.wrapping_mul(2_654_435_761)).collect();
+                let mut out = vec![BlockKey(7)];
+                for extra in [&b""[..], b"salt", &[0u8; 40][..]] {
+                    h.prompt_keys_into(&toks, extra, &mut out);
+                    assert_eq!(out, h.prompt_keys(&toks, extra));
+                }
+            }
+        }
     }
 }

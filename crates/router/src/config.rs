@@ -1,0 +1,185 @@
+//! Router configuration, deserialisable from the server's config file and validated
+//! in one place ([`RouterConfig::validate`]).
+
+use crate::block_key::{BlockHasher, BlockKeyError, HashAlgo};
+use crate::index::MAX_WORKERS;
+use crate::policy::PolicyKind;
+use crate::scorer::{OverloadGuard, ScoreWeights};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Everything the router needs besides the worker count and pool size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Routing policy (`precise`, `approximate`, `load`, `round-robin`, `random`).
+    pub policy: PolicyKind,
+    /// Tokens per KV block; must equal the engine's.
+    pub block_size: usize,
+    /// Block-key hash; must equal the engine's.
+    pub hash_algo: HashAlgo,
+    /// Weights of the scorers.
+    pub weights: ScoreWeights,
+    /// When a worker's queue is too far above the others' to be chosen.
+    pub overload: OverloadGuard,
+    /// Lifetime of speculative credits in milliseconds (0 disables them).
+    pub speculative_ttl_ms: u64,
+    /// Seed of the tie-break and of the `random` policy.
+    pub seed: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            policy: PolicyKind::Precise,
+            block_size: 16,
+            hash_algo: HashAlgo::Xxh3,
+            weights: ScoreWeights::default(),
+            overload: OverloadGuard::default(),
+            speculative_ttl_ms: 2000,
+            seed: 0,
+        }
+    }
+}
+
+/// Why a configuration was rejected.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// Block size or hash algorithm unusable.
+    #[error("invalid block key settings: {0}")]
+    BlockKey(#[from] BlockKeyError),
+    /// Block size beyond any engine's (guards against a token count passed by mistake).
+    #[error("block size {0} is larger than the maximum {max}", max = MAX_BLOCK_SIZE)]
+    BlockSizeTooLarge(usize),
+    /// A weight that is negative, NaN or infinite.
+    #[error("weight '{name}' must be finite and >= 0, got {value}")]
+    BadWeight {
+        /// Which weight.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// A scoring policy whose weights are all zero would route by tie-break only.
+    #[error("policy '{0}' needs at least one non-zero weight among the ones it uses")]
+    AllWeightsZero(PolicyKind),
+    /// Relative overload threshold below 1 or not finite.
+    #[error("overload.rel_threshold must be finite and >= 1, got {0}")]
+    BadOverloadRatio(f64),
+    /// The worker count is zero or above [`MAX_WORKERS`].
+    #[error("number of workers must be in 1..={max}, got {0}", max = MAX_WORKERS)]
+    BadWorkerCount(usize),
+    /// The KV pool size is zero.
+    #[error("blocks per worker must be > 0")]
+    ZeroBlocksPerWorker,
+    /// Unknown policy name.
+    #[error("unknown routing policy '{0}' (expected one of: precise, approximate, load, round-robin, random)")]
+    UnknownPolicy(String),
+}
+
+/// Largest accepted block size in tokens.
+pub const MAX_BLOCK_SIZE: usize = 1 << 16;
+
+impl RouterConfig {
+    /// Check every field; `Router::new` calls this.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.hasher()?;
+        if self.block_size > MAX_BLOCK_SIZE {
+            return Err(ConfigError::BlockSizeTooLarge(self.block_size));
+        }
+        let w = &self.weights;
+        for (name, value) in [
+            ("prefix", w.prefix),
+            ("queue", w.queue),
+            ("kv_usage", w.kv_usage),
+            ("running", w.running),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(ConfigError::BadWeight { name, value });
+            }
+        }
+        let used = match self.policy {
+            PolicyKind::Precise | PolicyKind::Approximate => {
+                w.prefix + w.queue + w.kv_usage + w.running
+            }
+            PolicyKind::Load => w.queue + w.kv_usage,
+            PolicyKind::RoundRobin | PolicyKind::Random => 1.0,
+        };
+        if used <= 0.0 {
+            return Err(ConfigError::AllWeightsZero(self.policy));
+        }
+        let r = self.overload.rel_threshold;
+        if !r.is_finite() || r < 1.0 {
+            return Err(ConfigError::BadOverloadRatio(r));
+        }
+        Ok(())
+    }
+
+    /// The block hasher these settings describe.
+    pub fn hasher(&self) -> Result<BlockHasher, ConfigError> {
+        Ok(BlockHasher::new(self.block_size, self.hash_algo)?)
+    }
+
+    /// Speculative credit lifetime.
+    pub fn speculative_ttl(&self) -> Duration {
+        Duration::from_millis(self.speculative_ttl_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        RouterConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let mut c = RouterConfig {
+            block_size: 0,
+            ..Default::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::BlockKey(_))));
+        c.block_size = 1 << 20;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::BlockSizeTooLarge(_))
+        ));
+        c.block_size = 16;
+        c.weights.queue = f64::NAN;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::BadWeight { name: "queue", .. })
+        ));
+        c.weights = ScoreWeights {
+            prefix: 0.0,
+            queue: 0.0,
+            kv_usage: 0.0,
+            running: 1.0,
+        };
+        c.policy = PolicyKind::Load;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::AllWeightsZero(PolicyKind::Load))
+        ));
+        c.policy = PolicyKind::Precise;
+        c.validate().unwrap();
+        c.overload.rel_threshold = 0.5;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::BadOverloadRatio(_))
+        ));
+    }
+
+    #[test]
+    fn deserialises_with_defaults_and_rejects_unknown_fields() {
+        let c: RouterConfig =
+            serde_json::from_str(r#"{"policy":"round-robin","weights":{"prefix":2.0}}"#).unwrap();
+        assert_eq!(c.policy, PolicyKind::RoundRobin);
+        assert_eq!(c.weights.prefix, 2.0);
+        assert_eq!(c.weights.queue, ScoreWeights::default().queue);
+        assert_eq!(c.block_size, 16);
+        assert!(serde_json::from_str::<RouterConfig>(r#"{"polcy":"load"}"#).is_err());
+    }
+}

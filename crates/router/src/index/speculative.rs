@@ -1,0 +1,228 @@
+//! Speculative entries: right after a decision the chosen worker is credited with the
+//! prompt's blocks for a short TTL, so a burst of requests sharing a new prefix all go
+//! to that worker instead of scattering before its first KV event arrives (llm-d and
+//! Dynamo do the same). Time is passed in explicitly as `now`.
+//!
+//! Each key keeps up to [`SLOTS`] `(worker, expiry)` credits inline (no allocation
+//! per key); a FIFO of expiries lets each write prune expired credits in amortised
+//! O(1). Lookups also compare against `now`, so expiry is exact without pruning.
+
+use crate::block_key::BlockKey;
+use crate::clock::to_nanos;
+use crate::index::{bit, WorkerMask};
+use crate::keymap::KeyMap;
+use parking_lot::{RwLock, RwLockReadGuard};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Workers credited per key at once; a fifth credit replaces the soonest to expire.
+pub const SLOTS: usize = 4;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Credits {
+    len: u8,
+    worker: [u8; SLOTS],
+    expiry: [u64; SLOTS],
+}
+
+impl Credits {
+    fn mask(&self, now: u64) -> WorkerMask {
+        let mut m = 0;
+        for i in 0..usize::from(self.len).min(SLOTS) {
+            if self.expiry[i] > now {
+                m |= bit(usize::from(self.worker[i]));
+            }
+        }
+        m
+    }
+
+    fn credit(&mut self, worker: u8, expiry: u64) {
+        let n = usize::from(self.len).min(SLOTS);
+        if let Some(i) = (0..n).find(|&i| self.worker[i] == worker) {
+            self.expiry[i] = self.expiry[i].max(expiry);
+        } else if n < SLOTS {
+            self.worker[n] = worker;
+            self.expiry[n] = expiry;
+            self.len += 1;
+        } else if let Some(i) = (0..SLOTS).min_by_key(|&i| self.expiry[i]) {
+            self.worker[i] = worker;
+            self.expiry[i] = expiry;
+        }
+    }
+
+    /// Remove credits that satisfy `gone`; true when none is left.
+    fn remove_where(&mut self, mut gone: impl FnMut(u8, u64) -> bool) -> bool {
+        let mut n = usize::from(self.len).min(SLOTS);
+        let mut i = 0;
+        while i < n {
+            if gone(self.worker[i], self.expiry[i]) {
+                n -= 1;
+                self.worker[i] = self.worker[n];
+                self.expiry[i] = self.expiry[n];
+            } else {
+                i += 1;
+            }
+        }
+        self.len = n as u8;
+        n == 0
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    map: KeyMap<Credits>,
+    /// `(expiry, key, worker)` in insertion order; expiries are non-decreasing when
+    /// `now` is, and pruning tolerates the small disorder of concurrent callers.
+    fifo: VecDeque<(u64, BlockKey, u8)>,
+}
+
+/// Short-lived "worker W will soon hold these blocks" credits.
+pub struct SpeculativeIndex {
+    ttl: u64,
+    inner: RwLock<Inner>,
+}
+
+impl SpeculativeIndex {
+    /// An empty index whose credits live `ttl` (zero disables crediting).
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl: to_nanos(ttl),
+            inner: RwLock::new(Inner::default()),
+        }
+    }
+
+    /// Credit `worker` with `keys` until `now + ttl`.
+    pub fn credit(&self, worker: usize, keys: &[BlockKey], now: Duration) {
+        let Ok(w) = u8::try_from(worker) else {
+            return;
+        };
+        if self.ttl == 0 {
+            return;
+        }
+        let now = to_nanos(now);
+        let expiry = now.saturating_add(self.ttl);
+        let mut g = self.inner.write();
+        Self::prune_locked(&mut g, now);
+        for k in keys {
+            g.map.entry(*k).or_default().credit(w, expiry);
+            g.fifo.push_back((expiry, *k, w));
+        }
+    }
+
+    fn prune_locked(g: &mut Inner, now: u64) {
+        while let Some(&(exp, key, w)) = g.fifo.front() {
+            if exp > now {
+                break;
+            }
+            g.fifo.pop_front();
+            if let Some(c) = g.map.get_mut(&key) {
+                // A later credit may have extended this one: only drop what has expired.
+                if c.remove_where(|cw, ce| cw == w && ce <= now) {
+                    g.map.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Drop expired credits now (writes do this anyway).
+    pub fn prune(&self, now: Duration) {
+        Self::prune_locked(&mut self.inner.write(), to_nanos(now));
+    }
+
+    /// Drop every credit of `worker` (it restarted or failed).
+    pub fn forget_worker(&self, worker: usize) {
+        let Ok(w) = u8::try_from(worker) else {
+            return;
+        };
+        let mut g = self.inner.write();
+        g.map.retain(|_, c| !c.remove_where(|cw, _| cw == w));
+        g.fifo.retain(|&(_, _, fw)| fw != w);
+    }
+
+    /// Keys with at least one credit, expired or not (pruning happens on writes).
+    pub fn len(&self) -> usize {
+        self.inner.read().map.len()
+    }
+
+    /// Whether no key is credited.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A read view valid at `now`.
+    pub fn reader(&self, now: Duration) -> SpeculativeReader<'_> {
+        SpeculativeReader {
+            guard: self.inner.read(),
+            now: to_nanos(now),
+        }
+    }
+}
+
+/// Read access to a [`SpeculativeIndex`] at one instant.
+pub struct SpeculativeReader<'a> {
+    guard: RwLockReadGuard<'a, Inner>,
+    now: u64,
+}
+
+impl SpeculativeReader<'_> {
+    /// Workers with an unexpired credit for `key`.
+    #[inline]
+    pub fn mask(&self, key: BlockKey) -> WorkerMask {
+        if self.guard.map.is_empty() {
+            return 0;
+        }
+        self.guard.map.get(&key).map_or(0, |c| c.mask(self.now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn credits_expire_after_ttl() {
+        let s = SpeculativeIndex::new(ms(2000));
+        let keys = [BlockKey(1), BlockKey(2)];
+        s.credit(3, &keys, ms(1000));
+        assert_eq!(s.reader(ms(1000)).mask(BlockKey(1)), 1 << 3);
+        assert_eq!(s.reader(ms(2999)).mask(BlockKey(2)), 1 << 3);
+        assert_eq!(s.reader(ms(3000)).mask(BlockKey(1)), 0);
+        assert_eq!(s.reader(ms(500_000)).mask(BlockKey(9)), 0);
+        s.prune(ms(3000));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_later_credit_extends_and_survives_pruning() {
+        let s = SpeculativeIndex::new(ms(100));
+        s.credit(0, &[BlockKey(1)], ms(0));
+        s.credit(0, &[BlockKey(1)], ms(50));
+        s.prune(ms(120));
+        assert_eq!(s.reader(ms(120)).mask(BlockKey(1)), 1);
+        s.prune(ms(150));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn many_workers_share_a_key_and_the_oldest_is_replaced() {
+        let s = SpeculativeIndex::new(ms(100));
+        for w in 0..5 {
+            s.credit(w, &[BlockKey(7)], ms(w as u64));
+        }
+        // Worker 0's credit (soonest to expire) made room for worker 4.
+        assert_eq!(s.reader(ms(10)).mask(BlockKey(7)), 0b11110);
+        s.forget_worker(2);
+        assert_eq!(s.reader(ms(10)).mask(BlockKey(7)), 0b11010);
+    }
+
+    #[test]
+    fn zero_ttl_disables() {
+        let s = SpeculativeIndex::new(Duration::ZERO);
+        s.credit(0, &[BlockKey(1)], ms(0));
+        assert!(s.is_empty());
+    }
+}

@@ -1,0 +1,277 @@
+//! Routing policies: a [`RoutingPolicy`] picks a worker for one prompt. Policies take
+//! `&self` and are `Send + Sync` so many tasks route concurrently; whatever state
+//! they keep (indexes, counters) is internally synchronised.
+//!
+//! | name          | chooses by                                                      |
+//! |---------------|-----------------------------------------------------------------|
+//! | `precise`     | weighted score with prefix from KV events + speculative credits |
+//! | `approximate` | weighted score with prefix from the router's own past decisions |
+//! | `load`        | queue depth and KV usage only                                   |
+//! | `round-robin` | next available worker in turn                                   |
+//! | `random`      | seeded uniform choice among available workers                   |
+
+pub mod approximate;
+pub mod load;
+pub mod precise;
+pub mod random;
+pub mod round_robin;
+
+use crate::block_key::BlockKey;
+use crate::config::{ConfigError, RouterConfig};
+use crate::error::RouteError;
+use crate::index::precise::PreciseIndex;
+use crate::index::{all_workers, WorkerMask};
+use crate::keymap::fold;
+use crate::scorer::{Scorer, WorkerView};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A policy by name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKind {
+    /// Cache-aware from KV events.
+    #[default]
+    Precise,
+    /// Cache-aware from the router's own decisions.
+    Approximate,
+    /// Queue depth and KV usage only.
+    Load,
+    /// Round robin over available workers.
+    RoundRobin,
+    /// Seeded uniform random.
+    Random,
+}
+
+impl PolicyKind {
+    /// Every policy, in documentation order.
+    pub const ALL: [PolicyKind; 5] = [
+        PolicyKind::Precise,
+        PolicyKind::Approximate,
+        PolicyKind::Load,
+        PolicyKind::RoundRobin,
+        PolicyKind::Random,
+    ];
+
+    /// The policy's name as accepted by `--policy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Precise => "precise",
+            PolicyKind::Approximate => "approximate",
+            PolicyKind::Load => "load",
+            PolicyKind::RoundRobin => "round-robin",
+            PolicyKind::Random => "random",
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for PolicyKind {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase().replace('_', "-");
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == t || (t == "roundrobin" && *k == PolicyKind::RoundRobin))
+            .ok_or_else(|| ConfigError::UnknownPolicy(s.to_string()))
+    }
+}
+
+/// One prompt to route, with everything the policy may look at.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteRequest<'a> {
+    /// The prompt's block keys (full blocks only).
+    pub keys: &'a [BlockKey],
+    /// Per-worker availability and load.
+    pub workers: &'a [WorkerView],
+    /// Current time since the router's epoch.
+    pub now: Duration,
+    /// The router's decision counter (fresh per decision).
+    pub seq: u64,
+}
+
+impl RouteRequest<'_> {
+    /// Mask of every worker (matches are reported for unavailable workers too).
+    pub fn all(&self) -> WorkerMask {
+        all_workers(self.workers.len())
+    }
+
+    /// Per-request value for tie-breaks: the first block key, so the same prompt
+    /// breaks ties the same way; the decision counter for sub-block prompts.
+    pub fn tie_value(&self) -> u64 {
+        self.keys.first().map_or(self.seq, |k| fold(k.0))
+    }
+}
+
+/// The outcome of routing one prompt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The chosen worker.
+    pub worker: usize,
+    /// Per worker, the prompt's blocks cached as a run from block 0, as this policy
+    /// sees the caches (the baselines report the precise index, which is empty when
+    /// no events are fed).
+    pub matched_blocks: Vec<usize>,
+    /// The prompt's number of full blocks.
+    pub prompt_blocks: usize,
+    /// The chosen worker's weighted score (0 for policies that do not score).
+    pub score: f64,
+    /// True when the overload guard passed over a worker with a longer cached run.
+    pub overload_diverted: bool,
+    /// The policy that decided.
+    pub policy: PolicyKind,
+}
+
+impl Decision {
+    /// Blocks the chosen worker is believed to have cached.
+    pub fn chosen_matched(&self) -> usize {
+        self.matched_blocks.get(self.worker).copied().unwrap_or(0)
+    }
+}
+
+/// A routing policy; see the module docs for the five implementations.
+pub trait RoutingPolicy: Send + Sync {
+    /// Which policy this is.
+    fn kind(&self) -> PolicyKind;
+    /// Choose a worker for `req` (and record whatever the policy learns from it).
+    fn route(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError>;
+    /// Forget what the policy itself learnt about `worker` (restart, failure).
+    fn forget_worker(&self, _worker: usize) {}
+}
+
+/// Build the policy `config.policy` names. `index` is the router's precise index
+/// (fed by events whatever the policy; the baselines use it to report matches).
+pub fn build(
+    config: &RouterConfig,
+    index: Arc<PreciseIndex>,
+    num_workers: usize,
+    blocks_per_worker: usize,
+) -> Result<Box<dyn RoutingPolicy>, ConfigError> {
+    config.validate()?;
+    let scorer = Scorer {
+        weights: config.weights,
+        guard: config.overload,
+        seed: config.seed,
+    };
+    Ok(match config.policy {
+        PolicyKind::Precise => Box::new(precise::PrecisePolicy::new(
+            index,
+            scorer,
+            config.speculative_ttl(),
+        )),
+        PolicyKind::Approximate => Box::new(approximate::ApproximatePolicy::new(
+            num_workers,
+            blocks_per_worker,
+            scorer,
+        )),
+        PolicyKind::Load => Box::new(load::LoadPolicy::new(index, scorer)),
+        PolicyKind::RoundRobin => Box::new(round_robin::RoundRobinPolicy::new(index)),
+        PolicyKind::Random => Box::new(random::RandomPolicy::new(index, config.seed)),
+    })
+}
+
+/// Index of the `n`-th available worker (`n < count of available`).
+fn nth_available(workers: &[WorkerView], n: usize) -> Option<usize> {
+    workers
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.available)
+        .nth(n)
+        .map(|(w, _)| w)
+}
+
+/// Matches from the precise index, for policies that do not score by prefix.
+fn observed_matches(index: &PreciseIndex, req: &RouteRequest<'_>) -> Vec<usize> {
+    let mut m = vec![0; req.workers.len()];
+    index.match_prefix(req.keys, req.all(), &mut m);
+    m
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    //! Helpers shared by the policies' tests.
+    use super::*;
+    use crate::block_key::{BlockHasher, HashAlgo};
+    use crate::load::WorkerLoad;
+
+    /// `n` idle available workers.
+    pub fn idle(n: usize) -> Vec<WorkerView> {
+        vec![
+            WorkerView {
+                available: true,
+                load: WorkerLoad {
+                    total_blocks: 1000,
+                    ..Default::default()
+                },
+                inflight: 0,
+            };
+            n
+        ]
+    }
+
+    /// Keys of an unrelated 64-token prompt number `i`.
+    pub fn prompt(i: u32) -> Vec<BlockKey> {
+        let h = BlockHasher::new(16, HashAlgo::Xxh3).unwrap_or_else(|_| unreachable!());
+        let toks: Vec<u32> = (0..64).map(|t| i * 1000 + t).collect();
+        h.prompt_keys(&toks, b"")
+    }
+
+    /// Route `n` unrelated prompts through `p`, counting the routed request as
+    /// inflight like the router does; returns how many went to each worker.
+    pub fn spread(p: &dyn RoutingPolicy, workers: usize, n: u32) -> Vec<usize> {
+        let mut views = idle(workers);
+        let mut counts = vec![0; workers];
+        for i in 0..n {
+            let keys = prompt(i);
+            let req = RouteRequest {
+                keys: &keys,
+                workers: &views,
+                now: Duration::from_millis(u64::from(i)),
+                seq: u64::from(i),
+            };
+            let d = p.route(&req).unwrap();
+            counts[d.worker] += 1;
+            views[d.worker].inflight += 1;
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_is_a_clear_error() {
+        for k in PolicyKind::ALL {
+            assert_eq!(k.name().parse::<PolicyKind>(), Ok(k));
+            assert_eq!(k.to_string(), k.name());
+        }
+        assert_eq!(
+            "Round_Robin".parse::<PolicyKind>(),
+            Ok(PolicyKind::RoundRobin)
+        );
+        let e = "fastest".parse::<PolicyKind>().unwrap_err();
+        assert!(e.to_string().contains("fastest") && e.to_string().contains("round-robin"));
+    }
+
+    #[test]
+    fn every_policy_spreads_unrelated_prompts() {
+        for kind in PolicyKind::ALL {
+            let config = RouterConfig {
+                policy: kind,
+                ..Default::default()
+            };
+            let idx = Arc::new(PreciseIndex::new(4, 16));
+            let p = build(&config, idx, 4, 1000).unwrap();
+            let counts = test_util::spread(p.as_ref(), 4, 200);
+            assert!(counts.iter().all(|&c| c >= 20), "{kind}: {counts:?}");
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! `precise`: prefix matches from the KV-event index plus speculative credits,
+//! combined with load by the [`Scorer`].
+
+use super::{Decision, PolicyKind, RouteRequest, RoutingPolicy};
+use crate::error::RouteError;
+use crate::index::longest_runs;
+use crate::index::precise::PreciseIndex;
+use crate::index::speculative::SpeculativeIndex;
+use crate::scorer::Scorer;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Cache-aware routing from KV events.
+pub struct PrecisePolicy {
+    index: Arc<PreciseIndex>,
+    speculative: SpeculativeIndex,
+    scorer: Scorer,
+}
+
+impl PrecisePolicy {
+    /// A precise policy over `index`, crediting chosen workers for `ttl`.
+    pub fn new(index: Arc<PreciseIndex>, scorer: Scorer, ttl: Duration) -> Self {
+        Self {
+            index,
+            speculative: SpeculativeIndex::new(ttl),
+            scorer,
+        }
+    }
+
+    /// The speculative credits (for inspection).
+    pub fn speculative(&self) -> &SpeculativeIndex {
+        &self.speculative
+    }
+}
+
+impl RoutingPolicy for PrecisePolicy {
+    fn kind(&self) -> PolicyKind {
+        PolicyKind::Precise
+    }
+
+    fn route(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError> {
+        let mut matched = vec![0; req.workers.len()];
+        {
+            let precise = self.index.reader();
+            let spec = self.speculative.reader(req.now);
+            longest_runs(req.keys, req.all(), &mut matched, |k| {
+                precise.mask(k) | spec.mask(k)
+            });
+        }
+        let pick = self
+            .scorer
+            .pick(req.workers, &matched, req.keys.len(), req.tie_value())?;
+        // Credit only the blocks the chosen worker is not already known to hold: on a
+        // full hit this is nothing, on a cold prompt it is every block.
+        let have = matched.get(pick.worker).copied().unwrap_or(0);
+        if let Some(rest) = req.keys.get(have..) {
+            if !rest.is_empty() {
+                self.speculative.credit(pick.worker, rest, req.now);
+            }
+        }
+        Ok(Decision {
+            worker: pick.worker,
+            matched_blocks: matched,
+            prompt_blocks: req.keys.len(),
+            score: pick.score,
+            overload_diverted: pick.overload_diverted,
+            policy: PolicyKind::Precise,
+        })
+    }
+
+    fn forget_worker(&self, worker: usize) {
+        self.speculative.forget_worker(worker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{idle, prompt, spread};
+    use super::*;
+    use crate::events::{KvEvent, KvEventData, MemoryTier};
+    use crate::scorer::{OverloadGuard, ScoreWeights};
+
+    fn policy(ttl_ms: u64) -> (Arc<PreciseIndex>, PrecisePolicy) {
+        let idx = Arc::new(PreciseIndex::new(4, 16));
+        let scorer = Scorer {
+            weights: ScoreWeights::default(),
+            guard: OverloadGuard::default(),
+            seed: 9,
+        };
+        let p = PrecisePolicy::new(idx.clone(), scorer, Duration::from_millis(ttl_ms));
+        (idx, p)
+    }
+
+    fn store(idx: &PreciseIndex, w: usize, keys: &[crate::BlockKey]) {
+        let evs: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| KvEvent {
+                seq: i as u64,
+                data: KvEventData::BlockStored {
+                    key: *k,
+                    parent: None,
+                    tokens: vec![0; 16],
+                    tier: MemoryTier::Device,
+                },
+            })
+            .collect();
+        idx.apply(w, &evs).unwrap();
+    }
+
+    fn req<'a>(
+        keys: &'a [crate::BlockKey],
+        views: &'a [crate::WorkerView],
+        ms: u64,
+    ) -> RouteRequest<'a> {
+        RouteRequest {
+            keys,
+            workers: views,
+            now: Duration::from_millis(ms),
+            seq: ms,
+        }
+    }
+
+    #[test]
+    fn follows_the_cached_prefix_with_partial_matches_reported() {
+        let (idx, p) = policy(0);
+        let keys = prompt(1);
+        store(&idx, 2, &keys);
+        store(&idx, 1, &keys[..2]);
+        let views = idle(4);
+        let d = p.route(&req(&keys, &views, 0)).unwrap();
+        assert_eq!(d.worker, 2);
+        assert_eq!(d.matched_blocks, vec![0, 2, 4, 0]);
+        assert_eq!(d.prompt_blocks, 4);
+    }
+
+    #[test]
+    fn speculative_credit_groups_a_burst_then_expires() {
+        let (_idx, p) = policy(2000);
+        let keys = prompt(7);
+        let mut views = idle(4);
+        let first = p.route(&req(&keys, &views, 0)).unwrap();
+        views[first.worker].inflight += 1;
+        // Same new prefix 100 ms later, before any KV event: same worker, full match.
+        let d = p.route(&req(&keys, &views, 100)).unwrap();
+        assert_eq!(d.worker, first.worker);
+        assert_eq!(d.chosen_matched(), 4);
+        // After the TTL the credit is gone.
+        let d = p.route(&req(&keys, &idle(4), 2100)).unwrap();
+        assert_eq!(d.matched_blocks, vec![0; 4], "expired after 2 s");
+        let later = p.route(&req(&prompt(8), &idle(4), 10_000)).unwrap();
+        assert_eq!(later.matched_blocks, vec![0; 4]);
+        let mut m = vec![0; 4];
+        let spec = p.speculative().reader(Duration::from_millis(4200));
+        longest_runs(&keys, 0b1111, &mut m, |k| spec.mask(k));
+        assert_eq!(m, vec![0; 4], "expired without sleeping");
+    }
+
+    #[test]
+    fn overload_guard_diverts_from_the_prefix_holder() {
+        let (idx, p) = policy(0);
+        let keys = prompt(3);
+        store(&idx, 0, &keys);
+        let mut views = idle(4);
+        views[0].load.waiting = 40;
+        let d = p.route(&req(&keys, &views, 0)).unwrap();
+        assert_ne!(d.worker, 0);
+        assert!(d.overload_diverted);
+    }
+
+    #[test]
+    fn spreads_unrelated_prompts() {
+        let (_idx, p) = policy(2000);
+        let c = spread(&p, 4, 100);
+        assert!(c.iter().all(|&n| n >= 10), "{c:?}");
+    }
+}
