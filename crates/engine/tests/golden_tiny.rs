@@ -1,0 +1,126 @@
+//! Random-weight Llama / Qwen2 / Qwen3 checkpoints in the HF layout against
+//! transformers: greedy tokens (32, EOS ignored) and last-position top-10 logits.
+
+use reprise_engine::model::{self, Model, SeqInput};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn dir(family: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/golden/tiny")
+        .join(family)
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+fn greedy(m: &dyn Model, prompt: &[u32], max_new: usize) -> (Vec<f32>, Vec<u32>) {
+    let bs = 16;
+    let blocks = (prompt.len() + max_new).div_ceil(bs);
+    let mut cache = m.new_kv_cache(blocks, bs);
+    // Reversed table: physical order need not follow logical order.
+    let table: Vec<u32> = (0..blocks as u32).rev().collect();
+    let mut logits = m
+        .forward(
+            &[SeqInput {
+                tokens: prompt,
+                start_pos: 0,
+                block_table: &table,
+            }],
+            &mut cache,
+        )
+        .expect("prefill")
+        .remove(0);
+    let first = logits.clone();
+    let mut out = Vec::new();
+    for pos in prompt.len().. {
+        let tok = reprise_engine::sampler::argmax(&logits);
+        out.push(tok);
+        if out.len() == max_new {
+            break;
+        }
+        logits = m
+            .forward(
+                &[SeqInput {
+                    tokens: &[tok],
+                    start_pos: pos,
+                    block_table: &table,
+                }],
+                &mut cache,
+            )
+            .expect("decode")
+            .remove(0);
+    }
+    (first, out)
+}
+
+fn check(family: &str) {
+    let d = dir(family);
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("golden.json")).expect("golden.json"))
+            .expect("json");
+    let lm = model::load(d.to_str()).expect("load");
+    assert_eq!(lm.eos_token_ids, vec![2]);
+    assert!(lm.chat_template.is_some());
+    let mut worst = 0f32;
+    for case in golden["cases"].as_array().expect("cases") {
+        let prompt = ids(&case["prompt_token_ids"]);
+        let want = ids(&case["greedy_token_ids"]);
+        let (logits, toks) = greedy(lm.model.as_ref(), &prompt, want.len());
+        for pair in case["last_logits_top10"].as_array().expect("top10") {
+            let id = pair[0].as_u64().expect("id") as usize;
+            let w = pair[1].as_f64().expect("logit") as f32;
+            worst = worst.max((logits[id] - w).abs());
+            assert!(
+                (logits[id] - w).abs() < 1e-3,
+                "{} token {id}: {} vs {w}",
+                case["id"],
+                logits[id]
+            );
+        }
+        assert_eq!(toks, want, "case {}", case["id"]);
+    }
+    eprintln!("{family}: max |logit diff| {worst:.2e}");
+}
+
+#[test]
+fn tiny_llama() {
+    check("llama");
+}
+
+#[test]
+fn tiny_qwen2() {
+    check("qwen2");
+}
+
+#[test]
+fn tiny_qwen3() {
+    check("qwen3");
+}
+
+#[test]
+fn malformed_sources_are_errors() {
+    let tmp = std::env::temp_dir().join(format!("reprise-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let bad = tmp.join("bad.gguf");
+    std::fs::write(&bad, b"not a gguf file at all").expect("write");
+    assert!(matches!(
+        model::load(bad.to_str()),
+        Err(model::ModelError::Malformed { .. })
+    ));
+    std::fs::write(tmp.join("config.json"), r#"{"model_type": "gpt_bigcode"}"#).expect("write");
+    assert!(matches!(
+        model::load(tmp.to_str()),
+        Err(model::ModelError::UnsupportedArchitecture(_))
+    ));
+    assert!(matches!(
+        model::load(Some("no-such-org/no-such-model")),
+        Err(model::ModelError::SourceNotFound(_))
+    ));
+    std::fs::remove_dir_all(&tmp).ok();
+}
