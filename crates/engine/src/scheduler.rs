@@ -1,1 +1,544 @@
-//! Scheduler.
+//! Continuous-batching scheduler over the block pool (vLLM v1's shape).
+//!
+//! Every step: running sequences first, oldest first, each gets its next
+//! decode token or prefill chunk under the shared token budget
+//! (`max_num_batched_tokens`); when blocks run out the newest running sequence
+//! is preempted (its blocks are released, keeping their keys, and it is
+//! recomputed later, mostly from its own cached blocks). Then, if nothing was
+//! preempted, waiting sequences are admitted strictly in order (no skipping
+//! ahead, so none starves), each starting from its longest cached prefix.
+
+use crate::executor::StepInput;
+use crate::kv::{max_cacheable_blocks, BlockId, BlockPool};
+use reprise_router::{BlockHasher, BlockKey, HashAlgo, KvEvent, TokenId, WorkerLoad};
+use std::collections::{HashMap, VecDeque};
+
+/// Identity of a sequence inside one scheduler.
+pub type SeqId = u64;
+
+/// Scheduler and block pool settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchedulerConfig {
+    /// KV blocks in the pool.
+    pub num_blocks: usize,
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Token budget of one step, decodes and prefill chunks together.
+    pub max_num_batched_tokens: usize,
+    /// Most sequences in the running batch.
+    pub max_num_seqs: usize,
+    /// Hash for block keys (must match the router's).
+    pub hash_algo: HashAlgo,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            num_blocks: 1024,
+            block_size: 16,
+            max_num_batched_tokens: 2048,
+            max_num_seqs: 256,
+            hash_algo: HashAlgo::Xxh3,
+        }
+    }
+}
+
+/// Errors from the scheduler.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SchedulerError {
+    /// A configuration value is out of range.
+    #[error("invalid scheduler config: {0}")]
+    Config(String),
+    /// The prompt is empty.
+    #[error("prompt is empty")]
+    EmptyPrompt,
+    /// The prompt needs more blocks than the whole pool holds.
+    #[error("prompt of {tokens} tokens needs {needed} KV blocks but the pool has {available}")]
+    TooLong {
+        /// Prompt length.
+        tokens: usize,
+        /// Blocks it needs.
+        needed: usize,
+        /// Blocks in the pool.
+        available: usize,
+    },
+}
+
+impl SchedulerConfig {
+    /// Check every value; the one place config is validated.
+    pub fn validate(&self) -> Result<(), SchedulerError> {
+        let bad = |m: &str| Err(SchedulerError::Config(m.to_string()));
+        if self.block_size == 0 {
+            return bad("block_size must be > 0");
+        }
+        if self.num_blocks == 0 {
+            return bad("num_blocks must be > 0");
+        }
+        if self.num_blocks >= u32::MAX as usize {
+            return bad("num_blocks must be < 2^32 - 1");
+        }
+        if self.max_num_batched_tokens == 0 {
+            return bad("max_num_batched_tokens must be > 0");
+        }
+        if self.max_num_seqs == 0 {
+            return bad("max_num_seqs must be > 0");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Sequence {
+    tokens: Vec<TokenId>,
+    prompt_len: usize,
+    /// Tokens whose K/V is in the blocks.
+    num_computed: usize,
+    block_table: Vec<BlockId>,
+    /// Keys of the full blocks of `tokens`, extended lazily.
+    keys: Vec<BlockKey>,
+    /// Leading blocks already registered in the prefix cache.
+    num_registered: usize,
+    extra: Vec<u8>,
+    /// Prompt tokens served from the prefix cache at first admission.
+    cached_tokens: Option<usize>,
+    running: bool,
+}
+
+/// One sequence's work in a step: `len` tokens from position `start`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScheduledSeq {
+    /// The sequence.
+    pub seq: SeqId,
+    /// First position computed.
+    pub start: usize,
+    /// Number of tokens computed.
+    pub len: usize,
+    /// Whether a token is sampled after this step (the sequence is fully computed).
+    pub sample: bool,
+}
+
+/// The outcome of [`Scheduler::schedule`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepPlan {
+    /// Work for this step, running sequences first.
+    pub seqs: Vec<ScheduledSeq>,
+    /// Sequences preempted (blocks released, to be recomputed) while planning.
+    pub preempted: Vec<SeqId>,
+    /// Sequences that cannot fit in the pool even alone; the caller must end them.
+    pub out_of_blocks: Vec<SeqId>,
+}
+
+impl StepPlan {
+    /// Tokens computed in this step.
+    pub fn num_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.len).sum()
+    }
+}
+
+/// Running totals, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    /// Prompt tokens looked up in the prefix cache (at every admission).
+    pub prefix_query_tokens: u64,
+    /// Of those, tokens found cached.
+    pub prefix_hit_tokens: u64,
+    /// Preemptions so far.
+    pub preemptions: u64,
+}
+
+/// Continuous-batching scheduler owning one worker's block pool.
+#[derive(Debug)]
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    pool: BlockPool,
+    hasher: BlockHasher,
+    seqs: HashMap<SeqId, Sequence>,
+    /// Admission order, oldest first; preemption takes from the back.
+    running: Vec<SeqId>,
+    waiting: VecDeque<SeqId>,
+    next_id: SeqId,
+    stats: SchedulerStats,
+}
+
+fn blocks_for(tokens: usize, block_size: usize) -> usize {
+    tokens.div_ceil(block_size)
+}
+
+impl Scheduler {
+    /// A scheduler with an empty pool.
+    pub fn new(cfg: SchedulerConfig) -> Result<Self, SchedulerError> {
+        cfg.validate()?;
+        let hasher = BlockHasher::new(cfg.block_size, cfg.hash_algo)
+            .map_err(|e| SchedulerError::Config(e.to_string()))?;
+        Ok(Self {
+            pool: BlockPool::new(cfg.num_blocks, cfg.block_size),
+            hasher,
+            cfg,
+            seqs: HashMap::new(),
+            running: Vec::new(),
+            waiting: VecDeque::new(),
+            next_id: 0,
+            stats: SchedulerStats::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+
+    /// The block pool (read-only: the scheduler alone changes it).
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+
+    /// The hasher shared with the router.
+    pub fn hasher(&self) -> BlockHasher {
+        self.hasher
+    }
+
+    /// Running totals.
+    pub fn stats(&self) -> SchedulerStats {
+        self.stats
+    }
+
+    /// Queue a new sequence; `extra` is mixed into its block keys (cache salt).
+    pub fn add(&mut self, prompt: Vec<TokenId>, extra: Vec<u8>) -> Result<SeqId, SchedulerError> {
+        if prompt.is_empty() {
+            return Err(SchedulerError::EmptyPrompt);
+        }
+        // The prompt plus the first sampled token must fit in the pool at once.
+        let needed = blocks_for(prompt.len() + 1, self.cfg.block_size);
+        if needed > self.cfg.num_blocks {
+            return Err(SchedulerError::TooLong {
+                tokens: prompt.len(),
+                needed,
+                available: self.cfg.num_blocks,
+            });
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.seqs.insert(
+            id,
+            Sequence {
+                prompt_len: prompt.len(),
+                tokens: prompt,
+                num_computed: 0,
+                block_table: Vec::new(),
+                keys: Vec::new(),
+                num_registered: 0,
+                extra,
+                cached_tokens: None,
+                running: false,
+            },
+        );
+        self.waiting.push_back(id);
+        Ok(id)
+    }
+
+    /// Whether the sequence is live (waiting or running).
+    pub fn contains(&self, id: SeqId) -> bool {
+        self.seqs.contains_key(&id)
+    }
+
+    /// Number of live sequences.
+    pub fn num_seqs(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Tokens of a live sequence (prompt then generated).
+    pub fn tokens(&self, id: SeqId) -> Option<&[TokenId]> {
+        self.seqs.get(&id).map(|s| s.tokens.as_slice())
+    }
+
+    /// Generated tokens of a live sequence.
+    pub fn num_generated(&self, id: SeqId) -> Option<usize> {
+        self.seqs.get(&id).map(|s| s.tokens.len() - s.prompt_len)
+    }
+
+    /// Prompt tokens served from the prefix cache when the sequence was first admitted.
+    pub fn cached_tokens(&self, id: SeqId) -> Option<usize> {
+        self.seqs.get(&id).and_then(|s| s.cached_tokens)
+    }
+
+    /// Block table of a live sequence.
+    pub fn block_table(&self, id: SeqId) -> Option<&[BlockId]> {
+        self.seqs.get(&id).map(|s| s.block_table.as_slice())
+    }
+
+    /// Load snapshot for the router.
+    pub fn load(&self) -> WorkerLoad {
+        WorkerLoad {
+            running: self.running.len(),
+            waiting: self.waiting.len(),
+            blocks_in_use: self.pool.num_in_use(),
+            total_blocks: self.pool.num_blocks(),
+        }
+    }
+
+    /// KV events since the last call.
+    pub fn drain_events(&mut self) -> Vec<KvEvent> {
+        self.pool.drain_events()
+    }
+
+    /// Plan the next step and reserve its blocks.
+    pub fn schedule(&mut self) -> StepPlan {
+        let bs = self.cfg.block_size;
+        let mut plan = StepPlan::default();
+        let mut budget = self.cfg.max_num_batched_tokens;
+
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let id = self.running[i];
+            let (computed, len, table_len) = {
+                let s = &self.seqs[&id];
+                (s.num_computed, s.tokens.len(), s.block_table.len())
+            };
+            let n = (len - computed).min(budget);
+            if n == 0 {
+                i += 1;
+                continue;
+            }
+            let need = blocks_for(computed + n, bs).saturating_sub(table_len);
+            let mut scheduled = true;
+            while self.pool.num_free() < need {
+                let victim = *self.running.last().expect("running holds at least id");
+                if victim == id {
+                    // Nothing newer to take blocks from.
+                    if self.running.len() == 1 {
+                        plan.out_of_blocks.push(id);
+                    } else {
+                        self.preempt_running(id);
+                        plan.preempted.push(id);
+                    }
+                    scheduled = false;
+                    break;
+                }
+                self.preempt_running(victim);
+                plan.preempted.push(victim);
+            }
+            if !scheduled {
+                // `id` left `running` (or must be ended): the same index now holds the next one.
+                if plan.out_of_blocks.last() == Some(&id) {
+                    i += 1;
+                }
+                continue;
+            }
+            let s = self.seqs.get_mut(&id).expect("running sequence exists");
+            for _ in 0..need {
+                let b = self.pool.allocate().expect("free blocks were counted");
+                s.block_table.push(b);
+            }
+            plan.seqs.push(ScheduledSeq {
+                seq: id,
+                start: computed,
+                len: n,
+                sample: computed + n == len,
+            });
+            budget -= n;
+            i += 1;
+        }
+
+        if plan.preempted.is_empty() {
+            self.admit_waiting(&mut plan, budget);
+        }
+        plan
+    }
+
+    fn admit_waiting(&mut self, plan: &mut StepPlan, mut budget: usize) {
+        let bs = self.cfg.block_size;
+        while budget > 0 && self.running.len() < self.cfg.max_num_seqs {
+            let Some(&id) = self.waiting.front() else {
+                break;
+            };
+            let s = self.seqs.get_mut(&id).expect("waiting sequence exists");
+            let len = s.tokens.len();
+            self.hasher.extend_keys(&mut s.keys, &s.tokens, &s.extra);
+            let max_hit = max_cacheable_blocks(len, bs);
+            let hits: Vec<BlockId> = s
+                .keys
+                .iter()
+                .take(max_hit)
+                .map_while(|k| self.pool.lookup(*k))
+                .collect();
+            let hit_tokens = hits.len() * bs;
+            let n = (len - hit_tokens).min(budget);
+            let new_blocks = blocks_for(hit_tokens + n, bs) - hits.len();
+            let hits_in_free = hits.iter().filter(|b| self.pool.is_free(**b)).count();
+            if self.pool.num_free() < new_blocks + hits_in_free {
+                // Strict order: the head waits for blocks rather than being overtaken.
+                break;
+            }
+            for &b in &hits {
+                self.pool.acquire(b);
+            }
+            let mut table = hits;
+            for _ in 0..new_blocks {
+                table.push(self.pool.allocate().expect("free blocks were counted"));
+            }
+            s.num_registered = table.len().min(hit_tokens / bs);
+            s.block_table = table;
+            s.num_computed = hit_tokens;
+            s.running = true;
+            s.cached_tokens.get_or_insert(hit_tokens.min(s.prompt_len));
+            self.stats.prefix_query_tokens += len as u64;
+            self.stats.prefix_hit_tokens += hit_tokens as u64;
+            self.waiting.pop_front();
+            self.running.push(id);
+            plan.seqs.push(ScheduledSeq {
+                seq: id,
+                start: hit_tokens,
+                len: n,
+                sample: hit_tokens + n == len,
+            });
+            budget -= n;
+        }
+    }
+
+    /// The executor's view of a plan: token slices and block tables.
+    pub fn inputs<'a>(&'a self, plan: &StepPlan) -> Vec<StepInput<'a>> {
+        plan.seqs
+            .iter()
+            .filter_map(|p| {
+                let s = self.seqs.get(&p.seq)?;
+                Some(StepInput {
+                    seq: p.seq,
+                    tokens: &s.tokens[p.start..p.start + p.len],
+                    start_pos: p.start,
+                    block_table: &s.block_table[..blocks_for(p.start + p.len, self.cfg.block_size)],
+                    sample: p.sample,
+                })
+            })
+            .collect()
+    }
+
+    /// Record that a planned step was computed: advance each sequence and
+    /// register its newly full blocks in the prefix cache.
+    pub fn complete(&mut self, plan: &StepPlan) {
+        let bs = self.cfg.block_size;
+        for p in &plan.seqs {
+            let Some(s) = self.seqs.get_mut(&p.seq) else {
+                continue; // ended between planning and completion
+            };
+            if !s.running || s.num_computed != p.start {
+                continue;
+            }
+            s.num_computed = p.start + p.len;
+            let full = s.num_computed / bs;
+            if full > s.num_registered {
+                self.hasher.extend_keys(&mut s.keys, &s.tokens, &s.extra);
+                for i in s.num_registered..full {
+                    let parent = i.checked_sub(1).map(|j| s.keys[j]);
+                    let tokens = &s.tokens[i * bs..(i + 1) * bs];
+                    self.pool
+                        .register(s.block_table[i], s.keys[i], parent, tokens);
+                }
+                s.num_registered = full;
+            }
+        }
+    }
+
+    /// Append a sampled token to a sequence (after [`Self::complete`]).
+    pub fn append_token(&mut self, id: SeqId, token: TokenId) -> bool {
+        match self.seqs.get_mut(&id) {
+            Some(s) => {
+                s.tokens.push(token);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// End a sequence (finished or cancelled) and release its blocks at once.
+    pub fn finish(&mut self, id: SeqId) -> bool {
+        let Some(s) = self.seqs.remove(&id) else {
+            return false;
+        };
+        self.pool.release(&s.block_table);
+        if s.running {
+            self.running.retain(|r| *r != id);
+        } else {
+            self.waiting.retain(|w| *w != id);
+        }
+        true
+    }
+
+    /// Preempt a running sequence by recomputation: release its blocks (they
+    /// stay cached) and put it at the head of the waiting queue.
+    pub fn preempt(&mut self, id: SeqId) -> bool {
+        if !self.seqs.get(&id).is_some_and(|s| s.running) {
+            return false;
+        }
+        self.preempt_running(id);
+        true
+    }
+
+    fn preempt_running(&mut self, id: SeqId) {
+        let s = self.seqs.get_mut(&id).expect("preempted sequence exists");
+        let table = std::mem::take(&mut s.block_table);
+        s.num_computed = 0;
+        s.num_registered = 0;
+        s.running = false;
+        self.pool.release(&table);
+        self.running.retain(|r| *r != id);
+        self.waiting.push_front(id);
+        self.stats.preemptions += 1;
+    }
+
+    /// Check every structural invariant of the scheduler and its pool; used by
+    /// property tests and the simulator's self-checks.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let n = self.pool.num_blocks();
+        let mut refs = vec![0u32; n];
+        for (id, s) in &self.seqs {
+            if !s.running && !s.block_table.is_empty() {
+                return Err(format!("waiting sequence {id} holds blocks"));
+            }
+            if s.running && s.block_table.len() < blocks_for(s.num_computed, self.cfg.block_size) {
+                return Err(format!("sequence {id} computed past its block table"));
+            }
+            for &b in &s.block_table {
+                refs[b as usize] += 1;
+            }
+        }
+        let free: Vec<BlockId> = self.pool.free_queue();
+        let mut in_free = vec![false; n];
+        for &b in &free {
+            if std::mem::replace(&mut in_free[b as usize], true) {
+                return Err(format!("block {b} twice in the free queue"));
+            }
+        }
+        if free.len() != self.pool.num_free() {
+            return Err("free count disagrees with the free queue".into());
+        }
+        for b in 0..n {
+            let rc = self.pool.ref_count(b as BlockId);
+            if rc != refs[b] {
+                return Err(format!(
+                    "block {b}: ref count {rc}, held by {} tables",
+                    refs[b]
+                ));
+            }
+            if (rc == 0) != in_free[b] {
+                return Err(format!(
+                    "block {b}: ref count {rc} but in free queue = {}",
+                    in_free[b]
+                ));
+            }
+        }
+        for (key, b) in self.pool.cached_entries() {
+            if self.pool.key_of(b) != Some(key) {
+                return Err(format!(
+                    "cache maps {key:?} to block {b}, which has another key"
+                ));
+            }
+        }
+        if self.running.len() + self.waiting.len() != self.seqs.len() {
+            return Err("running + waiting != live sequences".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
