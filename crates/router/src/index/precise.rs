@@ -26,8 +26,8 @@
 //! the property tests deliver each restart's first event.
 //!
 //! # Concurrency
-//! Keys are spread over [`SHARDS`] `parking_lot::RwLock`ed hash maps. An event takes
-//! one shard's write lock at a time; a lookup ([`PreciseIndex::reader`]) takes every
+//! Keys are spread over [`SHARDS`] `parking_lot::RwLock`ed hash maps. A batch of
+//! events takes each touched shard's write lock once (one at a time); a lookup ([`PreciseIndex::reader`]) takes every
 //! shard's read lock once, in shard order, for the whole walk (16 uncontended atomic
 //! operations instead of one per block). Because readers take locks in a fixed order
 //! and writers hold at most one lock, there is no lock-order cycle. Dropping a worker
@@ -43,6 +43,8 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 /// Number of lock shards; a power of two.
 pub const SHARDS: usize = 16;
+// `apply` tracks touched shards in a u32 and `shard_of` masks with SHARDS - 1.
+const _: () = assert!(SHARDS.is_power_of_two() && SHARDS <= 32);
 
 /// Which workers hold a key, per tier.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -106,6 +108,15 @@ pub struct PreciseIndex {
     block_size: usize,
 }
 
+/// The key an event touches (AllCleared touches none; any shard will do).
+#[inline]
+fn event_key(ev: &KvEvent) -> BlockKey {
+    match &ev.data {
+        KvEventData::BlockStored { key, .. } | KvEventData::BlockRemoved { key, .. } => *key,
+        KvEventData::AllCleared => BlockKey(0),
+    }
+}
+
 #[inline]
 fn shard_of(key: BlockKey) -> usize {
     // Bits 40..44 of the raw key: independent of the low bits that pick the bucket
@@ -142,48 +153,89 @@ impl PreciseIndex {
         let mut stream = self.stream(worker)?.lock();
         let b = bit(worker);
         let mut out = ApplyOutcome::default();
-        for ev in events {
-            if ev.seq != stream.expected {
+        let mut i = 0;
+        while let Some(first) = events.get(i) {
+            if first.seq != stream.expected {
                 self.drop_entries(b, &mut stream);
                 stream.resyncs += 1;
                 out.resyncs += 1;
             }
-            match &ev.data {
-                KvEventData::BlockStored {
-                    key, tokens, tier, ..
-                } => {
-                    if tokens.len() != self.block_size {
-                        stream.wrong_block_size += 1;
-                        out.wrong_block_size += 1;
-                    }
-                    let mut shard = self.shards[shard_of(*key)].write();
-                    let e = shard.entry(*key).or_default();
-                    let had = e.any() & b != 0;
-                    *e.tier_mut(*tier) |= b;
-                    if !had {
-                        stream.blocks += 1;
-                    }
-                }
-                KvEventData::BlockRemoved { key, tier } => {
-                    let mut shard = self.shards[shard_of(*key)].write();
-                    if let Some(e) = shard.get_mut(key) {
-                        let had = e.any() & b != 0;
-                        *e.tier_mut(*tier) &= !b;
-                        let any = e.any();
-                        if had && any & b == 0 {
-                            stream.blocks = stream.blocks.saturating_sub(1);
-                        }
-                        if any == 0 {
-                            shard.remove(key);
-                        }
-                    }
-                }
-                KvEventData::AllCleared => self.drop_entries(b, &mut stream),
+            if matches!(first.data, KvEventData::AllCleared) {
+                self.drop_entries(b, &mut stream);
+                stream.expected = first.seq.wrapping_add(1);
+                out.applied += 1;
+                i += 1;
+                continue;
             }
-            stream.expected = ev.seq.wrapping_add(1);
-            out.applied += 1;
+            // The longest in-sequence run without a clear: its events only touch keys,
+            // so they can be applied shard by shard (one write lock per shard touched,
+            // not per event) while keeping each key's events in order.
+            let mut j = i + 1;
+            let mut touched = 1u32 << shard_of(event_key(first));
+            while let Some(ev) = events.get(j) {
+                if ev.seq != events[j - 1].seq.wrapping_add(1)
+                    || matches!(ev.data, KvEventData::AllCleared)
+                {
+                    break;
+                }
+                touched |= 1 << shard_of(event_key(ev));
+                j += 1;
+            }
+            let run = &events[i..j];
+            while touched != 0 {
+                let s = touched.trailing_zeros() as usize;
+                touched &= touched - 1;
+                let mut shard = self.shards[s].write();
+                for ev in run.iter().filter(|ev| shard_of(event_key(ev)) == s) {
+                    self.apply_one(&mut shard, b, ev, &mut stream, &mut out);
+                }
+            }
+            stream.expected = run[run.len() - 1].seq.wrapping_add(1);
+            out.applied += run.len();
+            i = j;
         }
         Ok(out)
+    }
+
+    /// Apply a `BlockStored` / `BlockRemoved` to its (locked) shard.
+    fn apply_one(
+        &self,
+        shard: &mut KeyMap<Entry>,
+        b: WorkerMask,
+        ev: &KvEvent,
+        stream: &mut Stream,
+        out: &mut ApplyOutcome,
+    ) {
+        match &ev.data {
+            KvEventData::BlockStored {
+                key, tokens, tier, ..
+            } => {
+                if tokens.len() != self.block_size {
+                    stream.wrong_block_size += 1;
+                    out.wrong_block_size += 1;
+                }
+                let e = shard.entry(*key).or_default();
+                let had = e.any() & b != 0;
+                *e.tier_mut(*tier) |= b;
+                if !had {
+                    stream.blocks += 1;
+                }
+            }
+            KvEventData::BlockRemoved { key, tier } => {
+                if let Some(e) = shard.get_mut(key) {
+                    let had = e.any() & b != 0;
+                    *e.tier_mut(*tier) &= !b;
+                    let any = e.any();
+                    if had && any & b == 0 {
+                        stream.blocks = stream.blocks.saturating_sub(1);
+                    }
+                    if any == 0 {
+                        shard.remove(key);
+                    }
+                }
+            }
+            KvEventData::AllCleared => {}
+        }
     }
 
     /// Drop every entry of `worker` and expect its stream to restart at seq 0 (the
