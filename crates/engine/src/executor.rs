@@ -3,6 +3,7 @@
 //! used by tests and the cluster simulator.
 
 use crate::kv::BlockId;
+use crate::sampler::SamplingParams;
 use crate::scheduler::SeqId;
 use crate::worker::TokenLogprob;
 use reprise_router::TokenId;
@@ -43,6 +44,10 @@ pub struct ExecutorError(pub String);
 pub trait Executor {
     /// Run the step and return one [`Sampled`] for every input with `sample` set, in order.
     fn execute(&mut self, step: &[StepInput<'_>]) -> Result<Vec<Sampled>, ExecutorError>;
+    /// A sequence starts; it will be sampled under `params`.
+    fn add_sequence(&mut self, _seq: SeqId, _params: &SamplingParams) {}
+    /// A sequence ended; drop its per-sequence state.
+    fn remove_sequence(&mut self, _seq: SeqId) {}
 }
 
 /// Step latency as a function of the work in the step. Loaded from data files

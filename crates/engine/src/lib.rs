@@ -4,12 +4,16 @@
 
 pub mod attention;
 pub mod chat_template;
+pub mod engine;
 pub mod executor;
 pub mod kv;
 pub mod model;
+pub mod model_executor;
 pub mod sampler;
 pub mod scheduler;
 pub mod tokenizer;
 pub mod worker;
 
-pub use reprise_router::{BlockHasher, BlockKey, HashAlgo, KvEvent, KvEventData, TokenId, WorkerLoad};
+pub use reprise_router::{
+    BlockHasher, BlockKey, HashAlgo, KvEvent, KvEventData, TokenId, WorkerLoad,
+};

@@ -1,0 +1,554 @@
+//! The engine loop of one worker, without the thread: requests in, steps run
+//! through the scheduler and an executor, tokens and stop decisions out.
+//! Single-threaded and synchronous, so it is tested directly; `worker.rs` puts
+//! it on a thread behind a channel.
+
+use crate::executor::{Executor, ExecutorError};
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SeqId};
+use crate::worker::{FinishReason, GenerateRequest, WorkerEvent};
+use reprise_router::{KvEvent, TokenId, WorkerLoad};
+use std::collections::HashMap;
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Block pool and scheduler settings.
+    pub scheduler: SchedulerConfig,
+    /// Longest context (prompt + generated tokens).
+    pub max_model_len: usize,
+    /// Tokens that end generation unless `ignore_eos`.
+    pub eos_token_ids: Vec<TokenId>,
+}
+
+/// Why a request was refused at submission.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    /// A request with this id is already live.
+    #[error("request id {0} is already in use")]
+    DuplicateId(u64),
+    /// `n` must be at least 1.
+    #[error("n must be at least 1")]
+    ZeroN,
+    /// `max_tokens` must be at least 1.
+    #[error("max_tokens must be at least 1")]
+    ZeroMaxTokens,
+    /// The prompt leaves no room to generate within the context length.
+    #[error("prompt of {prompt} tokens leaves no room to generate within the context length of {max_model_len}")]
+    PromptTooLong {
+        /// Prompt length.
+        prompt: usize,
+        /// Context length.
+        max_model_len: usize,
+    },
+    /// The worker is shutting down and takes no new requests.
+    #[error("the worker is shutting down")]
+    ShuttingDown,
+    /// The scheduler refused the prompt.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+}
+
+/// Counters and load of one worker, for metrics and routing.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WorkerSnapshot {
+    /// Queue and KV usage.
+    pub load: WorkerLoad,
+    /// Prompt tokens looked up in the prefix cache.
+    pub prefix_query_tokens: u64,
+    /// Prompt tokens found there.
+    pub prefix_hit_tokens: u64,
+    /// Prompt tokens of submitted requests.
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    pub generation_tokens: u64,
+    /// Preemptions.
+    pub preemptions: u64,
+    /// False once the worker has died; it takes no more requests.
+    pub alive: bool,
+}
+
+struct Request {
+    tx: flume::Sender<WorkerEvent>,
+    req: GenerateRequest,
+    /// Live sequence of each of the `n` choices (`None` once finished or not yet started).
+    seqs: Vec<Option<SeqId>>,
+    /// Choices 1..n start once choice 0 has computed the prompt, so that they
+    /// find its blocks in the prefix cache instead of computing them again.
+    siblings_pending: bool,
+    remaining: usize,
+}
+
+struct SeqState {
+    request: u64,
+    index: usize,
+}
+
+/// One worker's engine: scheduler, executor and request bookkeeping.
+pub struct Engine<E: Executor> {
+    sched: Scheduler,
+    exec: E,
+    cfg: EngineConfig,
+    requests: HashMap<u64, Request>,
+    seqs: HashMap<SeqId, SeqState>,
+    prompt_tokens: u64,
+    generation_tokens: u64,
+}
+
+impl<E: Executor> Engine<E> {
+    /// An idle engine.
+    pub fn new(cfg: EngineConfig, exec: E) -> Result<Self, SchedulerError> {
+        Ok(Self {
+            sched: Scheduler::new(cfg.scheduler.clone())?,
+            exec,
+            cfg,
+            requests: HashMap::new(),
+            seqs: HashMap::new(),
+            prompt_tokens: 0,
+            generation_tokens: 0,
+        })
+    }
+
+    /// The scheduler (read-only).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sched
+    }
+
+    /// The executor.
+    pub fn executor(&self) -> &E {
+        &self.exec
+    }
+
+    /// Whether any request is live.
+    pub fn has_work(&self) -> bool {
+        !self.requests.is_empty()
+    }
+
+    /// Number of live requests.
+    pub fn num_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Accept a request; its events go to `tx`.
+    pub fn submit(
+        &mut self,
+        req: GenerateRequest,
+        tx: flume::Sender<WorkerEvent>,
+    ) -> Result<(), SubmitError> {
+        if self.requests.contains_key(&req.id) {
+            return Err(SubmitError::DuplicateId(req.id));
+        }
+        if req.n == 0 {
+            return Err(SubmitError::ZeroN);
+        }
+        if req.params.max_tokens == 0 {
+            return Err(SubmitError::ZeroMaxTokens);
+        }
+        if req.prompt.len() >= self.cfg.max_model_len {
+            return Err(SubmitError::PromptTooLong {
+                prompt: req.prompt.len(),
+                max_model_len: self.cfg.max_model_len,
+            });
+        }
+        let seq = self.sched.add(req.prompt.clone(), req.cache_salt.clone())?;
+        self.exec.add_sequence(seq, &req.params);
+        self.seqs.insert(
+            seq,
+            SeqState {
+                request: req.id,
+                index: 0,
+            },
+        );
+        self.prompt_tokens += req.prompt.len() as u64;
+        let mut seqs = vec![None; req.n];
+        seqs[0] = Some(seq);
+        self.requests.insert(
+            req.id,
+            Request {
+                tx,
+                siblings_pending: req.n > 1,
+                remaining: req.n,
+                seqs,
+                req,
+            },
+        );
+        Ok(())
+    }
+
+    /// Cancel a request: its blocks are released now; nothing more is sent.
+    pub fn cancel(&mut self, id: u64) {
+        if let Some(r) = self.requests.remove(&id) {
+            for seq in r.seqs.into_iter().flatten() {
+                self.end_seq(seq);
+            }
+        }
+    }
+
+    /// Fail every live request with `msg` and release all their blocks.
+    pub fn fail_all(&mut self, msg: &str) {
+        let ids: Vec<u64> = self.requests.keys().copied().collect();
+        for id in ids {
+            if let Some(r) = self.requests.get(&id) {
+                let _ = r.tx.send(WorkerEvent::Error(msg.to_string()));
+            }
+            self.cancel(id);
+        }
+    }
+
+    /// Run one scheduler step: plan, execute, sample, stop.
+    pub fn step(&mut self) -> Result<(), ExecutorError> {
+        let plan = self.sched.schedule();
+        for &seq in &plan.out_of_blocks {
+            self.finish_seq(seq, FinishReason::Length);
+        }
+        if plan.seqs.is_empty() {
+            return Ok(());
+        }
+        let sampled = {
+            let inputs = self.sched.inputs(&plan);
+            self.exec.execute(&inputs)?
+        };
+        self.sched.complete(&plan);
+        for s in sampled {
+            self.on_token(s.seq, s.token, s.logprob);
+        }
+        Ok(())
+    }
+
+    /// KV events since the last call.
+    pub fn drain_events(&mut self) -> Vec<KvEvent> {
+        self.sched.drain_events()
+    }
+
+    /// Load and counters.
+    pub fn snapshot(&self) -> WorkerSnapshot {
+        let st = self.sched.stats();
+        WorkerSnapshot {
+            load: self.sched.load(),
+            prefix_query_tokens: st.prefix_query_tokens,
+            prefix_hit_tokens: st.prefix_hit_tokens,
+            prompt_tokens: self.prompt_tokens,
+            generation_tokens: self.generation_tokens,
+            preemptions: st.preemptions,
+            alive: true,
+        }
+    }
+
+    fn on_token(
+        &mut self,
+        seq: SeqId,
+        token: TokenId,
+        logprob: Option<crate::worker::TokenLogprob>,
+    ) {
+        let Some(st) = self.seqs.get(&seq) else {
+            return;
+        };
+        let (rid, index) = (st.request, st.index);
+        let Some(r) = self.requests.get(&rid) else {
+            return;
+        };
+        self.sched.append_token(seq, token);
+        self.generation_tokens += 1;
+        let sent =
+            r.tx.send(WorkerEvent::Token {
+                index,
+                token,
+                logprob,
+            })
+            .is_ok();
+        if !sent {
+            // The caller went away: free everything now.
+            self.cancel(rid);
+            return;
+        }
+        let p = &r.req.params;
+        let generated = self.sched.num_generated(seq).unwrap_or(0);
+        let len = self.sched.tokens(seq).map_or(0, <[TokenId]>::len);
+        let reason = if (!p.ignore_eos && self.cfg.eos_token_ids.contains(&token))
+            || p.stop_token_ids.contains(&token)
+        {
+            Some(FinishReason::Stop)
+        } else if generated >= p.max_tokens || len >= self.cfg.max_model_len {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        if index == 0 && r.siblings_pending {
+            self.start_siblings(rid);
+        }
+        if let Some(reason) = reason {
+            self.finish_seq(seq, reason);
+        }
+    }
+
+    fn start_siblings(&mut self, rid: u64) {
+        let Some(r) = self.requests.get_mut(&rid) else {
+            return;
+        };
+        r.siblings_pending = false;
+        for index in 1..r.seqs.len() {
+            let mut params = r.req.params.clone();
+            params.seed = params.seed.map(|s| s.wrapping_add(index as u64));
+            match self
+                .sched
+                .add(r.req.prompt.clone(), r.req.cache_salt.clone())
+            {
+                Ok(seq) => {
+                    self.exec.add_sequence(seq, &params);
+                    self.seqs.insert(
+                        seq,
+                        SeqState {
+                            request: rid,
+                            index,
+                        },
+                    );
+                    r.seqs[index] = Some(seq);
+                }
+                Err(e) => {
+                    // Cannot happen for a prompt choice 0 was admitted with; fail loudly anyway.
+                    let _ = r.tx.send(WorkerEvent::Error(e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn finish_seq(&mut self, seq: SeqId, reason: FinishReason) {
+        let Some(st) = self.seqs.get(&seq) else {
+            return;
+        };
+        let (rid, index) = (st.request, st.index);
+        let generated = self.sched.num_generated(seq).unwrap_or(0);
+        let cached = self.sched.cached_tokens(seq).unwrap_or(0);
+        self.end_seq(seq);
+        let Some(r) = self.requests.get_mut(&rid) else {
+            return;
+        };
+        r.seqs[index] = None;
+        r.remaining -= 1;
+        let _ = r.tx.send(WorkerEvent::Finished {
+            index,
+            reason,
+            prompt_tokens: r.req.prompt.len(),
+            cached_tokens: cached,
+            completion_tokens: generated,
+        });
+        if r.remaining == 0 || (index == 0 && r.siblings_pending) {
+            // Choice 0 ended before its first token (out of blocks): the
+            // siblings would never start, so end the request with it.
+            if r.remaining > 0 {
+                let _ = r.tx.send(WorkerEvent::Error(
+                    "request ended before its prompt could be computed".into(),
+                ));
+            }
+            self.cancel(rid);
+        }
+    }
+
+    fn end_seq(&mut self, seq: SeqId) {
+        self.sched.finish(seq);
+        self.exec.remove_sequence(seq);
+        self.seqs.remove(&seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::{CostModel, CostModelExecutor};
+    use crate::sampler::SamplingParams;
+
+    fn engine(num_blocks: usize, eos: TokenId) -> Engine<CostModelExecutor> {
+        let cost = CostModel {
+            name: "zero".into(),
+            step_overhead_s: 0.0,
+            prefill_token_s: 0.0,
+            prefill_attention_pair_s: 0.0,
+            decode_seq_s: 0.0,
+            decode_context_token_s: 0.0,
+        };
+        let cfg = EngineConfig {
+            scheduler: SchedulerConfig {
+                num_blocks,
+                block_size: 4,
+                max_num_batched_tokens: 64,
+                ..Default::default()
+            },
+            max_model_len: 64,
+            eos_token_ids: vec![eos],
+        };
+        Engine::new(cfg, CostModelExecutor::new(cost, 7)).unwrap()
+    }
+
+    fn req(id: u64, prompt_len: usize, max_tokens: usize, n: usize) -> GenerateRequest {
+        GenerateRequest {
+            id,
+            prompt: (0..prompt_len as u32).collect(),
+            params: SamplingParams {
+                max_tokens,
+                temperature: 0.0,
+                ..Default::default()
+            },
+            n,
+            cache_salt: Vec::new(),
+        }
+    }
+
+    fn run(e: &mut Engine<CostModelExecutor>) {
+        for _ in 0..1000 {
+            if !e.has_work() {
+                return;
+            }
+            e.step().unwrap();
+        }
+        panic!("engine did not drain");
+    }
+
+    fn finished(rx: &flume::Receiver<WorkerEvent>) -> Vec<WorkerEvent> {
+        rx.drain()
+            .filter(|e| matches!(e, WorkerEvent::Finished { .. }))
+            .collect()
+    }
+
+    #[test]
+    fn max_tokens_and_eos_end_sequences() {
+        let mut e = engine(32, 7);
+        let (tx, rx) = flume::unbounded();
+        e.submit(req(1, 5, 3, 1), tx).unwrap();
+        run(&mut e);
+        // The cost model always "samples" 7, which is EOS here: one token, stop.
+        let ev: Vec<_> = rx.drain().collect();
+        assert!(matches!(ev[0], WorkerEvent::Token { token: 7, .. }));
+        assert!(matches!(
+            ev[1],
+            WorkerEvent::Finished {
+                reason: FinishReason::Stop,
+                completion_tokens: 1,
+                ..
+            }
+        ));
+
+        let mut e = engine(32, 99);
+        let (tx, rx) = flume::unbounded();
+        let mut r = req(1, 5, 3, 1);
+        r.params.ignore_eos = true;
+        e.submit(r, tx).unwrap();
+        run(&mut e);
+        let f = finished(&rx);
+        assert!(matches!(
+            f[0],
+            WorkerEvent::Finished {
+                reason: FinishReason::Length,
+                completion_tokens: 3,
+                ..
+            }
+        ));
+        assert_eq!(e.scheduler().pool().num_in_use(), 0);
+    }
+
+    #[test]
+    fn n_choices_share_the_prompt_blocks() {
+        let mut e = engine(32, 99);
+        let (tx, rx) = flume::unbounded();
+        e.submit(req(1, 13, 2, 3), tx).unwrap();
+        run(&mut e);
+        let f = finished(&rx);
+        assert_eq!(f.len(), 3);
+        let cached: Vec<usize> = f
+            .iter()
+            .map(|ev| match ev {
+                WorkerEvent::Finished {
+                    index,
+                    cached_tokens,
+                    ..
+                } => {
+                    if *index == 0 {
+                        assert_eq!(*cached_tokens, 0);
+                    }
+                    *cached_tokens
+                }
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            cached.iter().filter(|c| **c == 12).count(),
+            2,
+            "siblings hit the prompt's 3 full blocks"
+        );
+        assert_eq!(e.scheduler().pool().num_in_use(), 0);
+    }
+
+    #[test]
+    fn dropped_receiver_cancels_and_frees() {
+        let mut e = engine(32, 99);
+        let (tx, rx) = flume::unbounded();
+        e.submit(req(1, 9, 50, 1), tx).unwrap();
+        e.step().unwrap();
+        assert!(e.scheduler().pool().num_in_use() > 0);
+        drop(rx);
+        e.step().unwrap();
+        assert!(!e.has_work());
+        assert_eq!(e.scheduler().pool().num_in_use(), 0);
+    }
+
+    #[test]
+    fn cancel_frees_a_waiting_request() {
+        let mut e = engine(32, 99);
+        let (tx, _rx) = flume::unbounded();
+        e.submit(req(1, 9, 50, 1), tx.clone()).unwrap();
+        e.cancel(1);
+        assert!(!e.has_work());
+        assert_eq!(e.scheduler().num_seqs(), 0);
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let mut e = engine(4, 99);
+        let (tx, _rx) = flume::unbounded();
+        assert_eq!(
+            e.submit(req(1, 5, 0, 1), tx.clone()),
+            Err(SubmitError::ZeroMaxTokens)
+        );
+        assert_eq!(
+            e.submit(req(1, 5, 1, 0), tx.clone()),
+            Err(SubmitError::ZeroN)
+        );
+        assert!(matches!(
+            e.submit(req(1, 64, 1, 1), tx.clone()),
+            Err(SubmitError::PromptTooLong { .. })
+        ));
+        assert!(matches!(
+            e.submit(req(1, 20, 1, 1), tx.clone()),
+            Err(SubmitError::Scheduler(_))
+        ));
+        e.submit(req(1, 5, 1, 1), tx.clone()).unwrap();
+        assert_eq!(
+            e.submit(req(1, 5, 1, 1), tx),
+            Err(SubmitError::DuplicateId(1))
+        );
+    }
+
+    #[test]
+    fn many_requests_through_a_small_pool_all_finish() {
+        let mut e = engine(12, 99);
+        let mut rxs = Vec::new();
+        for i in 0..20 {
+            let (tx, rx) = flume::unbounded();
+            let mut r = req(i, 6 + (i as usize % 5), 8, 1);
+            r.params.ignore_eos = true;
+            e.submit(r, tx).unwrap();
+            rxs.push(rx);
+        }
+        run(&mut e);
+        for rx in rxs {
+            let f = finished(&rx);
+            assert!(matches!(
+                f[0],
+                WorkerEvent::Finished {
+                    completion_tokens: 8,
+                    ..
+                }
+            ));
+        }
+        assert!(e.snapshot().preemptions > 0);
+        assert_eq!(e.scheduler().pool().num_in_use(), 0);
+    }
+}
