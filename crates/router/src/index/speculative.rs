@@ -3,6 +3,14 @@
 //! to that worker instead of scattering before its first KV event arrives (llm-d and
 //! Dynamo do the same). Time is passed in explicitly as `now`.
 //!
+//! A credit means "this worker was sent this whole prompt and will hold its prefix
+//! shortly". Because a block key names its whole prefix chain, crediting every
+//! [`STRIDE`]-th block (plus the last) is enough: a later prompt whose checkpoint key
+//! `i` is credited to `w` shares blocks `0..=i` with a prompt sent to `w`. So a
+//! credit costs `n / STRIDE` inserts instead of `n`, and a lookup walks only the
+//! checkpoints; the price is that a run found only through credits is rounded down to
+//! a multiple of `STRIDE` blocks unless it reaches the credited prompt's exact end.
+//!
 //! Each key keeps up to [`SLOTS`] `(worker, expiry)` credits inline (no allocation
 //! per key); a FIFO of expiries lets each write prune expired credits in amortised
 //! O(1). Lookups also compare against `now`, so expiry is exact without pruning.
@@ -17,6 +25,17 @@ use std::time::Duration;
 
 /// Workers credited per key at once; a fifth credit replaces the soonest to expire.
 pub const SLOTS: usize = 4;
+
+/// Every `STRIDE`-th block of a credited prompt (and its last block) is recorded.
+pub const STRIDE: usize = 16;
+
+/// Indices of the checkpoint blocks of an `n`-block prompt, ascending.
+// `is_multiple_of` is newer than the workspace's rust-version (1.85).
+#[allow(clippy::manual_is_multiple_of)]
+pub fn checkpoints(n: usize) -> impl Iterator<Item = usize> {
+    let last = (n % STRIDE != 0).then(|| n - 1);
+    (STRIDE - 1..n).step_by(STRIDE).chain(last)
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Credits {
@@ -91,7 +110,7 @@ impl SpeculativeIndex {
         }
     }
 
-    /// Credit `worker` with `keys` until `now + ttl`.
+    /// Credit `worker` with the prompt whose block keys are `keys` until `now + ttl`.
     pub fn credit(&self, worker: usize, keys: &[BlockKey], now: Duration) {
         let Ok(w) = u8::try_from(worker) else {
             return;
@@ -103,7 +122,7 @@ impl SpeculativeIndex {
         let expiry = now.saturating_add(self.ttl);
         let mut g = self.inner.write();
         Self::prune_locked(&mut g, now);
-        for k in keys {
+        for k in checkpoints(keys.len()).filter_map(|i| keys.get(i)) {
             g.map.entry(*k).or_default().credit(w, expiry);
             g.fifo.push_back((expiry, *k, w));
         }
@@ -149,6 +168,37 @@ impl SpeculativeIndex {
         self.len() == 0
     }
 
+    /// Per worker in `candidates`, the prefix of `keys` (in blocks) that unexpired
+    /// credits vouch for: one past the last consecutive credited checkpoint.
+    pub fn match_prefix(
+        &self,
+        keys: &[BlockKey],
+        now: Duration,
+        candidates: WorkerMask,
+        out: &mut [usize],
+    ) {
+        out.fill(0);
+        let r = self.reader(now);
+        if r.guard.map.is_empty() {
+            return;
+        }
+        let mut active = candidates;
+        for i in checkpoints(keys.len()) {
+            let Some(k) = keys.get(i) else { break };
+            active &= r.mask(*k);
+            if active == 0 {
+                break;
+            }
+            let mut m = active;
+            while m != 0 {
+                if let Some(slot) = out.get_mut(m.trailing_zeros() as usize) {
+                    *slot = i + 1;
+                }
+                m &= m - 1;
+            }
+        }
+    }
+
     /// A read view valid at `now`.
     pub fn reader(&self, now: Duration) -> SpeculativeReader<'_> {
         SpeculativeReader {
@@ -183,17 +233,53 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn keys(n: u128) -> Vec<BlockKey> {
+        (0..n).map(BlockKey).collect()
+    }
+
+    #[test]
+    fn checkpoints_are_every_stride_and_the_last() {
+        assert_eq!(checkpoints(0).count(), 0);
+        assert_eq!(checkpoints(3).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(checkpoints(32).collect::<Vec<_>>(), vec![15, 31]);
+        assert_eq!(checkpoints(40).collect::<Vec<_>>(), vec![15, 31, 39]);
+    }
+
     #[test]
     fn credits_expire_after_ttl() {
         let s = SpeculativeIndex::new(ms(2000));
-        let keys = [BlockKey(1), BlockKey(2)];
-        s.credit(3, &keys, ms(1000));
-        assert_eq!(s.reader(ms(1000)).mask(BlockKey(1)), 1 << 3);
-        assert_eq!(s.reader(ms(2999)).mask(BlockKey(2)), 1 << 3);
-        assert_eq!(s.reader(ms(3000)).mask(BlockKey(1)), 0);
-        assert_eq!(s.reader(ms(500_000)).mask(BlockKey(9)), 0);
+        let ks = keys(40);
+        s.credit(3, &ks, ms(1000));
+        let mut out = [0; 4];
+        s.match_prefix(&ks, ms(1000), 0b1111, &mut out);
+        assert_eq!(out, [0, 0, 0, 40]);
+        s.match_prefix(&ks, ms(2999), 0b1111, &mut out);
+        assert_eq!(out, [0, 0, 0, 40]);
+        s.match_prefix(&ks, ms(3000), 0b1111, &mut out);
+        assert_eq!(out, [0; 4]);
         s.prune(ms(3000));
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn shared_prefixes_match_to_the_stride() {
+        let s = SpeculativeIndex::new(ms(2000));
+        let ks = keys(40);
+        s.credit(1, &ks, ms(0));
+        let mut out = [0; 2];
+        // A longer prompt sharing all 40 blocks: 39 is not one of its checkpoints.
+        let longer = keys(50);
+        s.match_prefix(&longer, ms(1), 0b11, &mut out);
+        assert_eq!(out, [0, 32]);
+        // Diverging at block 20: checkpoint 15 only.
+        let mut div = keys(40);
+        for (i, k) in div.iter_mut().enumerate().skip(20) {
+            *k = BlockKey(1000 + i as u128);
+        }
+        s.match_prefix(&div, ms(1), 0b11, &mut out);
+        assert_eq!(out, [0, 16]);
+        s.match_prefix(&keys(40), ms(1), 0b01, &mut out);
+        assert_eq!(out, [0, 0], "non-candidates get 0");
     }
 
     #[test]
@@ -222,7 +308,7 @@ mod tests {
     #[test]
     fn zero_ttl_disables() {
         let s = SpeculativeIndex::new(Duration::ZERO);
-        s.credit(0, &[BlockKey(1)], ms(0));
+        s.credit(0, &keys(20), ms(0));
         assert!(s.is_empty());
     }
 }

@@ -3,9 +3,9 @@
 
 use super::{Decision, PolicyKind, RouteRequest, RoutingPolicy};
 use crate::error::RouteError;
-use crate::index::longest_runs;
 use crate::index::precise::PreciseIndex;
 use crate::index::speculative::SpeculativeIndex;
+use crate::index::MAX_WORKERS;
 use crate::scorer::Scorer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,25 +39,27 @@ impl RoutingPolicy for PrecisePolicy {
     }
 
     fn route(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError> {
-        let mut matched = vec![0; req.workers.len()];
-        {
-            let precise = self.index.reader();
-            let spec = self.speculative.reader(req.now);
-            longest_runs(req.keys, req.all(), &mut matched, |k| {
-                precise.mask(k) | spec.mask(k)
-            });
+        let n = req.workers.len();
+        let mut matched = vec![0; n];
+        self.index.match_prefix(req.keys, req.all(), &mut matched);
+        // Runs vouched for by speculative credits count too (see index::speculative).
+        let mut spec = [0usize; MAX_WORKERS];
+        let spec = &mut spec[..n.min(MAX_WORKERS)];
+        self.speculative
+            .match_prefix(req.keys, req.now, req.all(), spec);
+        let confirmed = |w: usize| matched.get(w).copied().unwrap_or(0);
+        let mut combined = matched.clone();
+        for (m, s) in combined.iter_mut().zip(spec.iter()) {
+            *m = (*m).max(*s);
         }
         let pick = self
             .scorer
-            .pick(req.workers, &matched, req.keys.len(), req.tie_value())?;
-        // Credit only the blocks the chosen worker is not already known to hold: on a
-        // full hit this is nothing, on a cold prompt it is every block.
-        let have = matched.get(pick.worker).copied().unwrap_or(0);
-        if let Some(rest) = req.keys.get(have..) {
-            if !rest.is_empty() {
-                self.speculative.credit(pick.worker, rest, req.now);
-            }
+            .pick(req.workers, &combined, req.keys.len(), req.tie_value())?;
+        // Credit the chosen worker unless its events already confirm the whole prompt.
+        if confirmed(pick.worker) < req.keys.len() {
+            self.speculative.credit(pick.worker, req.keys, req.now);
         }
+        let matched = combined;
         Ok(Decision {
             worker: pick.worker,
             matched_blocks: matched,
@@ -151,8 +153,8 @@ mod tests {
         let later = p.route(&req(&prompt(8), &idle(4), 10_000)).unwrap();
         assert_eq!(later.matched_blocks, vec![0; 4]);
         let mut m = vec![0; 4];
-        let spec = p.speculative().reader(Duration::from_millis(4200));
-        longest_runs(&keys, 0b1111, &mut m, |k| spec.mask(k));
+        p.speculative()
+            .match_prefix(&keys, Duration::from_millis(4200), 0b1111, &mut m);
         assert_eq!(m, vec![0; 4], "expired without sleeping");
     }
 
