@@ -81,6 +81,27 @@ fn set_run(out: &mut [usize], mut mask: WorkerMask, run: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Equals the brute-force definition: the run of worker w is the first block
+        /// index that w does not hold (or the prompt length).
+        #[test]
+        fn longest_runs_is_first_gap(held in proptest::collection::vec(0u128..16, 0..40),
+                                     candidates in 0u128..16) {
+            let ks: Vec<BlockKey> = (0..held.len() as u128).map(BlockKey).collect();
+            let mut out = [0usize; 4];
+            longest_runs(&ks, candidates, &mut out, |k| held[k.0 as usize]);
+            for (w, got) in out.iter().enumerate() {
+                let want = if candidates & bit(w) == 0 {
+                    0
+                } else {
+                    held.iter().position(|m| m & bit(w) == 0).unwrap_or(held.len())
+                };
+                prop_assert_eq!(*got, want, "worker {}", w);
+            }
+        }
+    }
 
     fn keys(n: usize) -> Vec<BlockKey> {
         (0..n as u128).map(BlockKey).collect()

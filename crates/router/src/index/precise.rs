@@ -103,7 +103,7 @@ pub struct StreamStats {
 
 /// Block key → workers, fed by KV events. See the module docs for the sequence policy.
 pub struct PreciseIndex {
-    shards: [RwLock<KeyMap<Entry>>; SHARDS],
+    shards: [Shard; SHARDS],
     streams: Box<[Mutex<Stream>]>,
     block_size: usize,
 }
@@ -114,6 +114,18 @@ fn event_key(ev: &KvEvent) -> BlockKey {
     match &ev.data {
         KvEventData::BlockStored { key, .. } | KvEventData::BlockRemoved { key, .. } => *key,
         KvEventData::AllCleared => BlockKey(0),
+    }
+}
+
+/// One lock shard on its own cache lines, so readers taking one shard's lock do not
+/// invalidate the line holding a neighbour's lock word and map header.
+#[repr(align(128))]
+struct Shard(RwLock<KeyMap<Entry>>);
+
+impl std::ops::Deref for Shard {
+    type Target = RwLock<KeyMap<Entry>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
@@ -130,7 +142,7 @@ impl PreciseIndex {
     pub fn new(num_workers: usize, block_size: usize) -> Self {
         let n = num_workers.min(MAX_WORKERS);
         Self {
-            shards: std::array::from_fn(|_| RwLock::new(KeyMap::default())),
+            shards: std::array::from_fn(|_| Shard(RwLock::new(KeyMap::default()))),
             streams: (0..n).map(|_| Mutex::new(Stream::default())).collect(),
             block_size,
         }
