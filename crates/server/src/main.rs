@@ -1,1 +1,101 @@
-fn main() {}
+//! `reprise`: the binary. `reprise serve` starts the workers, the router and
+//! the OpenAI-compatible HTTP API in one process.
+//!
+//! A request's path: `server.rs` (route, auth) → `body.rs` (413/400) →
+//! `completions.rs` / `chat.rs` (fields via `params.rs`, template, tokenize once)
+//! → `dispatch.rs` (admission, router, worker channel) → `generate.rs` (worker
+//! events → text via `detok.rs`) → JSON, or SSE via `sse.rs`.
+
+mod body;
+mod chat;
+mod cli;
+mod completions;
+mod config;
+mod detok;
+mod dispatch;
+mod errors;
+mod generate;
+mod metrics;
+mod params;
+mod server;
+mod shutdown;
+mod sse;
+mod startup;
+mod state;
+mod tokenize;
+
+use clap::Parser;
+use cli::{Cli, Command, ServeArgs};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A unique id for a response (`cmpl-…`, `chatcmpl-…`).
+pub(crate) fn request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("{:012x}{:06x}", t & 0xffff_ffff_ffff, n & 0xff_ffff)
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let cfg = config::ServeConfig::from_args(args)?;
+    let loaded = startup::load_model(cfg.model.as_deref())?;
+    let started = startup::start(&cfg, loaded)?;
+    let state = started.state;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.addr))?;
+        let addr = listener.local_addr()?;
+        let ready = format!(
+            "reprise: serving {} on http://{} with {} worker{} (policy {}, {} KV blocks of {} tokens each, context {})",
+            state.served_model_name,
+            addr,
+            cfg.devices.len(),
+            if cfg.devices.len() == 1 { "" } else { "s" },
+            cfg.policy,
+            started.num_blocks,
+            cfg.block_size,
+            state.max_model_len,
+        );
+        server::serve(state, listener, cfg.shutdown_timeout, ready).await?;
+        anyhow::Ok(())
+    })?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,reprise=info")),
+        )
+        .init();
+    let result = match &cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reprise: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

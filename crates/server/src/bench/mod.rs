@@ -1,0 +1,424 @@
+//! `reprise bench`: the benchmark harness (live, against any OpenAI-compatible
+//! server), the policy comparison, the cluster simulator and the cost-model fit.
+//! Outputs follow `vllm bench serve`'s field names; see `bench/README.md`.
+
+pub mod fit;
+pub mod live;
+pub mod report;
+pub mod sim;
+pub mod stats;
+pub mod workload;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use reprise_engine::executor::CostModel;
+use reprise_router::{PolicyKind, RouterConfig};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use workload::{WorkloadArgs, WorkloadKind};
+
+/// `reprise bench …`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+/// Benchmark subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Simulate a cluster (real router and block pool, cost-model step times).
+    Sim(SimArgs),
+    /// Benchmark a running OpenAI-compatible server.
+    Run(live::RunArgs),
+    /// Start `reprise serve` once per policy and benchmark each the same way.
+    Compare(live::CompareArgs),
+    /// Fit a cost model from a live run's requests.jsonl.
+    Fit(fit::FitArgs),
+}
+
+/// Options of `reprise bench sim`. Values left unset come from `--preset` (or the
+/// built-in defaults without one).
+#[derive(Debug, Clone, Args)]
+pub struct SimArgs {
+    /// Named setup: `llm-d-73` (llm-d's 8 × Qwen3-32B benchmark) or `small`.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Output directory for results.json, results.csv and the pictures.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// Comma-separated policies (precise, approximate, load, round-robin, random).
+    #[arg(long)]
+    pub policies: Option<String>,
+    /// Comma-separated request rates (requests/s), run in order on one cluster.
+    #[arg(long)]
+    pub rates: Option<String>,
+    /// Virtual seconds of arrivals per rate (requests = rate × this).
+    #[arg(long, conflicts_with = "requests_per_rate")]
+    pub duration_per_rate: Option<f64>,
+    /// Requests per rate (instead of --duration-per-rate).
+    #[arg(long)]
+    pub requests_per_rate: Option<usize>,
+    /// Number of workers.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// KV cache per worker, in tokens (rounded down to whole blocks).
+    #[arg(long)]
+    pub kv_tokens: Option<usize>,
+    /// Tokens per block.
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    /// Token budget of one engine step.
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<usize>,
+    /// Most running sequences per worker.
+    #[arg(long)]
+    pub max_num_seqs: Option<usize>,
+    /// Cost model: a JSON file, or a shipped name (qwen3-32b-tp2-h100, reprise-cpu-smollm2-135m).
+    #[arg(long)]
+    pub cost_model: Option<String>,
+    /// Delay of KV events and load reports from worker to router, milliseconds.
+    #[arg(long, default_value_t = 0.0)]
+    pub event_delay_ms: f64,
+    /// Router settings as JSON (e.g. '{"weights":{"prefix":2.0}}'); policy and block
+    /// size are set by the other options.
+    #[arg(long)]
+    pub router_config: Option<String>,
+    /// Seed of arrivals (the workload has its own --seed).
+    #[arg(long, default_value_t = 0)]
+    pub arrival_seed: u64,
+    /// Policies simulated in parallel (threads).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Goodput SLOs in ms, vLLM syntax: `ttft:500 tpot:50 e2el:20000`.
+    #[arg(long, num_args = 1..)]
+    pub goodput: Vec<String>,
+    /// The workload (a preset sets these unless given).
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+}
+
+/// A named simulation setup.
+struct Preset {
+    policies: &'static str,
+    rates: &'static str,
+    duration_per_rate: f64,
+    workers: usize,
+    kv_tokens: usize,
+    block_size: usize,
+    max_num_batched_tokens: usize,
+    max_num_seqs: usize,
+    cost_model: &'static str,
+    workload: WorkloadKind,
+}
+
+/// llm-d's "KV-cache wins you can see": 8 × Qwen3-32B (TP=2, H100) with 307,328 KV
+/// tokens each, 150 × 5 prompts of 6,000 + 1,200 tokens (73% of the cluster's KV),
+/// 1,000 output tokens, the published QPS ladder. vLLM's H100 defaults for the
+/// OpenAI server (8,192-token step budget, 1,024 sequences).
+const LLM_D_73: Preset = Preset {
+    policies: "precise,approximate,random,load",
+    rates: "3,10,15,20,22,25,30,35,40,43,46,49,52,55,57,60",
+    duration_per_rate: 20.0,
+    workers: 8,
+    kv_tokens: 307_328,
+    block_size: 64,
+    max_num_batched_tokens: 8192,
+    max_num_seqs: 1024,
+    cost_model: "qwen3-32b-tp2-h100",
+    workload: WorkloadKind::SharedPrefix,
+};
+
+/// A seconds-long sanity run: 4 workers, the same cost model, a small workload.
+const SMALL: Preset = Preset {
+    policies: "precise,approximate,load,round-robin,random",
+    rates: "2,4,8",
+    duration_per_rate: 20.0,
+    workers: 4,
+    kv_tokens: 65_536,
+    block_size: 16,
+    max_num_batched_tokens: 8192,
+    max_num_seqs: 256,
+    cost_model: "qwen3-32b-tp2-h100",
+    workload: WorkloadKind::GeneratedSharedPrefix,
+};
+
+/// Cost models shipped in the binary (the JSON files under bench/cost-models/).
+const SHIPPED_COST_MODELS: [(&str, &str); 2] = [
+    (
+        "qwen3-32b-tp2-h100",
+        include_str!("../../../../bench/cost-models/qwen3-32b-tp2-h100.json"),
+    ),
+    (
+        "reprise-cpu-smollm2-135m",
+        include_str!("../../../../bench/cost-models/reprise-cpu-smollm2-135m.json"),
+    ),
+];
+
+/// Load a cost model by shipped name or from a JSON file.
+pub fn load_cost_model(spec: &str) -> Result<CostModel> {
+    let text = match SHIPPED_COST_MODELS.iter().find(|(n, _)| *n == spec) {
+        Some((_, t)) => (*t).to_string(),
+        None => std::fs::read_to_string(spec).with_context(|| {
+            let names: Vec<&str> = SHIPPED_COST_MODELS.iter().map(|(n, _)| *n).collect();
+            format!("cost model '{spec}' is neither a file nor one of {}", names.join(", "))
+        })?,
+    };
+    let c: CostModel =
+        serde_json::from_str(&text).with_context(|| format!("cost model '{spec}' is not valid"))?;
+    for (k, v) in [
+        ("step_overhead_s", c.step_overhead_s),
+        ("prefill_token_s", c.prefill_token_s),
+        ("prefill_attention_pair_s", c.prefill_attention_pair_s),
+        ("decode_seq_s", c.decode_seq_s),
+        ("decode_context_token_s", c.decode_context_token_s),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            bail!("cost model '{spec}': {k} must be finite and >= 0, got {v}");
+        }
+    }
+    Ok(c)
+}
+
+/// Parse a comma-separated list of policies.
+pub fn parse_policies(s: &str) -> Result<Vec<PolicyKind>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| PolicyKind::from_str(p).map_err(anyhow::Error::from))
+        .collect::<Result<Vec<_>>>()
+        .and_then(|v| if v.is_empty() { bail!("no policy given") } else { Ok(v) })
+}
+
+/// Parse a comma-separated list of positive request rates.
+pub fn parse_rates(s: &str) -> Result<Vec<f64>> {
+    let v = s
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            p.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .ok_or_else(|| anyhow::anyhow!("request rate '{p}' is not a positive number"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if v.is_empty() {
+        bail!("no request rate given");
+    }
+    Ok(v)
+}
+
+/// Run a `reprise bench` command.
+pub async fn run(args: BenchArgs) -> Result<()> {
+    match args.command {
+        BenchCommand::Sim(a) => tokio::task::spawn_blocking(move || run_sim(&a))
+            .await
+            .context("simulation thread")?,
+        BenchCommand::Run(a) => live::run(a).await,
+        BenchCommand::Compare(a) => live::compare(a).await,
+        BenchCommand::Fit(a) => fit::run(&a),
+    }
+}
+
+/// Everything `bench sim` resolved from its options and preset.
+#[derive(Debug, serde::Serialize)]
+struct SimSetup {
+    preset: Option<String>,
+    workload: String,
+    resident_tokens: usize,
+    cluster_kv_tokens: usize,
+    policies: Vec<String>,
+    rates: Vec<f64>,
+    requests_per_rate: Vec<usize>,
+    workers: usize,
+    kv_tokens_per_worker: usize,
+    block_size: usize,
+    max_num_batched_tokens: usize,
+    max_num_seqs: usize,
+    event_delay_ms: f64,
+    cost_model: CostModel,
+    router: RouterConfig,
+    arrival_seed: u64,
+    workload_seed: u64,
+}
+
+fn run_sim(a: &SimArgs) -> Result<()> {
+    let p = match a.preset.as_deref() {
+        None | Some("small") => &SMALL,
+        Some("llm-d-73") => &LLM_D_73,
+        Some(other) => bail!("unknown preset '{other}' (expected llm-d-73 or small)"),
+    };
+    let policies = parse_policies(a.policies.as_deref().unwrap_or(p.policies))?;
+    let rates = parse_rates(a.rates.as_deref().unwrap_or(p.rates))?;
+    let block_size = a.block_size.unwrap_or(p.block_size);
+    let kv_tokens = a.kv_tokens.unwrap_or(p.kv_tokens);
+    if block_size == 0 || kv_tokens < block_size {
+        bail!("--kv-tokens must hold at least one block of --block-size tokens");
+    }
+    let mut wl_args = a.workload.clone();
+    // A preset picks the workload unless --workload was changed from its default.
+    if a.preset.is_some() && wl_args.workload == WorkloadKind::SharedPrefix {
+        wl_args.workload = p.workload;
+    }
+    let wl = workload::Workload::build(&wl_args)?;
+    let requests: Vec<usize> = rates
+        .iter()
+        .map(|r| match a.requests_per_rate {
+            Some(n) => n,
+            None => (r * a.duration_per_rate.unwrap_or(p.duration_per_rate)).round().max(1.0) as usize,
+        })
+        .collect();
+    let mut router: RouterConfig = match &a.router_config {
+        Some(j) => serde_json::from_str(j).context("--router-config is not a valid router config")?,
+        None => RouterConfig::default(),
+    };
+    router.block_size = block_size;
+    let cost_name = a.cost_model.as_deref().unwrap_or(p.cost_model);
+    let cluster = sim::ClusterConfig {
+        workers: a.workers.unwrap_or(p.workers),
+        num_blocks: kv_tokens / block_size,
+        block_size,
+        max_num_batched_tokens: a.max_num_batched_tokens.unwrap_or(p.max_num_batched_tokens),
+        max_num_seqs: a.max_num_seqs.unwrap_or(p.max_num_seqs),
+        cost: load_cost_model(cost_name)?,
+        event_delay_s: a.event_delay_ms / 1000.0,
+        router: router.clone(),
+    };
+    if !(a.event_delay_ms.is_finite() && a.event_delay_ms >= 0.0) {
+        bail!("--event-delay-ms must be >= 0");
+    }
+    let slo = stats::Slo::parse(&a.goodput)?;
+    let setup = SimSetup {
+        preset: a.preset.clone(),
+        workload: wl.description.clone(),
+        resident_tokens: wl.resident_tokens(block_size),
+        cluster_kv_tokens: cluster.workers * cluster.num_blocks * block_size,
+        policies: policies.iter().map(|p| p.to_string()).collect(),
+        rates: rates.clone(),
+        requests_per_rate: requests.clone(),
+        workers: cluster.workers,
+        kv_tokens_per_worker: cluster.num_blocks * block_size,
+        block_size,
+        max_num_batched_tokens: cluster.max_num_batched_tokens,
+        max_num_seqs: cluster.max_num_seqs,
+        event_delay_ms: a.event_delay_ms,
+        cost_model: cluster.cost.clone(),
+        router,
+        arrival_seed: a.arrival_seed,
+        workload_seed: wl_args.seed,
+    };
+    eprintln!(
+        "simulating {} worker(s) x {} KV tokens ({}), workload {} (resident set {:.0}% of the cluster's KV), {} policies x {} rates",
+        setup.workers,
+        setup.kv_tokens_per_worker,
+        cluster.cost.name.split(':').next().unwrap_or(""),
+        setup.workload,
+        100.0 * setup.resident_tokens as f64 / setup.cluster_kv_tokens.max(1) as f64,
+        policies.len(),
+        rates.len()
+    );
+    let stages: Vec<sim::Stage> = rates
+        .iter()
+        .zip(&requests)
+        .map(|(&rate, &requests)| sim::Stage { rate, requests })
+        .collect();
+    let total: u64 = requests.iter().sum::<usize>() as u64 * policies.len() as u64;
+    let bar = report::progress_bar(total, "requests");
+    let started = std::time::Instant::now();
+    let jobs = a
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, policies.len());
+    let results = run_parallel(&policies, jobs, |pol| {
+        sim::simulate(&cluster, &wl, pol, &stages, a.arrival_seed, &slo, &|n| bar.inc(n))
+    })?;
+    bar.finish_and_clear();
+    let wall = started.elapsed().as_secs_f64();
+    let steps: u64 = results.iter().map(|r| r.steps).sum();
+    eprintln!(
+        "simulated {steps} engine steps in {wall:.1} s ({:.0} steps/s)",
+        steps as f64 / wall.max(1e-9)
+    );
+    report::write_sim_report(&a.out, &setup, &results, &slo, wall)?;
+    report::print_table(&report::sim_rows(&results, &slo));
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// Run `f` for each policy on up to `jobs` threads, results in policy order.
+fn run_parallel<T: Send>(
+    policies: &[PolicyKind],
+    jobs: usize,
+    f: impl Fn(PolicyKind) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<parking_lot::Mutex<Option<Result<T>>>> =
+        policies.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&p) = policies.get(i) else { break };
+                *slots[i].lock() = Some(f(p).with_context(|| format!("policy {p}")));
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|| Err(anyhow::anyhow!("a policy did not run"))))
+        .collect()
+}
+
+/// Create `dir` (and parents).
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_cost_models_load() {
+        for (n, _) in SHIPPED_COST_MODELS {
+            let c = load_cost_model(n).unwrap();
+            assert!(c.prefill_token_s > 0.0);
+        }
+        assert!(load_cost_model("no-such-model").is_err());
+    }
+
+    #[test]
+    fn qwen_cost_model_reproduces_the_published_figures() {
+        use reprise_engine::executor::StepInput;
+        let c = load_cost_model("qwen3-32b-tp2-h100").unwrap();
+        let toks = vec![1000u32; 10_000];
+        let step = |start: usize, n: usize| {
+            c.step_time(&[StepInput {
+                seq: 0,
+                tokens: &toks[start..start + n],
+                start_pos: start,
+                block_table: &[],
+                sample: true,
+            }])
+        };
+        // Cold: two 8,192-token-budget chunks.
+        let cold = step(0, 8192) + step(8192, 1808);
+        assert!((cold - 4.3).abs() < 0.01, "{cold}");
+        // Warm: 0.6 s with 1,220 of the 10K tokens still to compute (88% cached).
+        let warm = step(8780, 1220);
+        assert!((warm - 0.6).abs() < 0.01, "{warm}");
+    }
+
+    #[test]
+    fn lists_parse() {
+        assert_eq!(parse_rates("3, 10,15").unwrap(), vec![3.0, 10.0, 15.0]);
+        assert!(parse_rates("3,x").is_err());
+        assert!(parse_rates("0").is_err());
+        assert_eq!(
+            parse_policies("precise,round-robin").unwrap(),
+            vec![PolicyKind::Precise, PolicyKind::RoundRobin]
+        );
+        assert!(parse_policies("best").is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! `POST /v1/chat/completions`: messages rendered with the model's own chat
+//! template (as HF `apply_chat_template(..., add_generation_prompt=True)`), then
+//! the same generation path as completions.
+
+use crate::body::JsonBody;
+use crate::errors::ApiError;
+use crate::generate::{finish_reason_str, Generation, Output, TokenInfo, Usage};
+use crate::params::{kind, logprobs_count, parse_common, resolve_max_tokens, Fields};
+use crate::sse::{self, ChunkFormat};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use reprise_engine::chat_template::ChatMessage;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The handler.
+pub async fn chat_completions(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    let f = Fields::new(&body)?;
+    let mut opts = parse_common(&f, &["max_completion_tokens", "max_tokens"], state.vocab_size)?;
+    state.check_model(opts.model.as_deref())?;
+    let want_logprobs = f.bool("logprobs")?.unwrap_or(false);
+    let top = logprobs_count(f.int("top_logprobs")?, "top_logprobs")?;
+    if top.is_some_and(|k| k > 0) && !want_logprobs {
+        return Err(ApiError::bad("top_logprobs", "top_logprobs requires logprobs to be true"));
+    }
+    let messages = parse_messages(f.value("messages"))?;
+    let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
+    let prompt = render_and_tokenize(&state, &messages, add_generation_prompt)?;
+    let max_tokens = resolve_max_tokens(opts.max_tokens, None, prompt.len(), state.max_model_len)?;
+    opts.params.max_tokens = max_tokens;
+    opts.params.logprobs = want_logprobs.then(|| top.unwrap_or(0));
+    let prompt_len = prompt.len();
+    let sub = state
+        .dispatcher
+        .submit(prompt, opts.params.clone(), opts.n, opts.cache_salt.clone())
+        .await?;
+    let worker = sub.worker;
+    let gen = Generation::new(state.clone(), sub, opts.n, prompt_len, &opts.stop, opts.skip_special_tokens, want_logprobs);
+    let id = format!("chatcmpl-{}", crate::request_id());
+    let model = state.served_model_name.clone();
+    let created = crate::unix_now();
+    if opts.stream {
+        let fmt = ChatChunks { id, model, created, n: opts.n };
+        return Ok(sse::stream(gen, fmt, opts.include_usage));
+    }
+    let c = gen.collect().await?;
+    let choices: Vec<Value> = (0..opts.n)
+        .map(|i| {
+            json!({
+                "index": i,
+                "message": {"role": "assistant", "content": c.texts[i]},
+                "logprobs": if want_logprobs { json!({"content": logprob_entries(&c.logprobs[i])}) } else { Value::Null },
+                "finish_reason": c.finish[i].map(finish_reason_str),
+            })
+        })
+        .collect();
+    let body = json!({
+        "id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": choices, "usage": c.usage.to_json(),
+    });
+    Ok(sse::with_worker(Json(body).into_response(), worker))
+}
+
+/// Messages as the template sees them: role and text content. Content may be a
+/// string, null, or a list of `{"type": "text", "text": ...}` parts.
+pub fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
+    let bad = |m: String| ApiError::bad("messages", m);
+    let arr = match v {
+        None => return Err(bad("messages is required".into())),
+        Some(Value::Array(a)) if a.is_empty() => return Err(bad("messages must not be empty".into())),
+        Some(Value::Array(a)) => a,
+        Some(other) => return Err(bad(format!("messages must be a list, got {}", kind(other)))),
+    };
+    arr.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let obj = m.as_object().ok_or_else(|| bad(format!("messages[{i}] must be an object")))?;
+            let role = obj
+                .get("role")
+                .and_then(Value::as_str)
+                .filter(|r| !r.is_empty())
+                .ok_or_else(|| bad(format!("messages[{i}].role must be a non-empty string")))?;
+            let content = match obj.get("content") {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(parts)) => {
+                    let mut text = String::new();
+                    for p in parts {
+                        match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                            (Some("text"), Some(t)) => text.push_str(t),
+                            _ => return Err(bad(format!("messages[{i}].content: only text parts are supported"))),
+                        }
+                    }
+                    text
+                }
+                Some(other) => return Err(bad(format!("messages[{i}].content must be a string or a list of parts, got {}", kind(other)))),
+            };
+            Ok(ChatMessage::new(role, content))
+        })
+        .collect()
+}
+
+/// Renders the messages with the model's template and tokenizes the result
+/// (the template writes the special tokens itself).
+pub fn render_and_tokenize(state: &AppState, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>, ApiError> {
+    let template = state
+        .chat_template
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("this model has no chat template; use /v1/completions"))?;
+    let text = template
+        .render(messages, add_generation_prompt)
+        .map_err(|e| ApiError::bad("messages", e.to_string()))?;
+    state
+        .tokenizer
+        .encode(&text, false)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+fn logprob_entries(infos: &[TokenInfo]) -> Vec<Value> {
+    infos
+        .iter()
+        .map(|t| {
+            json!({
+                "token": t.token, "logprob": t.logprob, "bytes": t.token.as_bytes(),
+                "top_logprobs": t.top.iter().map(|(s, l)| json!({"token": s, "logprob": l, "bytes": s.as_bytes()})).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+struct ChatChunks {
+    id: String,
+    model: String,
+    created: u64,
+    n: usize,
+}
+
+impl ChatChunks {
+    fn chunk(&self, choice: Value) -> Value {
+        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": [choice]})
+    }
+}
+
+impl ChunkFormat for ChatChunks {
+    fn start(&mut self) -> Vec<Value> {
+        (0..self.n)
+            .map(|i| self.chunk(json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})))
+            .collect()
+    }
+
+    fn outputs(&mut self, outs: Vec<Output>) -> Vec<Value> {
+        outs.into_iter()
+            .map(|o| match o {
+                Output::Delta { index, text, logprobs } => {
+                    let lp = if logprobs.is_empty() { Value::Null } else { json!({"content": logprob_entries(&logprobs)}) };
+                    self.chunk(json!({"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}))
+                }
+                Output::Finish { index, reason } => self.chunk(
+                    json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_reason_str(reason)}),
+                ),
+            })
+            .collect()
+    }
+
+    fn usage(&mut self, usage: Usage) -> Value {
+        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [], "usage": usage.to_json()})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_shapes() {
+        let m = parse_messages(Some(&json!([
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": null}
+        ])))
+        .unwrap();
+        assert_eq!(m[1].content, "ab");
+        assert_eq!(m[2].content, "");
+        for bad in [json!(null), json!([]), json!("hi"), json!([{"content": "x"}]), json!([{"role": "user", "content": 5}]),
+            json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])] {
+            let v = if bad.is_null() { None } else { Some(&bad) };
+            assert_eq!(parse_messages(v).unwrap_err().status().as_u16(), 400, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The command line (clap derive). Values are checked in `config.rs`, in one place.
+
+use clap::{Args, Parser, Subcommand};
+
+/// reprise: an LLM inference server with cache-aware routing over in-process workers.
+#[derive(Debug, Parser)]
+#[command(name = "reprise", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a model over an OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
+}
+
+/// Options of `reprise serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Model: a GGUF file, a directory with config.json + safetensors + tokenizer.json,
+    /// or a HuggingFace repo id in the local hf-hub cache. Default: SmolLM2-135M-Instruct
+    /// (fetched on first use).
+    #[arg(long)]
+    pub model: Option<String>,
+
+    /// Comma-separated devices, one worker each (e.g. `cpu,cpu`; `cuda:N` needs a CUDA build).
+    #[arg(long, default_value = "cpu,cpu")]
+    pub devices: String,
+
+    /// Routing policy: precise, approximate, load, round-robin or random.
+    #[arg(long, default_value = "precise")]
+    pub policy: String,
+
+    /// Tokens per KV-cache block (shared by the engine and the router).
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+
+    /// KV-cache blocks per worker (overrides --kv-cache-memory).
+    #[arg(long)]
+    pub num_kv_blocks: Option<usize>,
+
+    /// KV-cache memory per worker, e.g. `512MiB`, `2GiB`, `1000000` (bytes).
+    #[arg(long, default_value = "512MiB")]
+    pub kv_cache_memory: String,
+
+    /// Token budget of one engine step (decodes plus prefill chunks).
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+
+    /// Most sequences in a worker's running batch.
+    #[arg(long, default_value_t = 256)]
+    pub max_num_seqs: usize,
+
+    /// Longest context (prompt + output) in tokens; default: the model's, capped by the KV cache.
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on (0 picks a free one; the ready line names it).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+
+    /// Require `Authorization: Bearer <key>` on every route except /health and /metrics.
+    #[arg(long, env = "REPRISE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Model name reported by /v1/models and accepted in requests (default: the model's name).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+
+    /// Most generation requests admitted at once over all workers; more get 429.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queue: usize,
+
+    /// Largest accepted request body, e.g. `8MiB` (larger gets 413).
+    #[arg(long, default_value = "8MiB")]
+    pub max_body_bytes: String,
+
+    /// Seconds to let in-flight requests finish after SIGTERM / ctrl-c.
+    #[arg(long, default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
+
+    /// Fault injection for tests: `WORKER:STEP` makes that worker panic at that engine step.
+    #[arg(long, hide = true)]
+    pub inject_worker_panic: Option<String>,
+}

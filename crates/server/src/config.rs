@@ -1,0 +1,311 @@
+//! Validation of `reprise serve`'s options, in one place: everything the
+//! server needs, checked and converted, or one clear error.
+
+use crate::cli::ServeArgs;
+use reprise_router::PolicyKind;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+/// Where a worker runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU.
+    Cpu,
+}
+
+/// `reprise serve`'s validated settings (model-independent part).
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Model source (`None`: the default model).
+    pub model: Option<String>,
+    /// One worker per entry.
+    pub devices: Vec<Device>,
+    /// Routing policy.
+    pub policy: PolicyKind,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// KV size per worker.
+    pub kv: KvSize,
+    /// Step token budget.
+    pub max_num_batched_tokens: usize,
+    /// Running-batch size limit.
+    pub max_num_seqs: usize,
+    /// Requested context length.
+    pub max_model_len: Option<usize>,
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Required bearer token.
+    pub api_key: Option<String>,
+    /// Name reported and accepted.
+    pub served_model_name: Option<String>,
+    /// Admission bound.
+    pub max_queue: usize,
+    /// Body limit in bytes.
+    pub max_body_bytes: usize,
+    /// Drain deadline.
+    pub shutdown_timeout: Duration,
+    /// Test-only fault injection: (worker, step).
+    pub inject_worker_panic: Option<(usize, u64)>,
+}
+
+/// KV cache size of one worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvSize {
+    /// A block count.
+    Blocks(usize),
+    /// A byte budget, turned into blocks once the model's geometry is known.
+    Bytes(u64),
+}
+
+/// A rejected option: one line naming the option.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("--{option}: {message}")]
+pub struct ConfigError {
+    /// The option, without dashes.
+    pub option: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(option: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        option,
+        message: message.into(),
+    }
+}
+
+/// Parses `512MiB`, `2GiB`, `1.5GB`, `64k`, `1000`: a byte count with an optional unit.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 512MiB, 2GiB, 1000000)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024.0f64.powi(4),
+        "t" | "tb" => 1e12,
+        u => return Err(format!("unknown size unit '{u}' in '{s}' (use B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    let bytes = value * mult;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > 1e15 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+fn parse_devices(s: &str) -> Result<Vec<Device>, ConfigError> {
+    let mut out = Vec::new();
+    for d in s.split(',').map(str::trim) {
+        match d.to_ascii_lowercase().as_str() {
+            "cpu" => out.push(Device::Cpu),
+            "" => return Err(err("devices", format!("empty entry in '{s}' (e.g. cpu,cpu)"))),
+            x if x.starts_with("cuda") => {
+                return Err(err(
+                    "devices",
+                    format!("'{d}': this reprise binary was built without CUDA support (rebuild with --features cuda); use cpu"),
+                ))
+            }
+            _ => return Err(err("devices", format!("unknown device '{d}' (expected cpu or cuda:N)"))),
+        }
+    }
+    if out.len() > 128 {
+        return Err(err("devices", format!("{} workers; at most 128", out.len())));
+    }
+    Ok(out)
+}
+
+impl ServeConfig {
+    /// Checks every option; the first problem is the error.
+    pub fn from_args(a: &ServeArgs) -> Result<Self, ConfigError> {
+        let devices = parse_devices(&a.devices)?;
+        let policy: PolicyKind = a
+            .policy
+            .parse()
+            .map_err(|e: reprise_router::ConfigError| err("policy", e.to_string()))?;
+        if a.block_size == 0 || a.block_size > 1024 {
+            return Err(err("block-size", format!("{} is out of range 1..=1024", a.block_size)));
+        }
+        let kv = match a.num_kv_blocks {
+            Some(0) => return Err(err("num-kv-blocks", "must be at least 1")),
+            Some(n) => KvSize::Blocks(n),
+            None => KvSize::Bytes(parse_size(&a.kv_cache_memory).map_err(|m| err("kv-cache-memory", m))?),
+        };
+        if a.max_num_batched_tokens == 0 {
+            return Err(err("max-num-batched-tokens", "must be at least 1"));
+        }
+        if a.max_num_seqs == 0 {
+            return Err(err("max-num-seqs", "must be at least 1"));
+        }
+        if a.max_model_len == Some(0) {
+            return Err(err("max-model-len", "must be at least 2"));
+        }
+        let addr = match a.host.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, a.port),
+            Err(_) => (a.host.as_str(), a.port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut it| it.next())
+                .ok_or_else(|| err("host", format!("cannot resolve '{}'", a.host)))?,
+        };
+        let api_key = a.api_key.clone().filter(|k| !k.is_empty());
+        if let Some(name) = &a.served_model_name {
+            if name.trim().is_empty() {
+                return Err(err("served-model-name", "must not be empty"));
+            }
+        }
+        if a.max_queue == 0 {
+            return Err(err("max-queue", "must be at least 1"));
+        }
+        let max_body = parse_size(&a.max_body_bytes).map_err(|m| err("max-body-bytes", m))?;
+        if max_body < 1024 {
+            return Err(err("max-body-bytes", "must be at least 1KiB"));
+        }
+        if !a.shutdown_timeout.is_finite() || a.shutdown_timeout < 0.0 || a.shutdown_timeout > 86400.0 {
+            return Err(err("shutdown-timeout", "must be between 0 and 86400 seconds"));
+        }
+        let inject_worker_panic = match &a.inject_worker_panic {
+            None => None,
+            Some(s) => {
+                let parsed = s.split_once(':').and_then(|(w, st)| {
+                    Some((w.trim().parse::<usize>().ok()?, st.trim().parse::<u64>().ok()?))
+                });
+                match parsed {
+                    Some((w, st)) if w < devices.len() && st > 0 => Some((w, st)),
+                    _ => return Err(err("inject-worker-panic", "expected WORKER:STEP")),
+                }
+            }
+        };
+        Ok(Self {
+            model: a.model.clone(),
+            devices,
+            policy,
+            block_size: a.block_size,
+            kv,
+            max_num_batched_tokens: a.max_num_batched_tokens,
+            max_num_seqs: a.max_num_seqs,
+            max_model_len: a.max_model_len,
+            addr,
+            api_key,
+            served_model_name: a.served_model_name.clone(),
+            max_queue: a.max_queue,
+            max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
+            shutdown_timeout: Duration::from_secs_f64(a.shutdown_timeout),
+            inject_worker_panic,
+        })
+    }
+
+    /// KV blocks per worker for a model whose one block takes `bytes_per_block`.
+    pub fn num_blocks(&self, bytes_per_block: usize) -> Result<usize, ConfigError> {
+        match self.kv {
+            KvSize::Blocks(n) => Ok(n),
+            KvSize::Bytes(b) => {
+                let n = (b / bytes_per_block.max(1) as u64) as usize;
+                if n == 0 {
+                    Err(err(
+                        "kv-cache-memory",
+                        format!("{b} bytes hold no block of {bytes_per_block} bytes"),
+                    ))
+                } else {
+                    Ok(n)
+                }
+            }
+        }
+    }
+
+    /// The context length to serve: the requested one (checked against the model and
+    /// the KV pool), or the model's capped by what one worker's pool can hold.
+    pub fn resolve_max_model_len(&self, model_max: usize, pool_tokens: usize) -> Result<usize, ConfigError> {
+        match self.max_model_len {
+            Some(m) if m > model_max => Err(err(
+                "max-model-len",
+                format!("{m} is larger than the model's context length {model_max}"),
+            )),
+            Some(m) if m > pool_tokens => Err(err(
+                "max-model-len",
+                format!("{m} tokens do not fit one worker's KV cache of {pool_tokens} tokens; raise --kv-cache-memory or --num-kv-blocks"),
+            )),
+            Some(m) if m < 2 => Err(err("max-model-len", "must be at least 2")),
+            Some(m) => Ok(m),
+            None if pool_tokens < 2 => Err(err("num-kv-blocks", "the KV cache holds fewer than 2 tokens")),
+            None => Ok(model_max.min(pool_tokens)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut v = vec!["reprise", "serve"];
+        v.extend_from_slice(extra);
+        match Cli::try_parse_from(v).expect("parse").command {
+            Command::Serve(a) => a,
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = ServeConfig::from_args(&args(&[])).unwrap();
+        assert_eq!(c.devices, vec![Device::Cpu, Device::Cpu]);
+        assert_eq!(c.policy, PolicyKind::Precise);
+        assert_eq!(c.addr.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.kv, KvSize::Bytes(512 * 1024 * 1024));
+        assert_eq!(c.max_body_bytes, 8 * 1024 * 1024);
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2 GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn bad_options_name_the_option() {
+        let cases: [(&[&str], &str); 8] = [
+            (&["--devices", "cuda:0"], "--devices"),
+            (&["--devices", "cpu,,cpu"], "--devices"),
+            (&["--devices", "tpu"], "--devices"),
+            (&["--policy", "fastest"], "--policy"),
+            (&["--block-size", "0"], "--block-size"),
+            (&["--kv-cache-memory", "big"], "--kv-cache-memory"),
+            (&["--max-queue", "0"], "--max-queue"),
+            (&["--inject-worker-panic", "5:1"], "--inject-worker-panic"),
+        ];
+        for (a, opt) in cases {
+            let e = ServeConfig::from_args(&args(a)).unwrap_err().to_string();
+            assert!(e.starts_with(opt), "{a:?}: {e}");
+        }
+        let e = ServeConfig::from_args(&args(&["--devices", "cuda:0"])).unwrap_err();
+        assert!(e.message.contains("without CUDA"));
+    }
+
+    #[test]
+    fn context_length_is_capped_by_the_pool() {
+        let c = ServeConfig::from_args(&args(&[])).unwrap();
+        assert_eq!(c.resolve_max_model_len(8192, 10_000), Ok(8192));
+        assert_eq!(c.resolve_max_model_len(8192, 4096), Ok(4096));
+        let c = ServeConfig::from_args(&args(&["--max-model-len", "9000"])).unwrap();
+        assert!(c.resolve_max_model_len(8192, 100_000).is_err());
+        let c = ServeConfig::from_args(&args(&["--max-model-len", "5000"])).unwrap();
+        assert!(c.resolve_max_model_len(8192, 4096).is_err());
+        assert_eq!(c.resolve_max_model_len(8192, 6000), Ok(5000));
+    }
+}

@@ -1,0 +1,342 @@
+//! One submitted request's life after the worker took it: worker events in,
+//! per-choice text out (incremental detokenization, stop strings), logprobs,
+//! usage, latency metrics. Completions and chat only format what this yields.
+
+use crate::detok::{Detokenizer, StopMatcher, StopOutcome};
+use crate::dispatch::Submitted;
+use crate::errors::ApiError;
+use crate::state::AppState;
+use reprise_engine::worker::{FinishReason, TokenLogprob, WorkerEvent};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One token's logprob information, ready to format.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenInfo {
+    /// The token's text.
+    pub token: String,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The most likely alternatives (text, logprob).
+    pub top: Vec<(String, f32)>,
+}
+
+/// What a request produces, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// New text of choice `index` (never partial UTF-8 nor part of a stop string),
+    /// with the logprobs of the tokens consumed since the last delta.
+    Delta {
+        /// Choice.
+        index: usize,
+        /// Text.
+        text: String,
+        /// Logprobs, when asked for.
+        logprobs: Vec<TokenInfo>,
+    },
+    /// Choice `index` is done.
+    Finish {
+        /// Choice.
+        index: usize,
+        /// `stop` or `length`.
+        reason: FinishReason,
+    },
+}
+
+/// Token counts of a finished request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens over all choices.
+    pub completion_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
+}
+
+struct Choice {
+    detok: Detokenizer,
+    stop: StopMatcher,
+    tokens: usize,
+    done: bool,
+    pending_logprobs: Vec<TokenInfo>,
+}
+
+/// A running generation: pull [`Generation::next`] until it returns `None`.
+pub struct Generation {
+    state: Arc<AppState>,
+    sub: Submitted,
+    choices: Vec<Choice>,
+    remaining: usize,
+    prompt_tokens: usize,
+    cached_tokens: Option<usize>,
+    engine_finished: usize,
+    want_logprobs: bool,
+    started: Instant,
+    last_token: Option<Instant>,
+    usage: Option<Usage>,
+}
+
+impl Generation {
+    /// Starts consuming `sub`'s events.
+    pub fn new(
+        state: Arc<AppState>,
+        sub: Submitted,
+        n: usize,
+        prompt_tokens: usize,
+        stop: &[String],
+        skip_special_tokens: bool,
+        want_logprobs: bool,
+    ) -> Self {
+        Self {
+            state,
+            sub,
+            choices: (0..n)
+                .map(|_| Choice {
+                    detok: Detokenizer::new(skip_special_tokens),
+                    stop: StopMatcher::new(stop.to_vec()),
+                    tokens: 0,
+                    done: false,
+                    pending_logprobs: Vec::new(),
+                })
+                .collect(),
+            remaining: n,
+            prompt_tokens,
+            cached_tokens: None,
+            engine_finished: 0,
+            want_logprobs,
+            started: Instant::now(),
+            last_token: None,
+            usage: None,
+        }
+    }
+
+    /// The worker serving this request.
+    pub fn worker(&self) -> usize {
+        self.sub.worker
+    }
+
+    /// Token counts, once [`Generation::next`] has returned `None`.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// The next outputs (possibly an empty batch), `None` when every choice is
+    /// done, or the error that ended the request.
+    pub async fn next(&mut self) -> Option<Result<Vec<Output>, ApiError>> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let ev = match self.sub.events.recv_async().await {
+            Ok(ev) => ev,
+            Err(_) => {
+                self.remaining = 0;
+                let w = self.sub.worker;
+                if !self.state.dispatcher.is_alive(w) {
+                    self.state.dispatcher.mark_dead(w);
+                }
+                return Some(Err(ApiError::Internal(format!("worker {w} stopped before the request finished"))));
+            }
+        };
+        let mut out = Vec::new();
+        match ev {
+            WorkerEvent::Token { index, token, logprob } => {
+                if let Err(e) = self.on_token(index, token, logprob, &mut out) {
+                    self.remaining = 0;
+                    return Some(Err(e));
+                }
+            }
+            WorkerEvent::Finished { index, reason, prompt_tokens, cached_tokens, completion_tokens } => {
+                if index == 0 || self.cached_tokens.is_none() {
+                    self.cached_tokens = Some(cached_tokens);
+                }
+                self.prompt_tokens = prompt_tokens;
+                self.engine_finished += 1;
+                if let Some(c) = self.choices.get_mut(index) {
+                    if !c.done {
+                        c.done = true;
+                        c.tokens = completion_tokens;
+                        let text = c.stop.flush();
+                        let logprobs = std::mem::take(&mut c.pending_logprobs);
+                        if !text.is_empty() || !logprobs.is_empty() {
+                            out.push(Output::Delta { index, text, logprobs });
+                        }
+                        out.push(Output::Finish { index, reason });
+                        self.count_finish(reason);
+                        self.remaining -= 1;
+                    }
+                }
+            }
+            WorkerEvent::Error(msg) => {
+                self.remaining = 0;
+                let w = self.sub.worker;
+                if !self.state.dispatcher.is_alive(w) {
+                    self.state.dispatcher.mark_dead(w);
+                }
+                return Some(Err(ApiError::Internal(format!("worker {w}: {msg}"))));
+            }
+        }
+        if self.remaining == 0 {
+            self.complete();
+        }
+        Some(Ok(out))
+    }
+
+    fn on_token(
+        &mut self,
+        index: usize,
+        token: u32,
+        logprob: Option<TokenLogprob>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ApiError> {
+        let now = Instant::now();
+        if let Some(m) = self.state.metrics.workers.get(self.sub.worker) {
+            match self.last_token {
+                None => m.ttft.observe((now - self.started).as_secs_f64()),
+                Some(t) => m.itl.observe((now - t).as_secs_f64()),
+            }
+        }
+        self.last_token = Some(now);
+        let tok = &self.state.tokenizer;
+        let want_logprobs = self.want_logprobs;
+        let Some(c) = self.choices.get_mut(index) else {
+            return Ok(());
+        };
+        if c.done {
+            return Ok(()); // already ended by a stop string; the worker has been told
+        }
+        c.tokens += 1;
+        let text = c
+            .detok
+            .push(tok, token)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if want_logprobs {
+            if let Some(lp) = logprob {
+                let piece = |id: u32| tok.decode(&[id], false).unwrap_or_default();
+                c.pending_logprobs.push(TokenInfo {
+                    token: piece(token),
+                    logprob: lp.logprob,
+                    top: lp.top.iter().map(|&(id, l)| (piece(id), l)).collect(),
+                });
+            }
+        }
+        match c.stop.push(&text) {
+            StopOutcome::Continue(t) => {
+                if !t.is_empty() {
+                    let logprobs = std::mem::take(&mut c.pending_logprobs);
+                    out.push(Output::Delta { index, text: t, logprobs });
+                }
+            }
+            StopOutcome::Stopped(t) => {
+                c.done = true;
+                let logprobs = std::mem::take(&mut c.pending_logprobs);
+                if !t.is_empty() || !logprobs.is_empty() {
+                    out.push(Output::Delta { index, text: t, logprobs });
+                }
+                out.push(Output::Finish { index, reason: FinishReason::Stop });
+                self.count_finish(FinishReason::Stop);
+                self.remaining -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn count_finish(&self, reason: FinishReason) {
+        if let Some(m) = self.state.metrics.workers.get(self.sub.worker) {
+            let c = match reason {
+                FinishReason::Stop => &m.finished_stop,
+                FinishReason::Length => &m.finished_length,
+                FinishReason::Abort => &m.finished_abort,
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn complete(&mut self) {
+        if let Some(m) = self.state.metrics.workers.get(self.sub.worker) {
+            m.e2e.observe(self.started.elapsed().as_secs_f64());
+        }
+        // When every choice ended on the worker's side there is nothing to cancel;
+        // a choice ended by a stop string leaves the request live, so the guard cancels it.
+        if self.engine_finished == self.choices.len() {
+            self.sub.guard.finished();
+        }
+        let block = self.state.dispatcher.router().config().block_size;
+        let cached = self.cached_tokens.unwrap_or_else(|| {
+            // Ended by a stop string before the worker reported: the router's view.
+            (self.sub.matched_blocks * block).min(self.prompt_tokens.saturating_sub(1))
+        });
+        self.usage = Some(Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.choices.iter().map(|c| c.tokens).sum(),
+            cached_tokens: cached,
+        });
+    }
+}
+
+/// Everything a non-streaming response needs.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Text per choice.
+    pub texts: Vec<String>,
+    /// Logprobs per choice (empty unless asked for).
+    pub logprobs: Vec<Vec<TokenInfo>>,
+    /// Finish reason per choice.
+    pub finish: Vec<Option<FinishReason>>,
+    /// Token counts.
+    pub usage: Usage,
+}
+
+impl Generation {
+    /// Runs the request to the end and gathers its choices.
+    pub async fn collect(mut self) -> Result<Collected, ApiError> {
+        let n = self.choices.len();
+        let mut c = Collected {
+            texts: vec![String::new(); n],
+            logprobs: vec![Vec::new(); n],
+            finish: vec![None; n],
+            usage: Usage::default(),
+        };
+        while let Some(outs) = self.next().await {
+            for o in outs? {
+                match o {
+                    Output::Delta { index, text, logprobs } => {
+                        if let (Some(t), Some(l)) = (c.texts.get_mut(index), c.logprobs.get_mut(index)) {
+                            t.push_str(&text);
+                            l.extend(logprobs);
+                        }
+                    }
+                    Output::Finish { index, reason } => {
+                        if let Some(f) = c.finish.get_mut(index) {
+                            *f = Some(reason);
+                        }
+                    }
+                }
+            }
+        }
+        c.usage = self.usage.unwrap_or_default();
+        Ok(c)
+    }
+}
+
+/// OpenAI's name for a finish reason.
+pub fn finish_reason_str(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Abort => "abort",
+    }
+}
+
+impl Usage {
+    /// The `usage` object.
+    pub fn to_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        })
+    }
+}

@@ -1,0 +1,140 @@
+//! The HTTP surface: routes, API-key check, body limit, fallbacks, and the
+//! serve loop with graceful shutdown.
+
+use crate::errors::ApiError;
+use crate::shutdown::{signal, Shutdown};
+use crate::state::AppState;
+use crate::{chat, completions, tokenize};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::Arc;
+use std::future::IntoFuture;
+use std::time::Duration;
+
+/// The application: every route and layer.
+pub fn app(state: Arc<AppState>) -> Router {
+    let protected = Router::new()
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(models))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(protected)
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .with_state(state)
+}
+
+/// Checks `Authorization: Bearer <key>` when a key is configured.
+async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim);
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let snaps = state.dispatcher.snapshots();
+    let alive = snaps.iter().filter(|(s, r)| s.alive && *r).count();
+    if alive == 0 {
+        return ApiError::Unavailable("no worker is alive".into()).into_response();
+    }
+    Json(json!({"status": "ok", "workers": snaps.len(), "workers_alive": alive})).into_response()
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.served_model_name,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "reprise",
+            "root": state.model_name,
+            "parent": null,
+            "max_model_len": state.max_model_len,
+        }],
+    }))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let policy = state.dispatcher.router().policy().name();
+    let text = state.metrics.render(policy, &state.dispatcher.snapshots());
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::RouteNotFound(uri.path().to_string())
+}
+
+async fn method_not_allowed(uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(uri.path().to_string())
+}
+
+/// Serves until SIGTERM / ctrl-c, then drains: no new requests, in-flight ones
+/// get `timeout` to finish, then the workers are told to exit.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    timeout: Duration,
+    ready_line: String,
+) -> std::io::Result<()> {
+    let (trigger, shutdown) = Shutdown::new();
+    let refresher = tokio::spawn(crate::dispatch::refresh_loop(state.clone()));
+    let drain_state = state.clone();
+    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
+        signal().await;
+        tracing::info!(
+            in_flight = drain_state.dispatcher.in_flight(),
+            "shutting down: no new requests; waiting for in-flight ones"
+        );
+        drain_state.dispatcher.drain();
+        let _ = trigger.send(true);
+    });
+    println!("{ready_line}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let deadline = async {
+        shutdown.started().await;
+        tokio::time::sleep(timeout).await;
+    };
+    tokio::select! {
+        r = server.into_future() => r?,
+        _ = deadline => {
+            tracing::warn!(
+                in_flight = state.dispatcher.in_flight(),
+                "shutdown deadline passed; dropping the remaining requests"
+            );
+        }
+    }
+    refresher.abort();
+    state.dispatcher.shutdown_workers();
+    Ok(())
+}

