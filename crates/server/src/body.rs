@@ -39,12 +39,18 @@ impl FromRequest<Arc<AppState>> for JsonBody {
 /// Bytes to JSON: empty, non-UTF-8 and malformed bodies are 400s.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("the request body is empty; send a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body is empty; send a JSON object",
+        ));
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        ApiError::bad_request(format!("the request body is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()))
+        ApiError::bad_request(format!(
+            "the request body is not valid UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
     })?;
-    serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }
 
 #[cfg(test)]
@@ -53,7 +59,15 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_400() {
-        for body in [&b""[..], b"  ", b"{", b"{\"a\": }", b"\xff\xfe{}", b"{\"prompt\": \"\xc3\"}", b"{\"a\":\"\\ud800\"}"] {
+        for body in [
+            &b""[..],
+            b"  ",
+            b"{",
+            b"{\"a\": }",
+            b"\xff\xfe{}",
+            b"{\"prompt\": \"\xc3\"}",
+            b"{\"a\":\"\\ud800\"}",
+        ] {
             let e = parse_json(body).expect_err(&String::from_utf8_lossy(body));
             assert_eq!(e.status().as_u16(), 400);
         }

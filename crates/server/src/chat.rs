@@ -16,14 +16,24 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// The handler.
-pub async fn chat_completions(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     let f = Fields::new(&body)?;
-    let mut opts = parse_common(&f, &["max_completion_tokens", "max_tokens"], state.vocab_size)?;
+    let mut opts = parse_common(
+        &f,
+        &["max_completion_tokens", "max_tokens"],
+        state.vocab_size,
+    )?;
     state.check_model(opts.model.as_deref())?;
     let want_logprobs = f.bool("logprobs")?.unwrap_or(false);
     let top = logprobs_count(f.int("top_logprobs")?, "top_logprobs")?;
     if top.is_some_and(|k| k > 0) && !want_logprobs {
-        return Err(ApiError::bad("top_logprobs", "top_logprobs requires logprobs to be true"));
+        return Err(ApiError::bad(
+            "top_logprobs",
+            "top_logprobs requires logprobs to be true",
+        ));
     }
     let messages = parse_messages(f.value("messages"))?;
     let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
@@ -37,12 +47,25 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, JsonBody(body)
         .submit(prompt, opts.params.clone(), opts.n, opts.cache_salt.clone())
         .await?;
     let worker = sub.worker;
-    let gen = Generation::new(state.clone(), sub, opts.n, prompt_len, &opts.stop, opts.skip_special_tokens, want_logprobs);
+    let gen = Generation::new(
+        state.clone(),
+        sub,
+        opts.n,
+        prompt_len,
+        &opts.stop,
+        opts.skip_special_tokens,
+        want_logprobs,
+    );
     let id = format!("chatcmpl-{}", crate::request_id());
     let model = state.served_model_name.clone();
     let created = crate::unix_now();
     if opts.stream {
-        let fmt = ChatChunks { id, model, created, n: opts.n };
+        let fmt = ChatChunks {
+            id,
+            model,
+            created,
+            n: opts.n,
+        };
         return Ok(sse::stream(gen, fmt, opts.include_usage));
     }
     let c = gen.collect().await?;
@@ -69,14 +92,18 @@ pub fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
     let bad = |m: String| ApiError::bad("messages", m);
     let arr = match v {
         None => return Err(bad("messages is required".into())),
-        Some(Value::Array(a)) if a.is_empty() => return Err(bad("messages must not be empty".into())),
+        Some(Value::Array(a)) if a.is_empty() => {
+            return Err(bad("messages must not be empty".into()))
+        }
         Some(Value::Array(a)) => a,
         Some(other) => return Err(bad(format!("messages must be a list, got {}", kind(other)))),
     };
     arr.iter()
         .enumerate()
         .map(|(i, m)| {
-            let obj = m.as_object().ok_or_else(|| bad(format!("messages[{i}] must be an object")))?;
+            let obj = m
+                .as_object()
+                .ok_or_else(|| bad(format!("messages[{i}] must be an object")))?;
             let role = obj
                 .get("role")
                 .and_then(Value::as_str)
@@ -88,14 +115,26 @@ pub fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
                 Some(Value::Array(parts)) => {
                     let mut text = String::new();
                     for p in parts {
-                        match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                        match (
+                            p.get("type").and_then(Value::as_str),
+                            p.get("text").and_then(Value::as_str),
+                        ) {
                             (Some("text"), Some(t)) => text.push_str(t),
-                            _ => return Err(bad(format!("messages[{i}].content: only text parts are supported"))),
+                            _ => {
+                                return Err(bad(format!(
+                                    "messages[{i}].content: only text parts are supported"
+                                )))
+                            }
                         }
                     }
                     text
                 }
-                Some(other) => return Err(bad(format!("messages[{i}].content must be a string or a list of parts, got {}", kind(other)))),
+                Some(other) => {
+                    return Err(bad(format!(
+                        "messages[{i}].content must be a string or a list of parts, got {}",
+                        kind(other)
+                    )))
+                }
             };
             Ok(ChatMessage::new(role, content))
         })
@@ -104,11 +143,14 @@ pub fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
 
 /// Renders the messages with the model's template and tokenizes the result
 /// (the template writes the special tokens itself).
-pub fn render_and_tokenize(state: &AppState, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>, ApiError> {
-    let template = state
-        .chat_template
-        .as_ref()
-        .ok_or_else(|| ApiError::bad_request("this model has no chat template; use /v1/completions"))?;
+pub fn render_and_tokenize(
+    state: &AppState,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, ApiError> {
+    let template = state.chat_template.as_ref().ok_or_else(|| {
+        ApiError::bad_request("this model has no chat template; use /v1/completions")
+    })?;
     let text = template
         .render(messages, add_generation_prompt)
         .map_err(|e| ApiError::bad("messages", e.to_string()))?;
@@ -184,10 +226,20 @@ mod tests {
         .unwrap();
         assert_eq!(m[1].content, "ab");
         assert_eq!(m[2].content, "");
-        for bad in [json!(null), json!([]), json!("hi"), json!([{"content": "x"}]), json!([{"role": "user", "content": 5}]),
-            json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])] {
+        for bad in [
+            json!(null),
+            json!([]),
+            json!("hi"),
+            json!([{"content": "x"}]),
+            json!([{"role": "user", "content": 5}]),
+            json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+        ] {
             let v = if bad.is_null() { None } else { Some(&bad) };
-            assert_eq!(parse_messages(v).unwrap_err().status().as_u16(), 400, "{bad}");
+            assert_eq!(
+                parse_messages(v).unwrap_err().status().as_u16(),
+                400,
+                "{bad}"
+            );
         }
     }
 }

@@ -16,6 +16,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve a model over an OpenAI-compatible HTTP API.
     Serve(ServeArgs),
+    /// Benchmark a server, compare routing policies, or simulate a cluster.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Options of `reprise serve`.

@@ -16,7 +16,10 @@ use std::sync::Arc;
 const DEFAULT_MAX_TOKENS: usize = 16;
 
 /// The handler.
-pub async fn completions(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     let f = Fields::new(&body)?;
     let mut opts = parse_common(&f, &["max_tokens"], state.vocab_size)?;
     state.check_model(opts.model.as_deref())?;
@@ -28,7 +31,12 @@ pub async fn completions(State(state): State<Arc<AppState>>, JsonBody(body): Jso
     }
     let logprobs = logprobs_count(f.int("logprobs")?, "logprobs")?;
     let prompt = prompt_tokens(&state, f.value("prompt"))?;
-    let max_tokens = resolve_max_tokens(opts.max_tokens, Some(DEFAULT_MAX_TOKENS), prompt.len(), state.max_model_len)?;
+    let max_tokens = resolve_max_tokens(
+        opts.max_tokens,
+        Some(DEFAULT_MAX_TOKENS),
+        prompt.len(),
+        state.max_model_len,
+    )?;
     opts.params.max_tokens = max_tokens;
     opts.params.logprobs = logprobs;
     let prompt_len = prompt.len();
@@ -37,12 +45,25 @@ pub async fn completions(State(state): State<Arc<AppState>>, JsonBody(body): Jso
         .submit(prompt, opts.params.clone(), opts.n, opts.cache_salt.clone())
         .await?;
     let worker = sub.worker;
-    let gen = Generation::new(state.clone(), sub, opts.n, prompt_len, &opts.stop, opts.skip_special_tokens, logprobs.is_some());
+    let gen = Generation::new(
+        state.clone(),
+        sub,
+        opts.n,
+        prompt_len,
+        &opts.stop,
+        opts.skip_special_tokens,
+        logprobs.is_some(),
+    );
     let id = format!("cmpl-{}", crate::request_id());
     let model = state.served_model_name.clone();
     let created = crate::unix_now();
     if opts.stream {
-        let fmt = CompletionChunks { id, model, created, offsets: vec![0; opts.n] };
+        let fmt = CompletionChunks {
+            id,
+            model,
+            created,
+            offsets: vec![0; opts.n],
+        };
         return Ok(sse::stream(gen, fmt, opts.include_usage));
     }
     let c = gen.collect().await?;
@@ -70,7 +91,11 @@ fn prompt_tokens(state: &AppState, v: Option<&Value>) -> Result<Vec<u32>, ApiErr
     let ids = |a: &[Value]| -> Result<Vec<u32>, ApiError> {
         let ids: Vec<u32> = a
             .iter()
-            .map(|x| x.as_u64().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| bad("a token-id prompt must be a list of non-negative integers")))
+            .map(|x| {
+                x.as_u64()
+                    .and_then(|i| u32::try_from(i).ok())
+                    .ok_or_else(|| bad("a token-id prompt must be a list of non-negative integers"))
+            })
             .collect::<Result<_, _>>()?;
         state.check_token_ids(&ids, "prompt")?;
         Ok(ids)
@@ -84,11 +109,15 @@ fn prompt_tokens(state: &AppState, v: Option<&Value>) -> Result<Vec<u32>, ApiErr
         Some(Value::Array(a)) if a.is_empty() => Err(bad("the prompt is empty")),
         Some(Value::Array(a)) if a.iter().all(Value::is_number) => ids(a),
         Some(Value::Array(a)) if a.len() == 1 => prompt_tokens(state, a.first()),
-        Some(Value::Array(a)) if a.iter().all(|x| x.is_string() || x.is_array()) => Err(bad(&format!(
-            "a list of {} prompts is not supported; send one request per prompt",
-            a.len()
-        ))),
-        Some(_) => Err(bad("prompt must be a string, a list of token ids, or a one-element list of either")),
+        Some(Value::Array(a)) if a.iter().all(|x| x.is_string() || x.is_array()) => {
+            Err(bad(&format!(
+                "a list of {} prompts is not supported; send one request per prompt",
+                a.len()
+            )))
+        }
+        Some(_) => Err(bad(
+            "prompt must be a string, a list of token ids, or a one-element list of either",
+        )),
     }
 }
 

@@ -94,7 +94,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
         "ti" | "tib" => 1024.0f64.powi(4),
         "t" | "tb" => 1e12,
-        u => return Err(format!("unknown size unit '{u}' in '{s}' (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        u => {
+            return Err(format!(
+                "unknown size unit '{u}' in '{s}' (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
     };
     let bytes = value * mult;
     if !bytes.is_finite() || bytes < 1.0 || bytes > 1e15 {
@@ -119,7 +123,10 @@ fn parse_devices(s: &str) -> Result<Vec<Device>, ConfigError> {
         }
     }
     if out.len() > 128 {
-        return Err(err("devices", format!("{} workers; at most 128", out.len())));
+        return Err(err(
+            "devices",
+            format!("{} workers; at most 128", out.len()),
+        ));
     }
     Ok(out)
 }
@@ -133,12 +140,17 @@ impl ServeConfig {
             .parse()
             .map_err(|e: reprise_router::ConfigError| err("policy", e.to_string()))?;
         if a.block_size == 0 || a.block_size > 1024 {
-            return Err(err("block-size", format!("{} is out of range 1..=1024", a.block_size)));
+            return Err(err(
+                "block-size",
+                format!("{} is out of range 1..=1024", a.block_size),
+            ));
         }
         let kv = match a.num_kv_blocks {
             Some(0) => return Err(err("num-kv-blocks", "must be at least 1")),
             Some(n) => KvSize::Blocks(n),
-            None => KvSize::Bytes(parse_size(&a.kv_cache_memory).map_err(|m| err("kv-cache-memory", m))?),
+            None => KvSize::Bytes(
+                parse_size(&a.kv_cache_memory).map_err(|m| err("kv-cache-memory", m))?,
+            ),
         };
         if a.max_num_batched_tokens == 0 {
             return Err(err("max-num-batched-tokens", "must be at least 1"));
@@ -170,14 +182,23 @@ impl ServeConfig {
         if max_body < 1024 {
             return Err(err("max-body-bytes", "must be at least 1KiB"));
         }
-        if !a.shutdown_timeout.is_finite() || a.shutdown_timeout < 0.0 || a.shutdown_timeout > 86400.0 {
-            return Err(err("shutdown-timeout", "must be between 0 and 86400 seconds"));
+        if !a.shutdown_timeout.is_finite()
+            || a.shutdown_timeout < 0.0
+            || a.shutdown_timeout > 86400.0
+        {
+            return Err(err(
+                "shutdown-timeout",
+                "must be between 0 and 86400 seconds",
+            ));
         }
         let inject_worker_panic = match &a.inject_worker_panic {
             None => None,
             Some(s) => {
                 let parsed = s.split_once(':').and_then(|(w, st)| {
-                    Some((w.trim().parse::<usize>().ok()?, st.trim().parse::<u64>().ok()?))
+                    Some((
+                        w.trim().parse::<usize>().ok()?,
+                        st.trim().parse::<u64>().ok()?,
+                    ))
                 });
                 match parsed {
                     Some((w, st)) if w < devices.len() && st > 0 => Some((w, st)),
@@ -224,7 +245,11 @@ impl ServeConfig {
 
     /// The context length to serve: the requested one (checked against the model and
     /// the KV pool), or the model's capped by what one worker's pool can hold.
-    pub fn resolve_max_model_len(&self, model_max: usize, pool_tokens: usize) -> Result<usize, ConfigError> {
+    pub fn resolve_max_model_len(
+        &self,
+        model_max: usize,
+        pool_tokens: usize,
+    ) -> Result<usize, ConfigError> {
         match self.max_model_len {
             Some(m) if m > model_max => Err(err(
                 "max-model-len",
@@ -253,6 +278,7 @@ mod tests {
         v.extend_from_slice(extra);
         match Cli::try_parse_from(v).expect("parse").command {
             Command::Serve(a) => a,
+            Command::Bench(_) => unreachable!("parsed `serve`"),
         }
     }
 

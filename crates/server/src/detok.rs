@@ -182,7 +182,9 @@ mod tests {
 
     /// GPT-2 byte-level alphabet: byte -> the char the BPE vocabulary uses for it.
     fn byte_char(b: u8) -> char {
-        let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable = |b: u8| {
+            (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+        };
         if printable(b) {
             return char::from(b);
         }

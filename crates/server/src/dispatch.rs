@@ -77,7 +77,12 @@ impl Drop for Permit {
 
 impl Dispatcher {
     /// A dispatcher over `workers`, routed by `router`.
-    pub fn new(router: Arc<Router>, workers: Vec<WorkerHandle>, max_queue: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        router: Arc<Router>,
+        workers: Vec<WorkerHandle>,
+        max_queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             router,
             workers,
@@ -111,7 +116,11 @@ impl Dispatcher {
             .iter()
             .enumerate()
             .map(|(i, w)| {
-                let routable = self.router.worker_view(i).map(|v| v.available).unwrap_or(false);
+                let routable = self
+                    .router
+                    .worker_view(i)
+                    .map(|v| v.available)
+                    .unwrap_or(false);
                 (w.snapshot(), routable)
             })
             .collect()
@@ -158,7 +167,9 @@ impl Dispatcher {
         let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
         let permit = Permit(Some(self.admitted.clone()));
         if prev >= self.max_queue {
-            self.metrics.rejected_overloaded.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .rejected_overloaded
+                .fetch_add(1, Ordering::Relaxed);
             return Err(ApiError::Overloaded(self.max_queue));
         }
         Ok(permit)
@@ -188,10 +199,14 @@ impl Dispatcher {
                 .router
                 .route(&req.prompt, &req.cache_salt, self.clock.now())
                 .map_err(|e| match e {
-                    RouteError::NoWorkerAvailable => ApiError::Unavailable("no worker is available".into()),
+                    RouteError::NoWorkerAvailable => {
+                        ApiError::Unavailable("no worker is available".into())
+                    }
                     other => ApiError::Internal(format!("routing failed: {other}")),
                 })?;
-            self.metrics.decision_seconds.observe(t0.elapsed().as_secs_f64());
+            self.metrics
+                .decision_seconds
+                .observe(t0.elapsed().as_secs_f64());
             let w = decision.worker;
             let matched = decision.chosen_matched();
             self.metrics.matched_blocks.observe(matched as f64);
@@ -199,7 +214,9 @@ impl Dispatcher {
                 c.fetch_add(1, Ordering::Relaxed);
             }
             let Some(handle) = self.workers.get(w) else {
-                return Err(ApiError::Internal(format!("router chose unknown worker {w}")));
+                return Err(ApiError::Internal(format!(
+                    "router chose unknown worker {w}"
+                )));
             };
             match handle.submit_async(req.clone()).await {
                 Ok(events) => {

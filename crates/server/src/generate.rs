@@ -136,18 +136,30 @@ impl Generation {
                 if !self.state.dispatcher.is_alive(w) {
                     self.state.dispatcher.mark_dead(w);
                 }
-                return Some(Err(ApiError::Internal(format!("worker {w} stopped before the request finished"))));
+                return Some(Err(ApiError::Internal(format!(
+                    "worker {w} stopped before the request finished"
+                ))));
             }
         };
         let mut out = Vec::new();
         match ev {
-            WorkerEvent::Token { index, token, logprob } => {
+            WorkerEvent::Token {
+                index,
+                token,
+                logprob,
+            } => {
                 if let Err(e) = self.on_token(index, token, logprob, &mut out) {
                     self.remaining = 0;
                     return Some(Err(e));
                 }
             }
-            WorkerEvent::Finished { index, reason, prompt_tokens, cached_tokens, completion_tokens } => {
+            WorkerEvent::Finished {
+                index,
+                reason,
+                prompt_tokens,
+                cached_tokens,
+                completion_tokens,
+            } => {
                 if index == 0 || self.cached_tokens.is_none() {
                     self.cached_tokens = Some(cached_tokens);
                 }
@@ -160,7 +172,11 @@ impl Generation {
                         let text = c.stop.flush();
                         let logprobs = std::mem::take(&mut c.pending_logprobs);
                         if !text.is_empty() || !logprobs.is_empty() {
-                            out.push(Output::Delta { index, text, logprobs });
+                            out.push(Output::Delta {
+                                index,
+                                text,
+                                logprobs,
+                            });
                         }
                         out.push(Output::Finish { index, reason });
                         self.count_finish(reason);
@@ -225,16 +241,27 @@ impl Generation {
             StopOutcome::Continue(t) => {
                 if !t.is_empty() {
                     let logprobs = std::mem::take(&mut c.pending_logprobs);
-                    out.push(Output::Delta { index, text: t, logprobs });
+                    out.push(Output::Delta {
+                        index,
+                        text: t,
+                        logprobs,
+                    });
                 }
             }
             StopOutcome::Stopped(t) => {
                 c.done = true;
                 let logprobs = std::mem::take(&mut c.pending_logprobs);
                 if !t.is_empty() || !logprobs.is_empty() {
-                    out.push(Output::Delta { index, text: t, logprobs });
+                    out.push(Output::Delta {
+                        index,
+                        text: t,
+                        logprobs,
+                    });
                 }
-                out.push(Output::Finish { index, reason: FinishReason::Stop });
+                out.push(Output::Finish {
+                    index,
+                    reason: FinishReason::Stop,
+                });
                 self.count_finish(FinishReason::Stop);
                 self.remaining -= 1;
             }
@@ -301,8 +328,14 @@ impl Generation {
         while let Some(outs) = self.next().await {
             for o in outs? {
                 match o {
-                    Output::Delta { index, text, logprobs } => {
-                        if let (Some(t), Some(l)) = (c.texts.get_mut(index), c.logprobs.get_mut(index)) {
+                    Output::Delta {
+                        index,
+                        text,
+                        logprobs,
+                    } => {
+                        if let (Some(t), Some(l)) =
+                            (c.texts.get_mut(index), c.logprobs.get_mut(index))
+                        {
                             t.push_str(&text);
                             l.extend(logprobs);
                         }

@@ -6,6 +6,7 @@
 //! → `dispatch.rs` (admission, router, worker channel) → `generate.rs` (worker
 //! events → text via `detok.rs`) → JSON, or SSE via `sse.rs`.
 
+mod bench;
 mod body;
 mod chat;
 mod cli;
@@ -79,6 +80,13 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn bench_main(args: bench::BenchArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(bench::run(args))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -88,8 +96,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,reprise=info")),
         )
         .init();
-    let result = match &cli.command {
-        Command::Serve(args) => serve(args),
+    let result = match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::Bench(args) => bench_main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,8 +54,8 @@ const ITL_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
 ];
 const E2E_BUCKETS: &[f64] = &[
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
-    240.0, 480.0,
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0,
 ];
 const MATCHED_BLOCK_BUCKETS: &[f64] = &[
     0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
@@ -172,15 +172,57 @@ impl Metrics {
         let mut out = String::with_capacity(8 * 1024);
         type Get = fn(&WorkerSnapshot, bool) -> f64;
         let per_worker: [(&str, &str, &str, Get); 9] = [
-            (NUM_REQUESTS_RUNNING, "gauge", "Requests in the running batch.", |s, _| s.load.running as f64),
-            (NUM_REQUESTS_WAITING, "gauge", "Requests waiting to be scheduled.", |s, _| s.load.waiting as f64),
-            (KV_CACHE_USAGE_PERC, "gauge", "KV-cache usage, 1 means 100 percent.", |s, _| s.load.kv_usage()),
-            (PREFIX_CACHE_QUERIES, "counter", "Prompt tokens looked up in the prefix cache.", |s, _| s.prefix_query_tokens as f64),
-            (PREFIX_CACHE_HITS, "counter", "Prompt tokens found in the prefix cache.", |s, _| s.prefix_hit_tokens as f64),
-            (PROMPT_TOKENS, "counter", "Prompt tokens processed.", |s, _| s.prompt_tokens as f64),
-            (GENERATION_TOKENS, "counter", "Tokens generated.", |s, _| s.generation_tokens as f64),
-            (NUM_PREEMPTIONS, "counter", "Preempted sequences.", |s, _| s.preemptions as f64),
-            (WORKER_ALIVE, "gauge", "1 while the worker is alive and routable.", |s, routable| f64::from(u8::from(s.alive && routable))),
+            (
+                NUM_REQUESTS_RUNNING,
+                "gauge",
+                "Requests in the running batch.",
+                |s, _| s.load.running as f64,
+            ),
+            (
+                NUM_REQUESTS_WAITING,
+                "gauge",
+                "Requests waiting to be scheduled.",
+                |s, _| s.load.waiting as f64,
+            ),
+            (
+                KV_CACHE_USAGE_PERC,
+                "gauge",
+                "KV-cache usage, 1 means 100 percent.",
+                |s, _| s.load.kv_usage(),
+            ),
+            (
+                PREFIX_CACHE_QUERIES,
+                "counter",
+                "Prompt tokens looked up in the prefix cache.",
+                |s, _| s.prefix_query_tokens as f64,
+            ),
+            (
+                PREFIX_CACHE_HITS,
+                "counter",
+                "Prompt tokens found in the prefix cache.",
+                |s, _| s.prefix_hit_tokens as f64,
+            ),
+            (
+                PROMPT_TOKENS,
+                "counter",
+                "Prompt tokens processed.",
+                |s, _| s.prompt_tokens as f64,
+            ),
+            (GENERATION_TOKENS, "counter", "Tokens generated.", |s, _| {
+                s.generation_tokens as f64
+            }),
+            (
+                NUM_PREEMPTIONS,
+                "counter",
+                "Preempted sequences.",
+                |s, _| s.preemptions as f64,
+            ),
+            (
+                WORKER_ALIVE,
+                "gauge",
+                "1 while the worker is alive and routable.",
+                |s, routable| f64::from(u8::from(s.alive && routable)),
+            ),
         ];
         for (name, kind, help, get) in per_worker {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -189,9 +231,19 @@ impl Metrics {
             }
         }
         let hists: [(&str, &str, fn(&WorkerLatency) -> &Histogram); 3] = [
-            (TIME_TO_FIRST_TOKEN, "Time to first token in seconds.", |w| &w.ttft),
-            (INTER_TOKEN_LATENCY, "Time between consecutive tokens in seconds.", |w| &w.itl),
-            (E2E_REQUEST_LATENCY, "Request latency in seconds.", |w| &w.e2e),
+            (
+                TIME_TO_FIRST_TOKEN,
+                "Time to first token in seconds.",
+                |w| &w.ttft,
+            ),
+            (
+                INTER_TOKEN_LATENCY,
+                "Time between consecutive tokens in seconds.",
+                |w| &w.itl,
+            ),
+            (E2E_REQUEST_LATENCY, "Request latency in seconds.", |w| {
+                &w.e2e
+            }),
         ];
         for (name, help, get) in hists {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
@@ -231,14 +283,20 @@ impl Metrics {
             out,
             "# HELP {ROUTER_MATCHED_BLOCKS} Prompt blocks the chosen worker was believed to have cached.\n# TYPE {ROUTER_MATCHED_BLOCKS} histogram"
         );
-        self.matched_blocks
-            .render(&mut out, ROUTER_MATCHED_BLOCKS, &format!("policy=\"{policy}\""));
+        self.matched_blocks.render(
+            &mut out,
+            ROUTER_MATCHED_BLOCKS,
+            &format!("policy=\"{policy}\""),
+        );
         let _ = writeln!(
             out,
             "# HELP {ROUTER_DECISION_SECONDS} Time spent choosing a worker.\n# TYPE {ROUTER_DECISION_SECONDS} histogram"
         );
-        self.decision_seconds
-            .render(&mut out, ROUTER_DECISION_SECONDS, &format!("policy=\"{policy}\""));
+        self.decision_seconds.render(
+            &mut out,
+            ROUTER_DECISION_SECONDS,
+            &format!("policy=\"{policy}\""),
+        );
         let _ = writeln!(
             out,
             "# HELP {REQUESTS_REJECTED} Requests refused before routing.\n# TYPE {REQUESTS_REJECTED} counter\n{REQUESTS_REJECTED}{{reason=\"overloaded\"}} {}",
@@ -271,10 +329,18 @@ mod tests {
             PROMPT_TOKENS,
             GENERATION_TOKENS,
         ] {
-            assert!(text.contains(&format!("{name}{{worker=\"0\"}} 0")), "{name}");
-            assert!(text.contains(&format!("{name}{{worker=\"1\"}} 0")), "{name}");
+            assert!(
+                text.contains(&format!("{name}{{worker=\"0\"}} 0")),
+                "{name}"
+            );
+            assert!(
+                text.contains(&format!("{name}{{worker=\"1\"}} 0")),
+                "{name}"
+            );
         }
-        assert!(text.contains("reprise:time_to_first_token_seconds_bucket{worker=\"1\",le=\"0.04\"} 1"));
+        assert!(
+            text.contains("reprise:time_to_first_token_seconds_bucket{worker=\"1\",le=\"0.04\"} 1")
+        );
         assert!(text.contains("reprise:time_to_first_token_seconds_count{worker=\"1\"} 1"));
         assert!(text.contains("reprise:router_decisions_total{policy=\"precise\",worker=\"1\"} 3"));
         assert!(text.contains("reprise:worker_alive{worker=\"1\"} 0"));

@@ -53,7 +53,10 @@ impl<'a> Fields<'a> {
                 } else if v.as_u64().is_some() {
                     Ok(Some(i64::MAX))
                 } else {
-                    Err(ApiError::bad(k, format!("{k} must be an integer, got {}", kind(v))))
+                    Err(ApiError::bad(
+                        k,
+                        format!("{k} must be an integer, got {}", kind(v)),
+                    ))
                 }
             }
         }
@@ -64,7 +67,10 @@ impl<'a> Fields<'a> {
         match self.value(k) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(ApiError::bad(k, format!("{k} must be a boolean, got {}", kind(v)))),
+            Some(v) => Err(ApiError::bad(
+                k,
+                format!("{k} must be a boolean, got {}", kind(v)),
+            )),
         }
     }
 
@@ -73,7 +79,10 @@ impl<'a> Fields<'a> {
         match self.value(k) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => Err(ApiError::bad(k, format!("{k} must be a string, got {}", kind(v)))),
+            Some(v) => Err(ApiError::bad(
+                k,
+                format!("{k} must be a string, got {}", kind(v)),
+            )),
         }
     }
 }
@@ -134,32 +143,54 @@ pub fn parse_common(
     }
     let temperature = f.f64("temperature")?.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::bad("temperature", format!("temperature must be between 0 and 2, got {temperature}")));
+        return Err(ApiError::bad(
+            "temperature",
+            format!("temperature must be between 0 and 2, got {temperature}"),
+        ));
     }
     let top_p = f.f64("top_p")?.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::bad("top_p", format!("top_p must be in (0, 1], got {top_p}")));
+        return Err(ApiError::bad(
+            "top_p",
+            format!("top_p must be in (0, 1], got {top_p}"),
+        ));
     }
     let top_k = match f.int("top_k")? {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
-        Some(k) => return Err(ApiError::bad("top_k", format!("top_k must be -1 (disabled) or at least 1, got {k}"))),
+        Some(k) => {
+            return Err(ApiError::bad(
+                "top_k",
+                format!("top_k must be -1 (disabled) or at least 1, got {k}"),
+            ))
+        }
     };
     let seed = f.int("seed")?.map(|s| s as u64);
     let n = match f.int("n")? {
         None => 1,
         Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
-        Some(n) => return Err(ApiError::bad("n", format!("n must be between 1 and {MAX_N}, got {n}"))),
+        Some(n) => {
+            return Err(ApiError::bad(
+                "n",
+                format!("n must be between 1 and {MAX_N}, got {n}"),
+            ))
+        }
     };
     if let Some(b) = f.int("best_of")? {
         if b != n as i64 {
-            return Err(ApiError::bad("best_of", "best_of is not supported (it must equal n)"));
+            return Err(ApiError::bad(
+                "best_of",
+                "best_of is not supported (it must equal n)",
+            ));
         }
     }
     for k in ["presence_penalty", "frequency_penalty"] {
         if let Some(p) = f.f64(k)? {
             if !(-2.0..=2.0).contains(&p) {
-                return Err(ApiError::bad(k, format!("{k} must be between -2 and 2, got {p}")));
+                return Err(ApiError::bad(
+                    k,
+                    format!("{k} must be between -2 and 2, got {p}"),
+                ));
             }
             if p != 0.0 {
                 return Err(ApiError::bad(k, format!("{k} is not supported (only 0)")));
@@ -169,8 +200,15 @@ pub fn parse_common(
     if let Some(b) = f.value("logit_bias") {
         match b {
             Value::Object(m) if m.is_empty() => {}
-            Value::Object(_) => return Err(ApiError::bad("logit_bias", "logit_bias is not supported")),
-            v => return Err(ApiError::bad("logit_bias", format!("logit_bias must be an object, got {}", kind(v)))),
+            Value::Object(_) => {
+                return Err(ApiError::bad("logit_bias", "logit_bias is not supported"))
+            }
+            v => {
+                return Err(ApiError::bad(
+                    "logit_bias",
+                    format!("logit_bias must be an object, got {}", kind(v)),
+                ))
+            }
         }
     }
     let stop = match f.value("stop") {
@@ -178,13 +216,25 @@ pub fn parse_common(
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => {
             if a.len() > MAX_STOP {
-                return Err(ApiError::bad("stop", format!("at most {MAX_STOP} stop strings")));
+                return Err(ApiError::bad(
+                    "stop",
+                    format!("at most {MAX_STOP} stop strings"),
+                ));
             }
             a.iter()
-                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| ApiError::bad("stop", "stop must be a string or a list of strings")))
+                .map(|v| {
+                    v.as_str().map(str::to_string).ok_or_else(|| {
+                        ApiError::bad("stop", "stop must be a string or a list of strings")
+                    })
+                })
                 .collect::<Result<_, _>>()?
         }
-        Some(_) => return Err(ApiError::bad("stop", "stop must be a string or a list of strings")),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "stop",
+                "stop must be a string or a list of strings",
+            ))
+        }
     };
     let stop_token_ids = match f.value("stop_token_ids") {
         None => Vec::new(),
@@ -194,20 +244,44 @@ pub fn parse_common(
                 v.as_u64()
                     .filter(|&id| (id as usize) < vocab_size)
                     .map(|id| id as u32)
-                    .ok_or_else(|| ApiError::bad("stop_token_ids", format!("stop_token_ids must be token ids below {vocab_size}")))
+                    .ok_or_else(|| {
+                        ApiError::bad(
+                            "stop_token_ids",
+                            format!("stop_token_ids must be token ids below {vocab_size}"),
+                        )
+                    })
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(ApiError::bad("stop_token_ids", "stop_token_ids must be a list of token ids")),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "stop_token_ids",
+                "stop_token_ids must be a list of token ids",
+            ))
+        }
     };
     let stream = f.bool("stream")?.unwrap_or(false);
     let include_usage = match f.value("stream_options") {
         None => false,
-        Some(o @ Value::Object(_)) => Fields::new(o)?.bool("include_usage").map_err(|_| {
-            ApiError::bad("stream_options", "stream_options.include_usage must be a boolean")
-        })?.unwrap_or(false),
-        Some(v) => return Err(ApiError::bad("stream_options", format!("stream_options must be an object, got {}", kind(v)))),
+        Some(o @ Value::Object(_)) => Fields::new(o)?
+            .bool("include_usage")
+            .map_err(|_| {
+                ApiError::bad(
+                    "stream_options",
+                    "stream_options.include_usage must be a boolean",
+                )
+            })?
+            .unwrap_or(false),
+        Some(v) => {
+            return Err(ApiError::bad(
+                "stream_options",
+                format!("stream_options must be an object, got {}", kind(v)),
+            ))
+        }
     };
-    let cache_salt = f.str("cache_salt")?.map(|s| s.as_bytes().to_vec()).unwrap_or_default();
+    let cache_salt = f
+        .str("cache_salt")?
+        .map(|s| s.as_bytes().to_vec())
+        .unwrap_or_default();
     Ok(GenOptions {
         model,
         max_tokens,
@@ -264,7 +338,10 @@ pub fn logprobs_count(v: Option<i64>, param: &str) -> Result<Option<usize>, ApiE
     match v {
         None => Ok(None),
         Some(k) if (0..=MAX_LOGPROBS as i64).contains(&k) => Ok(Some(k as usize)),
-        Some(k) => Err(ApiError::bad(param, format!("{param} must be between 0 and {MAX_LOGPROBS}, got {k}"))),
+        Some(k) => Err(ApiError::bad(
+            param,
+            format!("{param} must be between 0 and {MAX_LOGPROBS}, got {k}"),
+        )),
     }
 }
 
@@ -291,8 +368,11 @@ mod tests {
         assert_eq!(o.params.temperature, 1.0);
         assert_eq!(o.max_tokens, None);
         assert!(o.skip_special_tokens);
-        let o = parse(json!({"temperature": 0, "top_k": -1, "seed": -5, "stop": "\n", "n": 2,
-            "stream": true, "stream_options": {"include_usage": true}, "ignore_eos": true})).unwrap();
+        let o = parse(
+            json!({"temperature": 0, "top_k": -1, "seed": -5, "stop": "\n", "n": 2,
+            "stream": true, "stream_options": {"include_usage": true}, "ignore_eos": true}),
+        )
+        .unwrap();
         assert_eq!(o.params.temperature, 0.0);
         assert_eq!(o.params.top_k, 0);
         assert_eq!(o.params.seed, Some((-5i64) as u64));
@@ -320,7 +400,10 @@ mod tests {
             (json!({"stop": ["a", 1]}), "stop"),
             (json!({"stop_token_ids": [100]}), "stop_token_ids"),
             (json!({"stream": "yes"}), "stream"),
-            (json!({"stream_options": {"include_usage": 1}}), "stream_options"),
+            (
+                json!({"stream_options": {"include_usage": 1}}),
+                "stream_options",
+            ),
             (json!({"presence_penalty": 3}), "presence_penalty"),
             (json!({"frequency_penalty": 0.5}), "frequency_penalty"),
             (json!({"logit_bias": {"1": 5}}), "logit_bias"),
@@ -347,8 +430,17 @@ mod tests {
         assert_eq!(resolve_max_tokens(None, None, 10, 100), Ok(90));
         assert_eq!(resolve_max_tokens(None, Some(16), 95, 100), Ok(5));
         assert_eq!(resolve_max_tokens(Some(90), None, 10, 100), Ok(90));
-        assert_eq!(param_of(resolve_max_tokens(Some(91), None, 10, 100).unwrap_err()), "max_tokens");
-        assert_eq!(param_of(resolve_max_tokens(None, None, 100, 100).unwrap_err()), "prompt");
-        assert_eq!(param_of(resolve_max_tokens(None, None, 0, 100).unwrap_err()), "prompt");
+        assert_eq!(
+            param_of(resolve_max_tokens(Some(91), None, 10, 100).unwrap_err()),
+            "max_tokens"
+        );
+        assert_eq!(
+            param_of(resolve_max_tokens(None, None, 100, 100).unwrap_err()),
+            "prompt"
+        );
+        assert_eq!(
+            param_of(resolve_max_tokens(None, None, 0, 100).unwrap_err()),
+            "prompt"
+        );
     }
 }

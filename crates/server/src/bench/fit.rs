@@ -51,7 +51,13 @@ pub fn nnls(rows: &[Vec<f64>], y: &[f64]) -> Option<Vec<f64>> {
         // columns in seconds and in millions of token pairs are equally conditioned.
         let norms: Vec<f64> = idx
             .iter()
-            .map(|&j| rows.iter().map(|r| r[j] * r[j]).sum::<f64>().sqrt().max(1e-300))
+            .map(|&j| {
+                rows.iter()
+                    .map(|r| r[j] * r[j])
+                    .sum::<f64>()
+                    .sqrt()
+                    .max(1e-300)
+            })
             .collect();
         let mut ata = vec![vec![0.0; m + 1]; m];
         for (r, &yv) in rows.iter().zip(y) {
@@ -68,7 +74,10 @@ pub fn nnls(rows: &[Vec<f64>], y: &[f64]) -> Option<Vec<f64>> {
         for (p, &j) in idx.iter().enumerate() {
             x[j] = sol[p] / norms[p];
         }
-        match (0..k).filter(|&j| active[j] && x[j] < 0.0).min_by(|&a, &b| x[a].total_cmp(&x[b])) {
+        match (0..k)
+            .filter(|&j| active[j] && x[j] < 0.0)
+            .min_by(|&a, &b| x[a].total_cmp(&x[b]))
+        {
             Some(j) => active[j] = false,
             None => return Some(x),
         }
@@ -100,7 +109,10 @@ fn solve(mut a: Vec<Vec<f64>>) -> Option<Vec<f64>> {
 pub fn fit(records: &[RequestRecord], name: &str) -> Result<CostModel> {
     let ok: Vec<&RequestRecord> = records.iter().filter(|r| r.ok()).collect();
     if ok.len() < 4 {
-        bail!("need at least 4 completed requests to fit, got {}", ok.len());
+        bail!(
+            "need at least 4 completed requests to fit, got {}",
+            ok.len()
+        );
     }
     // Prefill.
     let mut rows = Vec::new();
@@ -151,11 +163,16 @@ pub fn fit(records: &[RequestRecord], name: &str) -> Result<CostModel> {
 
 /// `reprise bench fit`.
 pub fn run(a: &FitArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&a.from).with_context(|| format!("cannot read {}", a.from.display()))?;
+    let text = std::fs::read_to_string(&a.from)
+        .with_context(|| format!("cannot read {}", a.from.display()))?;
     let mut recs = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", a.from.display(), i + 1))?;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", a.from.display(), i + 1))?;
         if let Some(p) = &a.policy {
             if v.get("policy").and_then(|x| x.as_str()) != Some(p) {
                 continue;
@@ -170,7 +187,8 @@ pub fn run(a: &FitArgs) -> Result<()> {
     let json = serde_json::to_string_pretty(&c)?;
     match &a.out {
         Some(p) => {
-            std::fs::write(p, json + "\n").with_context(|| format!("cannot write {}", p.display()))?;
+            std::fs::write(p, json + "\n")
+                .with_context(|| format!("cannot write {}", p.display()))?;
             eprintln!("fitted {} requests into {}", recs.len(), p.display());
         }
         None => println!("{json}"),
@@ -188,8 +206,13 @@ mod tests {
 
     #[test]
     fn nnls_recovers_exact_coefficients_and_clamps() {
-        let rows: Vec<Vec<f64>> = (0..10).map(|i| vec![1.0, i as f64, (i * i) as f64]).collect();
-        let y: Vec<f64> = rows.iter().map(|r| 0.5 + 2.0 * r[1] + 0.25 * r[2]).collect();
+        let rows: Vec<Vec<f64>> = (0..10)
+            .map(|i| vec![1.0, i as f64, (i * i) as f64])
+            .collect();
+        let y: Vec<f64> = rows
+            .iter()
+            .map(|r| 0.5 + 2.0 * r[1] + 0.25 * r[2])
+            .collect();
         let x = nnls(&rows, &y).unwrap();
         for (a, b) in x.iter().zip([0.5, 2.0, 0.25]) {
             assert!((a - b).abs() < 1e-9, "{x:?}");
@@ -231,14 +254,35 @@ mod tests {
             router: RouterConfig::default(),
         };
         // Low rate: requests rarely overlap, so TTFT is pure prefill.
-        let stages = [Stage { rate: 0.05, requests: 60 }];
-        let r = simulate(&cfg, &wl, PolicyKind::Precise, &stages, 5, &Slo::default(), &|_| {}).unwrap();
+        let stages = [Stage {
+            rate: 0.05,
+            requests: 60,
+        }];
+        let r = simulate(
+            &cfg,
+            &wl,
+            PolicyKind::Precise,
+            &stages,
+            5,
+            &Slo::default(),
+            &|_| {},
+        )
+        .unwrap();
         let c = fit(&r.stages[0].records, "fit").unwrap();
-        assert!((c.prefill_token_s / truth.prefill_token_s - 1.0).abs() < 0.1, "{c:?}");
-        assert!((c.prefill_attention_pair_s / truth.prefill_attention_pair_s - 1.0).abs() < 0.25, "{c:?}");
+        assert!(
+            (c.prefill_token_s / truth.prefill_token_s - 1.0).abs() < 0.1,
+            "{c:?}"
+        );
+        assert!(
+            (c.prefill_attention_pair_s / truth.prefill_attention_pair_s - 1.0).abs() < 0.25,
+            "{c:?}"
+        );
         // Decode alone: tpot = o + d + e·ctx per step.
         let alone = |ctx: f64| c.step_overhead_s + c.decode_seq_s + c.decode_context_token_s * ctx;
         let truth_alone = |ctx: f64| 0.02 + 1e-3 + 1e-6 * ctx;
-        assert!((alone(1500.0) / truth_alone(1500.0) - 1.0).abs() < 0.1, "{c:?}");
+        assert!(
+            (alone(1500.0) / truth_alone(1500.0) - 1.0).abs() < 0.1,
+            "{c:?}"
+        );
     }
 }

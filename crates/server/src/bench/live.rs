@@ -115,9 +115,9 @@ struct Endpoint {
 
 impl Endpoint {
     fn parse(url: &str) -> Result<Self> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| anyhow!("--url must start with http:// (TLS is not supported): {url}"))?;
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            anyhow!("--url must start with http:// (TLS is not supported): {url}")
+        })?;
         let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) => (h, p.parse().with_context(|| format!("bad port in {url}"))?),
@@ -149,7 +149,13 @@ struct Response {
     body: hyper::body::Incoming,
 }
 
-async fn send(ep: &Endpoint, method: &str, path: &str, body: Option<Vec<u8>>, key: Option<&str>) -> Result<Response> {
+async fn send(
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    key: Option<&str>,
+) -> Result<Response> {
     let stream = TcpStream::connect((ep.host.as_str(), ep.port))
         .await
         .with_context(|| format!("cannot connect to {}:{}", ep.host, ep.port))?;
@@ -188,7 +194,10 @@ async fn get(ep: &Endpoint, path: &str, key: Option<&str>) -> Result<(u16, Vec<u
 async fn first_model(ep: &Endpoint, key: Option<&str>) -> Result<String> {
     let (status, body) = get(ep, "/v1/models", key).await?;
     if status != 200 {
-        bail!("GET /v1/models answered {status}: {}", String::from_utf8_lossy(&body));
+        bail!(
+            "GET /v1/models answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     let v: Value = serde_json::from_slice(&body).context("GET /v1/models: not JSON")?;
     v["data"][0]["id"]
@@ -233,7 +242,13 @@ async fn one_request(
     rec
 }
 
-async fn stream_completion(ep: &Endpoint, key: Option<&str>, body: Vec<u8>, start: Instant, rec: &mut RequestRecord) -> Result<()> {
+async fn stream_completion(
+    ep: &Endpoint,
+    key: Option<&str>,
+    body: Vec<u8>,
+    start: Instant,
+    rec: &mut RequestRecord,
+) -> Result<()> {
     let mut resp = send(ep, "POST", "/v1/completions", Some(body), key).await?;
     rec.worker = resp
         .headers
@@ -242,7 +257,14 @@ async fn stream_completion(ep: &Endpoint, key: Option<&str>, body: Vec<u8>, star
         .and_then(|v| v.trim().parse().ok());
     if resp.status != 200 {
         let b = read_all(resp.body).await.unwrap_or_default();
-        bail!("HTTP {}: {}", resp.status, String::from_utf8_lossy(&b).chars().take(300).collect::<String>());
+        bail!(
+            "HTTP {}: {}",
+            resp.status,
+            String::from_utf8_lossy(&b)
+                .chars()
+                .take(300)
+                .collect::<String>()
+        );
     }
     let mut buf: Vec<u8> = Vec::new();
     let mut last: Option<Instant> = None;
@@ -250,7 +272,9 @@ async fn stream_completion(ep: &Endpoint, key: Option<&str>, body: Vec<u8>, star
     let mut usage: Option<Value> = None;
     let mut done = false;
     while let Some(frame) = resp.body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
         buf.extend_from_slice(&data);
         // SSE events end with a blank line; handle both \n\n and \r\n\r\n.
         while let Some(pos) = find_event_end(&buf) {
@@ -258,13 +282,16 @@ async fn stream_completion(ep: &Endpoint, key: Option<&str>, body: Vec<u8>, star
             let text = String::from_utf8_lossy(&buf[..event]).to_string();
             buf.drain(..event + sep);
             for line in text.lines() {
-                let Some(data) = line.strip_prefix("data:") else { continue };
+                let Some(data) = line.strip_prefix("data:") else {
+                    continue;
+                };
                 let data = data.trim();
                 if data == "[DONE]" {
                     done = true;
                     continue;
                 }
-                let v: Value = serde_json::from_str(data).with_context(|| format!("bad SSE data: {data}"))?;
+                let v: Value =
+                    serde_json::from_str(data).with_context(|| format!("bad SSE data: {data}"))?;
                 if let Some(err) = v.get("error") {
                     bail!("server error in stream: {err}");
                 }
@@ -289,11 +316,15 @@ async fn stream_completion(ep: &Endpoint, key: Option<&str>, body: Vec<u8>, star
     }
     match usage {
         Some(u) => {
-            rec.output_tokens = u["completion_tokens"].as_u64().map_or(chunks, |x| x as usize);
+            rec.output_tokens = u["completion_tokens"]
+                .as_u64()
+                .map_or(chunks, |x| x as usize);
             if let Some(p) = u["prompt_tokens"].as_u64() {
                 rec.prompt_tokens = p as usize;
             }
-            rec.cached_tokens = u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0) as usize;
+            rec.cached_tokens = u["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap_or(0) as usize;
         }
         None => rec.output_tokens = chunks,
     }
@@ -306,7 +337,10 @@ async fn stream_completion(ep: &Endpoint, key: Option<&str>, body: Vec<u8>, star
 /// (end of the event, separator length) of the first complete SSE event in `buf`.
 fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4));
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
@@ -319,7 +353,8 @@ pub fn arrival_times(n: usize, rate: f64, burstiness: f64, seed: u64) -> Result<
     if !(burstiness.is_finite() && burstiness > 0.0) {
         bail!("--burstiness must be > 0");
     }
-    let gamma = Gamma::new(burstiness, 1.0 / (rate * burstiness)).map_err(|e| anyhow!("bad rate {rate}: {e}"))?;
+    let gamma = Gamma::new(burstiness, 1.0 / (rate * burstiness))
+        .map_err(|e| anyhow!("bad rate {rate}: {e}"))?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut t = 0.0;
     Ok((0..n)
@@ -351,11 +386,26 @@ async fn run_rate(
         let mut handles = Vec::new();
         let t0 = Instant::now();
         for i in order {
-            let (ep, model, key, wl, sem) = (ep.clone(), model.clone(), key.clone(), wl.clone(), sem.clone());
+            let (ep, model, key, wl, sem) = (
+                ep.clone(),
+                model.clone(),
+                key.clone(),
+                wl.clone(),
+                sem.clone(),
+            );
             handles.push(tokio::spawn(async move {
                 let _p = sem.acquire_owned().await;
                 let p = &wl.prompts[i];
-                one_request(&ep, &model, key.as_deref(), &p.tokens, p.max_tokens, timeout, t0).await
+                one_request(
+                    &ep,
+                    &model,
+                    key.as_deref(),
+                    &p.tokens,
+                    p.max_tokens,
+                    timeout,
+                    t0,
+                )
+                .await
             }));
         }
         for h in handles {
@@ -371,17 +421,34 @@ async fn run_rate(
         Some(r) => arrival_times(n, r, load.burstiness, load.arrival_seed ^ stream)?,
         None => vec![0.0; n],
     };
-    let sem = Arc::new(Semaphore::new(load.max_concurrency.unwrap_or(Semaphore::MAX_PERMITS)));
+    let sem = Arc::new(Semaphore::new(
+        load.max_concurrency.unwrap_or(Semaphore::MAX_PERMITS),
+    ));
     let t0 = Instant::now();
     let mut handles = Vec::with_capacity(n);
     for (i, at) in order.into_iter().zip(times) {
-        let (ep, model, key, wl, sem, bar) =
-            (ep.clone(), model.clone(), key.clone(), wl.clone(), sem.clone(), bar.clone());
+        let (ep, model, key, wl, sem, bar) = (
+            ep.clone(),
+            model.clone(),
+            key.clone(),
+            wl.clone(),
+            sem.clone(),
+            bar.clone(),
+        );
         handles.push(tokio::spawn(async move {
             tokio::time::sleep_until((t0 + Duration::from_secs_f64(at)).into()).await;
             let _p = sem.acquire_owned().await;
             let p = &wl.prompts[i];
-            let r = one_request(&ep, &model, key.as_deref(), &p.tokens, p.max_tokens, timeout, t0).await;
+            let r = one_request(
+                &ep,
+                &model,
+                key.as_deref(),
+                &p.tokens,
+                p.max_tokens,
+                timeout,
+                t0,
+            )
+            .await;
             bar.inc(1);
             r
         }));
@@ -402,7 +469,14 @@ struct LabelRun {
     cache_hits: Vec<(f64, usize)>,
 }
 
-async fn bench_label(ep: Endpoint, model: Option<String>, key: Option<String>, label: &str, load: &LoadArgs, wl: &Arc<Workload>) -> Result<LabelRun> {
+async fn bench_label(
+    ep: Endpoint,
+    model: Option<String>,
+    key: Option<String>,
+    label: &str,
+    load: &LoadArgs,
+    wl: &Arc<Workload>,
+) -> Result<LabelRun> {
     let ep = Arc::new(ep);
     let key: Option<Arc<str>> = key.map(Into::into);
     let model: Arc<str> = match model {
@@ -422,12 +496,19 @@ async fn bench_label(ep: Endpoint, model: Option<String>, key: Option<String>, l
     let begin = Instant::now();
     for (k, rate) in rates.iter().enumerate() {
         let bar = report::progress_bar(load.num_prompts as u64, "requests");
-        bar.set_message(format!("{label} @ {}", rate.map_or("max".to_string(), |r| format!("{r} req/s"))));
-        let (recs, duration, t0) = run_rate(&ep, &model, key.clone(), wl, load, *rate, k as u64, &bar).await?;
+        bar.set_message(format!(
+            "{label} @ {}",
+            rate.map_or("max".to_string(), |r| format!("{r} req/s"))
+        ));
+        let (recs, duration, t0) =
+            run_rate(&ep, &model, key.clone(), wl, load, *rate, k as u64, &bar).await?;
         bar.finish_and_clear();
         let offset = t0.duration_since(begin).as_secs_f64();
         for r in recs.iter().filter(|r| r.ok()) {
-            out.cache_hits.push((offset + r.start_s + r.ttft_s.unwrap_or(0.0), r.cached_tokens));
+            out.cache_hits.push((
+                offset + r.start_s + r.ttft_s.unwrap_or(0.0),
+                r.cached_tokens,
+            ));
         }
         let mut s = Summary::from_records(label, rate.unwrap_or(0.0), &recs, duration, &slo);
         s.max_concurrency = load.max_concurrency;
@@ -436,15 +517,24 @@ async fn bench_label(ep: Endpoint, model: Option<String>, key: Option<String>, l
         }
         report::print_table(std::slice::from_ref(&s));
         out.summaries.push(s);
-        out.requests.extend(recs.into_iter().map(|r| (rate.unwrap_or(0.0), r)));
+        out.requests
+            .extend(recs.into_iter().map(|r| (rate.unwrap_or(0.0), r)));
     }
     Ok(out)
 }
 
-fn write_live_report(load: &LoadArgs, wl: &Workload, runs: &[(String, LabelRun)], extra: Value) -> Result<()> {
+fn write_live_report(
+    load: &LoadArgs,
+    wl: &Workload,
+    runs: &[(String, LabelRun)],
+    extra: Value,
+) -> Result<()> {
     let dir = &load.out;
     super::ensure_dir(dir)?;
-    let rows: Vec<Summary> = runs.iter().flat_map(|(_, r)| r.summaries.iter().cloned()).collect();
+    let rows: Vec<Summary> = runs
+        .iter()
+        .flat_map(|(_, r)| r.summaries.iter().cloned())
+        .collect();
     report::write_records(dir, "results", &rows)?;
     let mut jsonl = String::new();
     for (label, r) in runs {
@@ -467,12 +557,20 @@ fn write_live_report(load: &LoadArgs, wl: &Workload, runs: &[(String, LabelRun)]
         "warmup": load.warmup,
         "extra": extra,
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)?).context("cannot write config.json")?;
-    let samples: Vec<(String, Vec<(f64, usize)>)> =
-        runs.iter().map(|(l, r)| (l.clone(), r.cache_hits.clone())).collect();
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)?)
+        .context("cannot write config.json")?;
+    let samples: Vec<(String, Vec<(f64, usize)>)> = runs
+        .iter()
+        .map(|(l, r)| (l.clone(), r.cache_hits.clone()))
+        .collect();
     let timeline = report::cache_timeline(&samples);
     report::write_timeline(dir, &timeline)?;
-    report::write_pictures(dir, &rows, &timeline, "seconds since the policy's first request")?;
+    report::write_pictures(
+        dir,
+        &rows,
+        &timeline,
+        "seconds since the policy's first request",
+    )?;
     println!("\nsummary");
     report::print_table(&rows);
     eprintln!("wrote {}", dir.display());
@@ -484,8 +582,21 @@ pub async fn run(a: RunArgs) -> Result<()> {
     let ep = Endpoint::parse(&a.url)?;
     let wl = Arc::new(Workload::build(&a.load.workload)?);
     eprintln!("benchmarking {} with {}", a.url, wl.description);
-    let r = bench_label(ep, a.model.clone(), a.api_key.clone(), &a.label, &a.load, &wl).await?;
-    write_live_report(&a.load, &wl, &[(a.label.clone(), r)], json!({ "url": a.url, "model": a.model }))
+    let r = bench_label(
+        ep,
+        a.model.clone(),
+        a.api_key.clone(),
+        &a.label,
+        &a.load,
+        &wl,
+    )
+    .await?;
+    write_live_report(
+        &a.load,
+        &wl,
+        &[(a.label.clone(), r)],
+        json!({ "url": a.url, "model": a.model }),
+    )
 }
 
 /// A `reprise serve` child, killed when dropped.
@@ -509,15 +620,28 @@ async fn start_server(a: &CompareArgs, policy: &str, log: PathBuf) -> Result<(Se
     let exe = std::env::current_exe().context("cannot find the reprise executable")?;
     let port = free_port()?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--policy", policy, "--devices", &a.devices]);
+    cmd.args([
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--policy",
+        policy,
+        "--devices",
+        &a.devices,
+    ]);
     if let Some(m) = &a.model {
         cmd.args(["--model", m]);
     }
     if let Some(extra) = &a.serve_args {
         cmd.args(extra.split_whitespace());
     }
-    let f = std::fs::File::create(&log).with_context(|| format!("cannot write {}", log.display()))?;
-    cmd.stdout(f.try_clone()?).stderr(f).stdin(std::process::Stdio::null());
+    let f =
+        std::fs::File::create(&log).with_context(|| format!("cannot write {}", log.display()))?;
+    cmd.stdout(f.try_clone()?)
+        .stderr(f)
+        .stdin(std::process::Stdio::null());
     let mut server = Server {
         child: cmd.spawn().context("cannot start reprise serve")?,
     };
@@ -531,14 +655,21 @@ async fn start_server(a: &CompareArgs, policy: &str, log: PathBuf) -> Result<(Se
         if let Ok(Some(status)) = server.child.try_wait() {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-            bail!("reprise serve --policy {policy} exited ({status}): {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "));
+            bail!(
+                "reprise serve --policy {policy} exited ({status}): {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
         }
         if let Ok((200, _)) = get(&ep, "/health", None).await {
             return Ok((server, ep));
         }
         if Instant::now() > deadline {
             let _ = server.child.kill();
-            bail!("reprise serve --policy {policy} not ready after {:.0} s (log: {})", a.startup_timeout_s, log.display());
+            bail!(
+                "reprise serve --policy {policy} not ready after {:.0} s (log: {})",
+                a.startup_timeout_s,
+                log.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -573,7 +704,10 @@ mod tests {
     #[test]
     fn urls_parse() {
         let e = Endpoint::parse("http://127.0.0.1:8000").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.prefix.as_str()), ("127.0.0.1", 8000, ""));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.prefix.as_str()),
+            ("127.0.0.1", 8000, "")
+        );
         let e = Endpoint::parse("http://h:1/v1/").unwrap();
         assert_eq!(e.prefix, "");
         let e = Endpoint::parse("http://h/api").unwrap();
@@ -623,9 +757,21 @@ mod tests {
             s.write_all(out.as_bytes()).unwrap();
         });
         let ep = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
-        let r = one_request(&ep, "m", None, &[1, 2, 3, 4, 5], 3, Duration::from_secs(5), Instant::now()).await;
+        let r = one_request(
+            &ep,
+            "m",
+            None,
+            &[1, 2, 3, 4, 5],
+            3,
+            Duration::from_secs(5),
+            Instant::now(),
+        )
+        .await;
         assert!(r.ok(), "{:?}", r.error);
-        assert_eq!((r.output_tokens, r.prompt_tokens, r.cached_tokens, r.worker), (3, 5, 4, Some(1)));
+        assert_eq!(
+            (r.output_tokens, r.prompt_tokens, r.cached_tokens, r.worker),
+            (3, 5, 4, Some(1))
+        );
         assert_eq!(r.itl_s.len(), 2);
         assert!(r.ttft_s.unwrap() <= r.e2el_s);
     }

@@ -162,7 +162,10 @@ pub fn load_cost_model(spec: &str) -> Result<CostModel> {
         Some((_, t)) => (*t).to_string(),
         None => std::fs::read_to_string(spec).with_context(|| {
             let names: Vec<&str> = SHIPPED_COST_MODELS.iter().map(|(n, _)| *n).collect();
-            format!("cost model '{spec}' is neither a file nor one of {}", names.join(", "))
+            format!(
+                "cost model '{spec}' is neither a file nor one of {}",
+                names.join(", ")
+            )
         })?,
     };
     let c: CostModel =
@@ -187,7 +190,13 @@ pub fn parse_policies(s: &str) -> Result<Vec<PolicyKind>> {
         .filter(|p| !p.trim().is_empty())
         .map(|p| PolicyKind::from_str(p).map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()
-        .and_then(|v| if v.is_empty() { bail!("no policy given") } else { Ok(v) })
+        .and_then(|v| {
+            if v.is_empty() {
+                bail!("no policy given")
+            } else {
+                Ok(v)
+            }
+        })
 }
 
 /// Parse a comma-separated list of positive request rates.
@@ -266,11 +275,15 @@ fn run_sim(a: &SimArgs) -> Result<()> {
         .iter()
         .map(|r| match a.requests_per_rate {
             Some(n) => n,
-            None => (r * a.duration_per_rate.unwrap_or(p.duration_per_rate)).round().max(1.0) as usize,
+            None => (r * a.duration_per_rate.unwrap_or(p.duration_per_rate))
+                .round()
+                .max(1.0) as usize,
         })
         .collect();
     let mut router: RouterConfig = match &a.router_config {
-        Some(j) => serde_json::from_str(j).context("--router-config is not a valid router config")?,
+        Some(j) => {
+            serde_json::from_str(j).context("--router-config is not a valid router config")?
+        }
         None => RouterConfig::default(),
     };
     router.block_size = block_size;
@@ -331,7 +344,9 @@ fn run_sim(a: &SimArgs) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .clamp(1, policies.len());
     let results = run_parallel(&policies, jobs, |pol| {
-        sim::simulate(&cluster, &wl, pol, &stages, a.arrival_seed, &slo, &|n| bar.inc(n))
+        sim::simulate(&cluster, &wl, pol, &stages, a.arrival_seed, &slo, &|n| {
+            bar.inc(n)
+        })
     })?;
     bar.finish_and_clear();
     let wall = started.elapsed().as_secs_f64();
@@ -353,8 +368,10 @@ fn run_parallel<T: Send>(
     f: impl Fn(PolicyKind) -> Result<T> + Sync,
 ) -> Result<Vec<T>> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<parking_lot::Mutex<Option<Result<T>>>> =
-        policies.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+    let slots: Vec<parking_lot::Mutex<Option<Result<T>>>> = policies
+        .iter()
+        .map(|_| parking_lot::Mutex::new(None))
+        .collect();
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| loop {
@@ -366,7 +383,10 @@ fn run_parallel<T: Send>(
     });
     slots
         .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(|| Err(anyhow::anyhow!("a policy did not run"))))
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|| Err(anyhow::anyhow!("a policy did not run")))
+        })
         .collect()
 }
 

@@ -13,7 +13,8 @@ use std::path::Path;
 /// A progress bar on stderr.
 pub fn progress_bar(total: u64, unit: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
-    let tmpl = format!("{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {unit} {{msg}} (eta {{eta}})");
+    let tmpl =
+        format!("{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {unit} {{msg}} (eta {{eta}})");
     if let Ok(style) = ProgressStyle::with_template(&tmpl) {
         bar.set_style(style.progress_chars("=> "));
     }
@@ -34,8 +35,11 @@ pub fn ladder_rows(results: &[SimResult], slo: &Slo) -> Vec<Summary> {
     results
         .iter()
         .map(|r| {
-            let recs: Vec<RequestRecord> =
-                r.stages.iter().flat_map(|s| s.records.iter().cloned()).collect();
+            let recs: Vec<RequestRecord> = r
+                .stages
+                .iter()
+                .flat_map(|s| s.records.iter().cloned())
+                .collect();
             let duration: f64 = r.stages.iter().map(|s| s.end_s - s.start_s).sum();
             let mut s = Summary::from_records(r.policy.name(), 0.0, &recs, duration, slo);
             s.preemptions = Some(r.stages.iter().map(|s| s.preemptions).sum());
@@ -107,7 +111,8 @@ pub fn write_records(dir: &Path, stem: &str, records: &[Summary]) -> Result<()> 
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(bytes)
         .with_context(|| format!("cannot write {}", path.display()))
 }
@@ -159,14 +164,22 @@ pub fn write_sim_report(
     let ladder = ladder_rows(results, slo);
     write_records(dir, "ladder", &ladder)?;
     let cfg = serde_json::json!({ "mode": "sim", "setup": setup, "wall_seconds": wall_s });
-    write(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    write(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
     let samples: Vec<(String, Vec<(f64, usize)>)> = results
         .iter()
         .map(|r| (r.policy.name().to_string(), r.cache_hits.clone()))
         .collect();
     let timeline = cache_timeline(&samples);
     write_timeline(dir, &timeline)?;
-    write_pictures(dir, &rows, &timeline, "virtual time since the ladder started (s)")
+    write_pictures(
+        dir,
+        &rows,
+        &timeline,
+        "virtual time since the ladder started (s)",
+    )
 }
 
 /// cache_timeline.csv: policy, time, cached tokens/s.
@@ -184,7 +197,14 @@ pub fn write_timeline(dir: &Path, timeline: &[(String, Vec<(f64, f64)>)]) -> Res
 pub fn print_table(rows: &[Summary]) {
     println!(
         "{:<12} {:>7} {:>9} {:>12} {:>12} {:>11} {:>9} {:>12}",
-        "policy", "rate", "completed", "p50 TTFT s", "p90 TTFT s", "out tok/s", "cached", "cache tok/s"
+        "policy",
+        "rate",
+        "completed",
+        "p50 TTFT s",
+        "p90 TTFT s",
+        "out tok/s",
+        "cached",
+        "cache tok/s"
     );
     for r in rows {
         println!(
@@ -232,7 +252,14 @@ pub struct Line {
 
 /// A line chart; with `log_y` values are drawn on a log10 axis labelled in the
 /// original unit (zeros and negatives are left out).
-pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, lines: &[Line], log_y: bool) -> Result<()> {
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    lines: &[Line],
+    log_y: bool,
+) -> Result<()> {
     let tf = |y: f64| if log_y { y.log10() } else { y };
     let pts: Vec<Vec<(f64, f64)>> = lines
         .iter()
@@ -468,10 +495,19 @@ mod tests {
         let csv = std::fs::read_to_string(dir.join("results.csv")).unwrap();
         assert_eq!(csv.lines().count(), 7);
         assert!(csv.starts_with("policy,request_rate,"));
-        assert!(csv.lines().nth(1).unwrap().starts_with("precise,1.0,,1,0,2.0,"));
+        assert!(csv
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("precise,1.0,,1,0,2.0,"));
         let tl = cache_timeline(&[("precise".into(), vec![(1.0, 10), (5.0, 20)])]);
         write_pictures(&dir, &rows, &tl, "t (s)").unwrap();
-        for f in ["ttft_vs_rate.svg", "throughput_vs_rate.svg", "cache_hit_ratio_vs_rate.svg", "effective_cache_throughput.svg"] {
+        for f in [
+            "ttft_vs_rate.svg",
+            "throughput_vs_rate.svg",
+            "cache_hit_ratio_vs_rate.svg",
+            "effective_cache_throughput.svg",
+        ] {
             let s = std::fs::read_to_string(dir.join(f)).unwrap();
             assert!(s.contains("<svg") && s.contains("precise"), "{f}");
         }

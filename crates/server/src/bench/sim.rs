@@ -241,7 +241,15 @@ pub fn simulate(
                             prompt: order[i],
                         });
                         if workers[w].plan.is_none() {
-                            start_step(&mut workers[w], w, cfg, now, &mut heap, &mut records, &mut done)?;
+                            start_step(
+                                &mut workers[w],
+                                w,
+                                cfg,
+                                now,
+                                &mut heap,
+                                &mut records,
+                                &mut done,
+                            )?;
                         }
                     }
                     Err(e) => {
@@ -261,7 +269,9 @@ pub fn simulate(
             let plan = wk.plan.take().context("step completion without a plan")?;
             wk.sched.complete(&plan);
             for s in plan.seqs.iter().filter(|s| s.sample) {
-                let Some(&ri) = wk.reqs.get(&s.seq) else { continue };
+                let Some(&ri) = wk.reqs.get(&s.seq) else {
+                    continue;
+                };
                 let Some(l) = live[ri].as_mut() else { continue };
                 let prompt = &workload.prompts[l.prompt];
                 wk.sched
@@ -418,15 +428,29 @@ mod tests {
         for policy in [PolicyKind::Precise, PolicyKind::Approximate] {
             for workers in [1, 4] {
                 let w = one_group(1);
-                let stages = [Stage { rate: 1.0, requests: 40 }];
-                let r = simulate(&cluster(workers, 1 << 20), &w, policy, &stages, 1, &Slo::default(), &|_| {})
-                    .unwrap();
+                let stages = [Stage {
+                    rate: 1.0,
+                    requests: 40,
+                }];
+                let r = simulate(
+                    &cluster(workers, 1 << 20),
+                    &w,
+                    policy,
+                    &stages,
+                    1,
+                    &Slo::default(),
+                    &|_| {},
+                )
+                .unwrap();
                 let recs = &r.stages[0].records;
                 assert!(recs.iter().all(|r| r.ok() && r.output_tokens == 8));
                 assert_eq!(recs[0].cached_tokens, 0);
                 let full = max_cacheable_blocks(1000, 16) * 16;
                 for (i, rec) in recs.iter().enumerate().skip(1) {
-                    assert_eq!(rec.cached_tokens, full, "{policy} workers={workers} request {i}");
+                    assert_eq!(
+                        rec.cached_tokens, full,
+                        "{policy} workers={workers} request {i}"
+                    );
                 }
             }
         }
@@ -435,12 +459,26 @@ mod tests {
     #[test]
     fn random_routing_misses_and_ttft_is_in_virtual_time() {
         let w = one_group(1);
-        let stages = [Stage { rate: 0.5, requests: 30 }];
-        let r = simulate(&cluster(4, 1 << 16), &w, PolicyKind::Random, &stages, 1, &Slo::default(), &|_| {})
-            .unwrap();
+        let stages = [Stage {
+            rate: 0.5,
+            requests: 30,
+        }];
+        let r = simulate(
+            &cluster(4, 1 << 16),
+            &w,
+            PolicyKind::Random,
+            &stages,
+            1,
+            &Slo::default(),
+            &|_| {},
+        )
+        .unwrap();
         let recs = &r.stages[0].records;
         let misses = recs.iter().filter(|r| r.cached_tokens == 0).count();
-        assert!((2..=4).contains(&misses), "each worker misses once: {misses}");
+        assert!(
+            (2..=4).contains(&misses),
+            "each worker misses once: {misses}"
+        );
         // A cold request on an idle worker: one prefill step of 1,000 tokens.
         let cold = cost().prefill_token_s * 1000.0
             + cost().prefill_attention_pair_s * 1000.0 * 500.5
@@ -468,10 +506,31 @@ mod tests {
         .unwrap();
         let mut c = cluster(2, 64);
         c.event_delay_s = 0.05;
-        let stages = [Stage { rate: 50.0, requests: 60 }, Stage { rate: 5.0, requests: 20 }];
-        let r = simulate(&c, &w, PolicyKind::Precise, &stages, 3, &Slo::default(), &|_| {}).unwrap();
+        let stages = [
+            Stage {
+                rate: 50.0,
+                requests: 60,
+            },
+            Stage {
+                rate: 5.0,
+                requests: 20,
+            },
+        ];
+        let r = simulate(
+            &c,
+            &w,
+            PolicyKind::Precise,
+            &stages,
+            3,
+            &Slo::default(),
+            &|_| {},
+        )
+        .unwrap();
         assert_eq!(r.stages.len(), 2);
-        assert!(r.stages.iter().all(|s| s.records.iter().all(RequestRecord::ok)));
+        assert!(r
+            .stages
+            .iter()
+            .all(|s| s.records.iter().all(RequestRecord::ok)));
         assert!(r.stages[0].preemptions > 0);
         assert!(r.stages[1].start_s >= r.stages[0].end_s);
     }

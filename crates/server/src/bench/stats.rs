@@ -119,7 +119,11 @@ impl Slo {
     /// Parse `KEY:MS` pairs (keys ttft, tpot, e2el), vLLM's `--goodput` syntax.
     pub fn parse(items: &[String]) -> anyhow::Result<Self> {
         let mut s = Self::default();
-        for it in items.iter().flat_map(|i| i.split([',', ' '])).filter(|i| !i.is_empty()) {
+        for it in items
+            .iter()
+            .flat_map(|i| i.split([',', ' ']))
+            .filter(|i| !i.is_empty())
+        {
             let (k, v) = it
                 .split_once(':')
                 .ok_or_else(|| anyhow::anyhow!("goodput SLO '{it}' is not KEY:MILLISECONDS"))?;
@@ -127,7 +131,9 @@ impl Slo {
                 .parse()
                 .ok()
                 .filter(|x: &f64| x.is_finite() && *x > 0.0)
-                .ok_or_else(|| anyhow::anyhow!("goodput SLO '{it}': '{v}' is not a positive number"))?;
+                .ok_or_else(|| {
+                    anyhow::anyhow!("goodput SLO '{it}': '{v}' is not a positive number")
+                })?;
             match k {
                 "ttft" => s.ttft_ms = Some(v),
                 "tpot" => s.tpot_ms = Some(v),
@@ -272,10 +278,42 @@ macro_rules! dist_prefix {
         }
     };
 }
-dist_prefix!(prefix_ttft, "mean_ttft_ms", "std_ttft_ms", "median_ttft_ms", "p90_ttft_ms", "p95_ttft_ms", "p99_ttft_ms");
-dist_prefix!(prefix_tpot, "mean_tpot_ms", "std_tpot_ms", "median_tpot_ms", "p90_tpot_ms", "p95_tpot_ms", "p99_tpot_ms");
-dist_prefix!(prefix_itl, "mean_itl_ms", "std_itl_ms", "median_itl_ms", "p90_itl_ms", "p95_itl_ms", "p99_itl_ms");
-dist_prefix!(prefix_e2el, "mean_e2el_ms", "std_e2el_ms", "median_e2el_ms", "p90_e2el_ms", "p95_e2el_ms", "p99_e2el_ms");
+dist_prefix!(
+    prefix_ttft,
+    "mean_ttft_ms",
+    "std_ttft_ms",
+    "median_ttft_ms",
+    "p90_ttft_ms",
+    "p95_ttft_ms",
+    "p99_ttft_ms"
+);
+dist_prefix!(
+    prefix_tpot,
+    "mean_tpot_ms",
+    "std_tpot_ms",
+    "median_tpot_ms",
+    "p90_tpot_ms",
+    "p95_tpot_ms",
+    "p99_tpot_ms"
+);
+dist_prefix!(
+    prefix_itl,
+    "mean_itl_ms",
+    "std_itl_ms",
+    "median_itl_ms",
+    "p90_itl_ms",
+    "p95_itl_ms",
+    "p99_itl_ms"
+);
+dist_prefix!(
+    prefix_e2el,
+    "mean_e2el_ms",
+    "std_e2el_ms",
+    "median_e2el_ms",
+    "p90_e2el_ms",
+    "p95_e2el_ms",
+    "p99_e2el_ms"
+);
 
 impl Summary {
     /// Summarise a run of `duration` seconds.
@@ -322,7 +360,11 @@ impl Summary {
             output_throughput: per_s(out as f64),
             total_token_throughput: per_s((inp + out) as f64),
             cached_tokens: cached,
-            cached_token_ratio: if inp > 0 { cached as f64 / inp as f64 } else { 0.0 },
+            cached_token_ratio: if inp > 0 {
+                cached as f64 / inp as f64
+            } else {
+                0.0
+            },
             effective_cache_throughput: per_s(cached as f64),
             ttft: Dist::from_secs(ok.iter().filter_map(|r| r.ttft_s).collect()),
             tpot: Dist::from_secs(ok.iter().filter_map(|r| r.tpot_s()).collect()),
@@ -402,7 +444,13 @@ mod tests {
 
     #[test]
     fn json_uses_vllm_field_names_and_round_trips() {
-        let s = Summary::from_records("load", 3.0, &[rec(0.1, 1.0, 10, vec![0.1])], 1.0, &Slo::default());
+        let s = Summary::from_records(
+            "load",
+            3.0,
+            &[rec(0.1, 1.0, 10, vec![0.1])],
+            1.0,
+            &Slo::default(),
+        );
         let v = serde_json::to_value(&s).unwrap();
         for k in [
             "completed",
@@ -433,7 +481,10 @@ mod tests {
     #[test]
     fn slo_parsing() {
         let s = Slo::parse(&["ttft:500,tpot:50".into(), "e2el:9000".into()]).unwrap();
-        assert_eq!((s.ttft_ms, s.tpot_ms, s.e2el_ms), (Some(500.0), Some(50.0), Some(9000.0)));
+        assert_eq!(
+            (s.ttft_ms, s.tpot_ms, s.e2el_ms),
+            (Some(500.0), Some(50.0), Some(9000.0))
+        );
         assert!(Slo::parse(&["ttft=5".into()]).is_err());
         assert!(Slo::parse(&["foo:5".into()]).is_err());
         assert!(Slo::parse(&["ttft:-1".into()]).is_err());

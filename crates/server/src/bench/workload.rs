@@ -165,7 +165,8 @@ impl Workload {
                         });
                     }
                 }
-                let d = format!("{g} groups x {u} users, {s} shared + {q} unique tokens in, {o} out");
+                let d =
+                    format!("{g} groups x {u} users, {s} shared + {q} unique tokens in, {o} out");
                 (a.workload, d, prompts)
             }
             WorkloadKind::MultiTurn => {
@@ -193,7 +194,8 @@ impl Workload {
                         history.extend_from_slice(&reply);
                     }
                 }
-                let d = format!("{c} conversations x {t} turns, {s} system + {q} per message, {o} out");
+                let d =
+                    format!("{c} conversations x {t} turns, {s} system + {q} per message, {o} out");
                 (a.workload, d, prompts)
             }
             WorkloadKind::Random => {
@@ -220,7 +222,10 @@ impl Workload {
                         }
                     })
                     .collect();
-                let d = format!("{n} random prompts, {len} in, {o} out, range ratio {}", a.range_ratio);
+                let d = format!(
+                    "{n} random prompts, {len} in, {o} out, range ratio {}",
+                    a.range_ratio
+                );
                 (a.workload, d, prompts)
             }
         };
@@ -303,14 +308,20 @@ mod tests {
         // 150·6000 + 750·1200 tokens, in whole 64-token blocks (6000 is not a multiple
         // of 64, so the block straddling the boundary is per user).
         let resident = w.resident_tokens(64);
-        assert!((1_800_000..1_800_000 + 750 * 64 + 150 * 64).contains(&resident), "{resident}");
+        assert!(
+            (1_800_000..1_800_000 + 750 * 64 + 150 * 64).contains(&resident),
+            "{resident}"
+        );
     }
 
     #[test]
     fn gsp_defaults_match_sglang() {
         let w = Workload::build(&args(WorkloadKind::GeneratedSharedPrefix)).unwrap();
         assert_eq!(w.prompts.len(), 64 * 16);
-        assert!(w.prompts.iter().all(|p| p.tokens.len() == 2048 + 128 && p.max_tokens == 256));
+        assert!(w
+            .prompts
+            .iter()
+            .all(|p| p.tokens.len() == 2048 + 128 && p.max_tokens == 256));
         assert_eq!(w.prompts[0].tokens[..2048], w.prompts[15].tokens[..2048]);
         assert_ne!(w.prompts[0].tokens[..2048], w.prompts[16].tokens[..2048]);
     }
@@ -322,7 +333,11 @@ mod tests {
         a.range_ratio = 0.5;
         let w1 = Workload::build(&a).unwrap();
         let w2 = Workload::build(&a).unwrap();
-        assert!(w1.prompts.iter().zip(&w2.prompts).all(|(x, y)| x.tokens == y.tokens));
+        assert!(w1
+            .prompts
+            .iter()
+            .zip(&w2.prompts)
+            .all(|(x, y)| x.tokens == y.tokens));
         assert_eq!(w1.order(50, 1), w2.order(50, 1));
         assert_ne!(w1.order(50, 1), w1.order(50, 2));
         a.seed = 1;
