@@ -130,7 +130,9 @@ mod tests {
         )
         .unwrap();
         let msgs = vec![ChatMessage::new("user", "  hi ")];
-        assert_eq!(t.render(&msgs, true).unwrap(), "<s>USER: hi\n");
+        // jinja2's lstrip_blocks strips only before `{%` tags, so the indent before
+        // `{{` stays (checked against Python jinja2 with HF's settings).
+        assert_eq!(t.render(&msgs, true).unwrap(), "<s>  USER: hi\n");
         let many = vec![msgs[0].clone(), msgs[0].clone(), msgs[0].clone()];
         assert!(matches!(
             t.render(&many, true),

@@ -40,6 +40,342 @@ pub unsafe fn gemm_f32(
     );
 }
 
+/// Batches up to this many rows use the weight-streaming kernel instead of GEMM:
+/// decode is memory-bound, so each weight row is read once for all of them.
+const SMALL_M: usize = 4;
+/// Output rows per parallel task in the streaming kernel.
+const ROWS_PER_TASK: usize = 32;
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: tasks write disjoint output columns.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+#[inline(always)]
+fn dot4_body<const FMA: bool>(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
+    let k = x.len();
+    let mut acc = [[0.0f32; 16]; 4];
+    let full = k / 16 * 16;
+    let mut j = 0;
+    while j < full {
+        let xs = &x[j..j + 16];
+        for r in 0..4 {
+            let ws = &w[r][j..j + 16];
+            for l in 0..16 {
+                acc[r][l] = if FMA {
+                    xs[l].mul_add(ws[l], acc[r][l])
+                } else {
+                    acc[r][l] + xs[l] * ws[l]
+                };
+            }
+        }
+        j += 16;
+    }
+    let mut res = [0.0f32; 4];
+    for r in 0..4 {
+        let mut a = acc[r];
+        let mut wd = 8;
+        while wd > 0 {
+            for l in 0..wd {
+                a[l] += a[l + wd];
+            }
+            wd /= 2;
+        }
+        let tail: f32 = x[full..]
+            .iter()
+            .zip(&w[r][full..k])
+            .map(|(p, q)| p * q)
+            .sum();
+        res[r] = a[0] + tail;
+    }
+    res
+}
+
+/// Rows `o0..o1` of `out = x · wᵀ` for all `m` rows of `x`.
+#[inline(always)]
+fn stream_body<const FMA: bool>(
+    out: SyncPtr,
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    o0: usize,
+    o1: usize,
+    acc: bool,
+) {
+    let mut o = o0;
+    while o < o1 {
+        let rows = (o1 - o).min(4);
+        let wr: [&[f32]; 4] = std::array::from_fn(|r| {
+            let rr = o + r.min(rows - 1);
+            &w[rr * k..(rr + 1) * k]
+        });
+        for i in 0..m {
+            let d = dot4_body::<FMA>(&x[i * k..(i + 1) * k], wr);
+            for (r, v) in d.iter().enumerate().take(rows) {
+                // SAFETY: (i, o + r) lies in this task's column range of out[m, n].
+                unsafe {
+                    let p = out.0.add(i * n + o + r);
+                    *p = if acc { *p + v } else { *v };
+                }
+            }
+        }
+        o += rows;
+    }
+}
+
+/// Explicit SIMD kernels (the autovectorizer keeps array accumulators scalar).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::SyncPtr;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut j = 0;
+        while j + 32 <= n {
+            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(j)), _mm512_loadu_ps(pb.add(j)), acc0);
+            acc1 = _mm512_fmadd_ps(
+                _mm512_loadu_ps(pa.add(j + 16)),
+                _mm512_loadu_ps(pb.add(j + 16)),
+                acc1,
+            );
+            j += 32;
+        }
+        while j + 16 <= n {
+            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(j)), _mm512_loadu_ps(pb.add(j)), acc0);
+            j += 16;
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        while j < n {
+            s += *pa.add(j) * *pb.add(j);
+            j += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot256(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut j = 0;
+        while j + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(j)), _mm256_loadu_ps(pb.add(j)), acc0);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(j + 8)),
+                _mm256_loadu_ps(pb.add(j + 8)),
+                acc1,
+            );
+            j += 16;
+        }
+        let mut s = hsum256(_mm256_add_ps(acc0, acc1));
+        while j < n {
+            s += *pa.add(j) * *pb.add(j);
+            j += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn axpy512(y: &mut [f32], a: f32, x: &[f32]) {
+        let n = y.len().min(x.len());
+        let (py, px) = (y.as_mut_ptr(), x.as_ptr());
+        let av = _mm512_set1_ps(a);
+        let mut j = 0;
+        while j + 16 <= n {
+            let r = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(j)), av, _mm512_loadu_ps(py.add(j)));
+            _mm512_storeu_ps(py.add(j), r);
+            j += 16;
+        }
+        while j < n {
+            *py.add(j) += a * *px.add(j);
+            j += 1;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy256(y: &mut [f32], a: f32, x: &[f32]) {
+        let n = y.len().min(x.len());
+        let (py, px) = (y.as_mut_ptr(), x.as_ptr());
+        let av = _mm256_set1_ps(a);
+        let mut j = 0;
+        while j + 8 <= n {
+            let r = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(j)), av, _mm256_loadu_ps(py.add(j)));
+            _mm256_storeu_ps(py.add(j), r);
+            j += 8;
+        }
+        while j < n {
+            *py.add(j) += a * *px.add(j);
+            j += 1;
+        }
+    }
+
+    /// Four dot products of `x` against four weight rows, sharing the loads of `x`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot4_512(x: *const f32, w: [*const f32; 4], k: usize) -> [f32; 4] {
+        let mut a = [_mm512_setzero_ps(); 4];
+        let mut j = 0;
+        while j + 16 <= k {
+            let xv = _mm512_loadu_ps(x.add(j));
+            for r in 0..4 {
+                a[r] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w[r].add(j)), a[r]);
+            }
+            j += 16;
+        }
+        let mut out = [0.0f32; 4];
+        for r in 0..4 {
+            let mut s = _mm512_reduce_add_ps(a[r]);
+            for t in j..k {
+                s += *x.add(t) * *w[r].add(t);
+            }
+            out[r] = s;
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot4_256(x: *const f32, w: [*const f32; 4], k: usize) -> [f32; 4] {
+        let mut a = [_mm256_setzero_ps(); 4];
+        let mut j = 0;
+        while j + 8 <= k {
+            let xv = _mm256_loadu_ps(x.add(j));
+            for r in 0..4 {
+                a[r] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w[r].add(j)), a[r]);
+            }
+            j += 8;
+        }
+        let mut out = [0.0f32; 4];
+        for r in 0..4 {
+            let mut s = hsum256(a[r]);
+            for t in j..k {
+                s += *x.add(t) * *w[r].add(t);
+            }
+            out[r] = s;
+        }
+        out
+    }
+
+    /// Output columns `o0..o1` of `out[m, n] (+)= x[m, k] · w[n, k]ᵀ`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn stream(
+        wide: bool,
+        out: SyncPtr,
+        x: &[f32],
+        w: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        o0: usize,
+        o1: usize,
+        acc: bool,
+    ) {
+        let mut o = o0;
+        while o < o1 {
+            let rows = (o1 - o).min(4);
+            let wr: [*const f32; 4] =
+                std::array::from_fn(|r| w.as_ptr().add((o + r.min(rows - 1)) * k));
+            for i in 0..m {
+                let xp = x.as_ptr().add(i * k);
+                let d = if wide {
+                    dot4_512(xp, wr, k)
+                } else {
+                    dot4_256(xp, wr, k)
+                };
+                for (r, v) in d.iter().enumerate().take(rows) {
+                    let p = out.0.add(i * n + o + r);
+                    *p = if acc { *p + v } else { *v };
+                }
+            }
+            o += rows;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn stream512(
+        out: SyncPtr,
+        x: &[f32],
+        w: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        o0: usize,
+        o1: usize,
+        acc: bool,
+    ) {
+        stream(true, out, x, w, m, k, n, o0, o1, acc)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn stream256(
+        out: SyncPtr,
+        x: &[f32],
+        w: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        o0: usize,
+        o1: usize,
+        acc: bool,
+    ) {
+        stream(false, out, x, w, m, k, n, o0, o1, acc)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn simd_level() -> u8 {
+    if is_x86_feature_detected!("avx512f") && has_avx2() {
+        2
+    } else if has_avx2() {
+        1
+    } else {
+        0
+    }
+}
+
+fn linear_stream(out: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usize, acc: bool) {
+    use rayon::prelude::*;
+    let ptr = SyncPtr(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    let level = simd_level();
+    #[cfg(not(target_arch = "x86_64"))]
+    let level = 0;
+    let tasks = n.div_ceil(ROWS_PER_TASK);
+    (0..tasks).into_par_iter().for_each(|t| {
+        let o0 = t * ROWS_PER_TASK;
+        let o1 = (o0 + ROWS_PER_TASK).min(n);
+        let ptr = ptr;
+        match level {
+            // SAFETY: the CPU supports the enabled features; columns o0..o1 are this task's.
+            #[cfg(target_arch = "x86_64")]
+            2 => unsafe { simd::stream512(ptr, x, w, m, k, n, o0, o1, acc) },
+            #[cfg(target_arch = "x86_64")]
+            1 => unsafe { simd::stream256(ptr, x, w, m, k, n, o0, o1, acc) },
+            _ => stream_body::<false>(ptr, x, w, m, k, n, o0, o1, acc),
+        }
+    });
+}
+
 /// `out[m, n] (+)= x[m, k] · w[n, k]ᵀ` — a linear layer with an HF-layout weight.
 pub fn linear(
     out: &mut [f32],
@@ -53,6 +389,9 @@ pub fn linear(
     assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
     if m == 0 {
         return;
+    }
+    if m <= SMALL_M {
+        return linear_stream(out, x, w, m, k, n, accumulate);
     }
     // SAFETY: extents asserted above.
     unsafe {
@@ -120,18 +459,6 @@ fn axpy_body<const FMA: bool>(y: &mut [f32], a: f32, x: &[f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_body::<true>(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
-    axpy_body::<true>(y, a, x)
-}
-
-#[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
@@ -140,9 +467,11 @@ fn has_avx2() -> bool {
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    match simd_level() {
         // SAFETY: the CPU supports the enabled features.
-        return unsafe { dot_avx2(a, b) };
+        2 => return unsafe { simd::dot512(a, b) },
+        1 => return unsafe { simd::dot256(a, b) },
+        _ => {}
     }
     dot_body::<false>(a, b)
 }
@@ -151,9 +480,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    match simd_level() {
         // SAFETY: the CPU supports the enabled features.
-        return unsafe { axpy_avx2(y, a, x) };
+        2 => return unsafe { simd::axpy512(y, a, x) },
+        1 => return unsafe { simd::axpy256(y, a, x) },
+        _ => {}
     }
     axpy_body::<false>(y, a, x)
 }
@@ -210,15 +541,25 @@ mod tests {
 
     #[test]
     fn linear_matches_naive() {
-        let (m, k, n) = (3, 37, 5);
-        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.1).sin()).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.07).cos()).collect();
-        let mut out = vec![1.0; m * n];
-        linear(&mut out, &x, &w, m, k, n, true);
-        for r in 0..m {
-            for c in 0..n {
-                let want: f32 = 1.0 + (0..k).map(|i| x[r * k + i] * w[c * k + i]).sum::<f32>();
-                assert!((out[r * n + c] - want).abs() < 1e-4);
+        // Shapes on both sides of SMALL_M (streaming kernel vs GEMM), with k tails
+        // and n spanning several streaming tasks, accumulating and overwriting.
+        for (m, k, n, acc) in [
+            (3, 37, 5, true),
+            (9, 70, 67, true),
+            (1, 64, 3, true),
+            (4, 130, 100, false),
+            (2, 16, 33, false),
+        ] {
+            let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.1).sin()).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.07).cos()).collect();
+            let mut out = vec![1.0; m * n];
+            linear(&mut out, &x, &w, m, k, n, acc);
+            let base = if acc { 1.0 } else { 0.0 };
+            for r in 0..m {
+                for c in 0..n {
+                    let want: f32 = base + (0..k).map(|i| x[r * k + i] * w[c * k + i]).sum::<f32>();
+                    assert!((out[r * n + c] - want).abs() < 1e-4);
+                }
             }
         }
         let a: Vec<f32> = (0..70).map(|i| i as f32 * 0.5).collect();
