@@ -4,6 +4,8 @@
 
 pub mod attention;
 pub mod chat_template;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod engine;
 pub mod executor;
 pub mod kv;
@@ -13,6 +15,9 @@ pub mod sampler;
 pub mod scheduler;
 pub mod tokenizer;
 pub mod worker;
+
+/// Whether this build has the CUDA model path (cargo feature `cuda`).
+pub const CUDA_ENABLED: bool = cfg!(feature = "cuda");
 
 pub use reprise_router::{
     BlockHasher, BlockKey, HashAlgo, KvEvent, KvEventData, TokenId, WorkerLoad,

@@ -49,6 +49,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "512MiB")]
     pub kv_cache_memory: String,
 
+    /// On CUDA devices: fraction of each GPU's memory this server may use; the KV pools
+    /// get what is left after the weights, split among the workers on that GPU (like
+    /// vLLM's option). --num-kv-blocks overrides it.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
+
     /// Token budget of one engine step (decodes plus prefill chunks).
     #[arg(long, default_value_t = 2048)]
     pub max_num_batched_tokens: usize,

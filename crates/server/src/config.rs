@@ -11,6 +11,18 @@ use std::time::Duration;
 pub enum Device {
     /// The CPU.
     Cpu,
+    /// GPU N (CUDA builds only).
+    Cuda(usize),
+}
+
+impl Device {
+    /// Where the engine puts the model for this device.
+    pub fn model_device(self) -> reprise_engine::model::ModelDevice {
+        match self {
+            Device::Cpu => reprise_engine::model::ModelDevice::Cpu,
+            Device::Cuda(n) => reprise_engine::model::ModelDevice::Cuda(n),
+        }
+    }
 }
 
 /// `reprise serve`'s validated settings (model-independent part).
@@ -26,6 +38,8 @@ pub struct ServeConfig {
     pub block_size: usize,
     /// KV size per worker.
     pub kv: KvSize,
+    /// Fraction of each GPU's memory to use (CUDA devices).
+    pub gpu_memory_utilization: f64,
     /// Step token budget.
     pub max_num_batched_tokens: usize,
     /// Running-batch size limit.
@@ -113,12 +127,16 @@ fn parse_devices(s: &str) -> Result<Vec<Device>, ConfigError> {
         match d.to_ascii_lowercase().as_str() {
             "cpu" => out.push(Device::Cpu),
             "" => return Err(err("devices", format!("empty entry in '{s}' (e.g. cpu,cpu)"))),
-            x if x.starts_with("cuda") => {
+            x if x.starts_with("cuda") && !reprise_engine::CUDA_ENABLED => {
                 return Err(err(
                     "devices",
                     format!("'{d}': this reprise binary was built without CUDA support (rebuild with --features cuda); use cpu"),
                 ))
             }
+            x if x.starts_with("cuda:") => match x["cuda:".len()..].parse::<usize>() {
+                Ok(n) => out.push(Device::Cuda(n)),
+                Err(_) => return Err(err("devices", format!("'{d}': expected cuda:N with N a GPU index"))),
+            },
             _ => return Err(err("devices", format!("unknown device '{d}' (expected cpu or cuda:N)"))),
         }
     }
@@ -152,6 +170,15 @@ impl ServeConfig {
                 parse_size(&a.kv_cache_memory).map_err(|m| err("kv-cache-memory", m))?,
             ),
         };
+        if !(a.gpu_memory_utilization > 0.0 && a.gpu_memory_utilization <= 1.0) {
+            return Err(err("gpu-memory-utilization", "must be in (0, 1]"));
+        }
+        if devices.iter().any(|d| *d == Device::Cpu) && devices.iter().any(|d| *d != Device::Cpu) {
+            return Err(err(
+                "devices",
+                "mixing cpu and cuda workers is not supported",
+            ));
+        }
         if a.max_num_batched_tokens == 0 {
             return Err(err("max-num-batched-tokens", "must be at least 1"));
         }
@@ -212,6 +239,7 @@ impl ServeConfig {
             policy,
             block_size: a.block_size,
             kv,
+            gpu_memory_utilization: a.gpu_memory_utilization,
             max_num_batched_tokens: a.max_num_batched_tokens,
             max_num_seqs: a.max_num_seqs,
             max_model_len: a.max_model_len,

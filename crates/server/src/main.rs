@@ -51,7 +51,7 @@ pub(crate) fn unix_now() -> u64 {
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let cfg = config::ServeConfig::from_args(args)?;
-    let loaded = startup::load_model(cfg.model.as_deref())?;
+    let loaded = startup::load_model(cfg.model.as_deref(), cfg.devices[0].model_device())?;
     let started = startup::start(&cfg, loaded)?;
     let state = started.state;
     let rt = tokio::runtime::Builder::new_multi_thread()

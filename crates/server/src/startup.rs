@@ -1,14 +1,13 @@
 //! Startup: find (or fetch) and load the model with progress, size the KV
 //! caches, build the router and spawn one worker per device.
 
-use crate::config::{Device, ServeConfig};
+use crate::config::{Device, KvSize, ServeConfig};
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use reprise_engine::attention::PagedKvCache;
-use reprise_engine::model::{self, LoadedModel, Model, ModelError};
+use reprise_engine::model::{self, LoadedModel, Model, ModelDevice, ModelError};
 use reprise_engine::scheduler::SchedulerConfig;
 use reprise_engine::worker::{WorkerConfig, WorkerHandle};
 use reprise_router::{Router, RouterConfig};
@@ -77,17 +76,17 @@ fn fetch_default_model() -> anyhow::Result<String> {
 }
 
 /// Loads `source` (or the default model, fetching it first if it is missing).
-pub fn load_model(source: Option<&str>) -> anyhow::Result<LoadedModel> {
+pub fn load_model(source: Option<&str>, device: ModelDevice) -> anyhow::Result<LoadedModel> {
     let what = source.unwrap_or("the default model").to_string();
     let pb = spinner(format!("loading {what}"));
-    let first = model::load(source);
+    let first = model::load_on(source, device);
     pb.finish_and_clear();
     let loaded = match first {
         Ok(m) => m,
         Err(ModelError::DefaultModelMissing(_)) => {
             let path = fetch_default_model()?;
             let pb = spinner(format!("loading {path}"));
-            let m = model::load(Some(&path));
+            let m = model::load_on(Some(&path), device);
             pb.finish_and_clear();
             m.map_err(|e| anyhow::anyhow!("{e}"))?
         }
@@ -116,11 +115,39 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel) -> anyhow::Result<Started> 
         ..
     } = loaded;
     let model: Arc<dyn Model> = Arc::from(model);
-    let c = model.config();
-    let vocab_size = c.vocab_size;
-    let bytes_per_block =
-        PagedKvCache::block_bytes(c.num_layers, cfg.block_size, c.num_kv_heads, c.head_dim);
-    let num_blocks = cfg.num_blocks(bytes_per_block)?;
+    let vocab_size = model.config().vocab_size;
+    // One copy of the weights per device, shared by that device's workers.
+    let mut per_device: Vec<(Device, Arc<dyn Model>)> = vec![(cfg.devices[0], model.clone())];
+    for d in &cfg.devices {
+        if per_device.iter().all(|(x, _)| x != d) {
+            let m = load_model(cfg.model.as_deref(), d.model_device())?;
+            per_device.push((*d, Arc::from(m.model)));
+        }
+    }
+    let bytes_per_block = model.kv_block_bytes(cfg.block_size);
+    let num_blocks = match (cfg.kv, model.device_memory()) {
+        // GPUs: what --gpu-memory-utilization leaves after the weights, split among each
+        // GPU's workers; one pool size for all workers (the router assumes one).
+        (KvSize::Bytes(_), Some(_)) => {
+            let mut blocks = usize::MAX;
+            for (d, m) in &per_device {
+                let workers = cfg.devices.iter().filter(|x| *x == d).count();
+                let mem = m
+                    .device_memory()
+                    .ok_or_else(|| anyhow::anyhow!("{d:?}: device memory unknown"))?;
+                let ws = m.workspace_bytes(cfg.max_num_batched_tokens, cfg.max_num_seqs);
+                let bytes =
+                    model::kv_pool_bytes_per_worker(&mem, cfg.gpu_memory_utilization, ws, workers)
+                        .map_err(|e| anyhow::anyhow!("--gpu-memory-utilization: {e}"))?;
+                blocks = blocks.min((bytes / bytes_per_block.max(1) as u64) as usize);
+            }
+            if blocks == 0 {
+                bail!("--gpu-memory-utilization: no room for a single KV block");
+            }
+            blocks
+        }
+        _ => cfg.num_blocks(bytes_per_block)?,
+    };
     let max_model_len =
         cfg.resolve_max_model_len(model_max, num_blocks.saturating_mul(cfg.block_size))?;
     let sched_defaults = SchedulerConfig::default();
@@ -136,9 +163,11 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel) -> anyhow::Result<Started> 
     );
     let mut workers = Vec::with_capacity(n);
     for (i, dev) in cfg.devices.iter().enumerate() {
-        match dev {
-            Device::Cpu => {}
-        }
+        let worker_model = per_device
+            .iter()
+            .find(|(d, _)| d == dev)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_else(|| model.clone());
         let wcfg = WorkerConfig {
             index: i,
             scheduler: SchedulerConfig {
@@ -160,7 +189,7 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel) -> anyhow::Result<Started> 
                 tracing::warn!(worker = i, "KV events rejected by the router: {e}");
             }
         });
-        let h = WorkerHandle::spawn(wcfg, model.clone(), sink)
+        let h = WorkerHandle::spawn(wcfg, worker_model, sink)
             .map_err(|e| anyhow::anyhow!("worker {i}: {e}"))?;
         workers.push(h);
     }

@@ -32,30 +32,67 @@ pub fn default_model_path() -> PathBuf {
     dir.join(DEFAULT_MODEL_FILE)
 }
 
+/// Where a loaded model's weights go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelDevice {
+    /// f32 on the host (the CPU model).
+    Cpu,
+    /// bf16 on GPU `N` (needs the `cuda` feature).
+    Cuda(usize),
+}
+
+/// Loads a model like [`load`], then places it on `device`. For CUDA the host f32
+/// weights are converted to bf16 while uploading, layer by layer.
+pub fn load_on(source: Option<&str>, device: ModelDevice) -> Result<LoadedModel, ModelError> {
+    match device {
+        ModelDevice::Cpu => load(source),
+        #[cfg(feature = "cuda")]
+        ModelDevice::Cuda(ordinal) => {
+            // Open the device first so a missing GPU fails before a long load.
+            let ctx = crate::cuda::open_device(ordinal)?;
+            load_with(source, &mut |t: Transformer| {
+                t.into_cuda(ctx.clone())
+                    .map(|m| Box::new(m) as Box<dyn super::Model>)
+            })
+        }
+        #[cfg(not(feature = "cuda"))]
+        ModelDevice::Cuda(ordinal) => Err(ModelError::Device(format!(
+            "cuda:{ordinal}: this build has no CUDA support (rebuild with --features cuda)"
+        ))),
+    }
+}
+
+/// Turns the host model into the served one (identity on the CPU).
+type Place<'a> = dyn FnMut(Transformer) -> Result<Box<dyn super::Model>, ModelError> + 'a;
+
 /// Loads a model from a GGUF file, an HF layout directory, an HF repo id in the
 /// local hf-hub cache, or (for `None` / empty) the default model.
 pub fn load(source: Option<&str>) -> Result<LoadedModel, ModelError> {
+    load_with(source, &mut |t| Ok(Box::new(t)))
+}
+
+fn load_with(source: Option<&str>, place: &mut Place) -> Result<LoadedModel, ModelError> {
     let source = source.map(str::trim).filter(|s| !s.is_empty());
     let Some(src) = source else {
         let path = default_model_path();
         if !path.is_file() {
             return Err(ModelError::DefaultModelMissing(path));
         }
-        return load_gguf(&path);
+        return gguf_with(&path, place);
     };
     let path = Path::new(src);
     if path.is_file() {
-        return load_gguf(path);
+        return gguf_with(path, place);
     }
     if path.is_dir() {
-        return load_hf_dir(path, src);
+        return hf_dir_with(path, src, place);
     }
     // A repo id: look for its snapshot in the hf-hub cache (no network).
     if src.contains('/') && !src.starts_with('/') && !src.starts_with('.') {
         let repo = hf_hub::Cache::from_env().model(src.to_string());
         if let Some(cfg) = repo.get("config.json") {
             if let Some(dir) = cfg.parent() {
-                return load_hf_dir(dir, src);
+                return hf_dir_with(dir, src, place);
             }
         }
     }
@@ -161,6 +198,10 @@ impl Md<'_> {
 
 /// Loads a GGUF file (llama, qwen2 or qwen3 architecture), dequantizing every tensor to f32.
 pub fn load_gguf(path: &Path) -> Result<LoadedModel, ModelError> {
+    gguf_with(path, &mut |t| Ok(Box::new(t)))
+}
+
+fn gguf_with(path: &Path, place: &mut Place) -> Result<LoadedModel, ModelError> {
     let file = File::open(path).map_err(io_err(path))?;
     let mut reader = BufReader::new(file);
     let content = gguf_file::Content::read(&mut reader).map_err(|e| malformed(path, e))?;
@@ -264,7 +305,7 @@ pub fn load_gguf(path: &Path) -> Result<LoadedModel, ModelError> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     Ok(LoadedModel {
-        model: Box::new(model),
+        model: place(model)?,
         tokenizer,
         chat_template,
         eos_token_ids,
@@ -327,6 +368,10 @@ fn hf_chat_template(dir: &Path, tok_cfg: &Value) -> Result<Option<String>, Model
 
 /// Loads an HF layout directory: config.json, *.safetensors, tokenizer.json, tokenizer_config.json.
 pub fn load_hf_dir(dir: &Path, name: &str) -> Result<LoadedModel, ModelError> {
+    hf_dir_with(dir, name, &mut |t| Ok(Box::new(t)))
+}
+
+fn hf_dir_with(dir: &Path, name: &str, place: &mut Place) -> Result<LoadedModel, ModelError> {
     let cfg_json = read_json(&dir.join("config.json"))?;
     let mut cfg = ModelConfig::from_hf_json(&cfg_json)?;
     let gen_path = dir.join("generation_config.json");
@@ -380,7 +425,7 @@ pub fn load_hf_dir(dir: &Path, name: &str) -> Result<LoadedModel, ModelError> {
     let max_model_len = cfg.max_position_embeddings;
     let model = Transformer::from_source(cfg, &mut src, Naming::Hf, false, None)?;
     Ok(LoadedModel {
-        model: Box::new(model),
+        model: place(model)?,
         tokenizer,
         chat_template,
         eos_token_ids,

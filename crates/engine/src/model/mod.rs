@@ -10,7 +10,7 @@ pub mod ops;
 mod transformer;
 
 pub use config::{Family, ModelConfig, RopeScaling};
-pub use loader::{default_model_path, load, load_gguf, load_hf_dir};
+pub use loader::{default_model_path, load, load_gguf, load_hf_dir, load_on, ModelDevice};
 pub use transformer::Transformer;
 
 use crate::attention::PagedKvCache;
@@ -63,6 +63,9 @@ pub enum ModelError {
     /// The chat template could not be compiled.
     #[error(transparent)]
     ChatTemplate(#[from] ChatTemplateError),
+    /// The device (GPU) failed or is missing.
+    #[error("device error: {0}")]
+    Device(String),
     /// A forward call got inputs that do not fit the model or the cache.
     #[error("invalid forward input: {0}")]
     InvalidInput(String),
@@ -91,6 +94,19 @@ pub trait Model: Send + Sync {
         batch: &[SeqInput],
         cache: &mut PagedKvCache,
     ) -> Result<Vec<Vec<f32>>, ModelError>;
+    /// Bytes one KV block of `block_size` tokens takes across all layers (K and V).
+    fn kv_block_bytes(&self, block_size: usize) -> usize {
+        let c = self.config();
+        PagedKvCache::block_bytes(c.num_layers, block_size, c.num_kv_heads, c.head_dim)
+    }
+    /// The memory of the device holding the weights, for sizing KV pools; `None` on the host.
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        None
+    }
+    /// Scratch one worker needs beside its KV pool at these batch limits (device models).
+    fn workspace_bytes(&self, _max_batched_tokens: usize, _max_seqs: usize) -> u64 {
+        0
+    }
     /// Allocates a KV cache with this model's layer and head geometry.
     fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> PagedKvCache {
         let c = self.config();
@@ -101,6 +117,121 @@ pub trait Model: Send + Sync {
             c.num_kv_heads,
             c.head_dim,
         )
+    }
+}
+
+/// A device's memory as its driver reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Device name, e.g. `cuda:0`.
+    pub device: String,
+    /// Free bytes now (after this process's weights).
+    pub free: u64,
+    /// Total bytes.
+    pub total: u64,
+}
+
+/// KV pool bytes for each of `workers` workers sharing one device, the way vLLM's
+/// `--gpu-memory-utilization` sizes it: this process may use `utilization` of the
+/// device's total; what is already used (weights, other processes) and each
+/// worker's scratch come off the top, and the rest is split evenly.
+pub fn kv_pool_bytes_per_worker(
+    mem: &DeviceMemory,
+    utilization: f64,
+    workspace_per_worker: u64,
+    workers: usize,
+) -> Result<u64, String> {
+    if !(utilization > 0.0 && utilization <= 1.0) {
+        return Err(format!("utilization {utilization} is not in (0, 1]"));
+    }
+    let workers = workers.max(1) as u64;
+    let budget = (mem.total as f64 * utilization) as u64;
+    let used = mem.total.saturating_sub(mem.free);
+    let left = budget
+        .checked_sub(used)
+        .and_then(|b| b.checked_sub(workspace_per_worker * workers))
+        .filter(|&b| b > 0)
+        .ok_or_else(|| {
+            format!(
+                "{}: {:.1} GiB of {:.1} GiB already in use (weights and others) leaves nothing for {} KV pools at utilization {utilization}",
+                mem.device,
+                used as f64 / (1u64 << 30) as f64,
+                mem.total as f64 / (1u64 << 30) as f64,
+                workers
+            )
+        })?;
+    Ok(left / workers)
+}
+
+/// Rejects a batch that does not fit the model or the cache (shared by every model).
+pub(crate) fn check_batch(
+    c: &ModelConfig,
+    batch: &[SeqInput],
+    cache: &PagedKvCache,
+) -> Result<(), ModelError> {
+    if let Some(e) = cache.device_error() {
+        return Err(ModelError::Device(format!(
+            "KV cache allocation failed: {e}"
+        )));
+    }
+    if cache.num_layers() != c.num_layers
+        || cache.n_kv_heads() != c.num_kv_heads
+        || cache.head_dim() != c.head_dim
+    {
+        return Err(ModelError::InvalidInput(
+            "KV cache geometry does not match the model".into(),
+        ));
+    }
+    let bs = cache.block_size();
+    for (i, s) in batch.iter().enumerate() {
+        if s.tokens.is_empty() {
+            return Err(ModelError::InvalidInput(format!(
+                "sequence {i} has no new tokens"
+            )));
+        }
+        let end = s.start_pos + s.tokens.len();
+        if s.block_table.len() * bs < end {
+            return Err(ModelError::InvalidInput(format!(
+                "sequence {i}: block table covers {} positions, needs {end}",
+                s.block_table.len() * bs
+            )));
+        }
+        if let Some(b) = s.block_table[..end.div_ceil(bs)]
+            .iter()
+            .find(|&&b| b as usize >= cache.num_blocks())
+        {
+            return Err(ModelError::InvalidInput(format!(
+                "sequence {i}: block {b} out of range ({} blocks)",
+                cache.num_blocks()
+            )));
+        }
+        if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ModelError::InvalidInput(format!(
+                "token id {t} out of vocabulary ({})",
+                c.vocab_size
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod sizing_tests {
+    use super::*;
+
+    #[test]
+    fn kv_pool_is_what_utilization_leaves_split_across_workers() {
+        let gib = 1u64 << 30;
+        let mem = DeviceMemory {
+            device: "cuda:0".into(),
+            free: 64 * gib,
+            total: 80 * gib,
+        };
+        // 0.9 * 80 = 72 GiB budget, 16 used, 2 x 1 GiB scratch -> 54 GiB / 2.
+        assert_eq!(kv_pool_bytes_per_worker(&mem, 0.9, gib, 2), Ok(27 * gib));
+        assert!(kv_pool_bytes_per_worker(&mem, 0.2, gib, 2).is_err());
+        assert!(kv_pool_bytes_per_worker(&mem, 1.5, gib, 2).is_err());
+        assert!(kv_pool_bytes_per_worker(&mem, 0.0, 0, 1).is_err());
     }
 }
 

@@ -226,46 +226,42 @@ impl Transformer {
     }
 
     fn check_batch(&self, batch: &[SeqInput], cache: &PagedKvCache) -> Result<(), ModelError> {
-        let c = &self.cfg;
-        if cache.num_layers() != c.num_layers
-            || cache.n_kv_heads() != c.num_kv_heads
-            || cache.head_dim() != c.head_dim
-        {
+        if !cache.is_host() {
             return Err(ModelError::InvalidInput(
-                "KV cache geometry does not match the model".into(),
+                "the CPU model needs a host KV cache".into(),
             ));
         }
-        let bs = cache.block_size();
-        for (i, s) in batch.iter().enumerate() {
-            if s.tokens.is_empty() {
-                return Err(ModelError::InvalidInput(format!(
-                    "sequence {i} has no new tokens"
-                )));
-            }
-            let end = s.start_pos + s.tokens.len();
-            if s.block_table.len() * bs < end {
-                return Err(ModelError::InvalidInput(format!(
-                    "sequence {i}: block table covers {} positions, needs {end}",
-                    s.block_table.len() * bs
-                )));
-            }
-            if let Some(b) = s.block_table[..end.div_ceil(bs)]
-                .iter()
-                .find(|&&b| b as usize >= cache.num_blocks())
-            {
-                return Err(ModelError::InvalidInput(format!(
-                    "sequence {i}: block {b} out of range ({} blocks)",
-                    cache.num_blocks()
-                )));
-            }
-            if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                return Err(ModelError::InvalidInput(format!(
-                    "token id {t} out of vocabulary ({})",
-                    c.vocab_size
-                )));
-            }
-        }
-        Ok(())
+        super::check_batch(&self.cfg, batch, cache)
+    }
+
+    /// Hands the weights over for upload to a device (fused layout, f32).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn into_cuda(
+        self,
+        ctx: std::sync::Arc<cudarc::driver::CudaContext>,
+    ) -> Result<crate::cuda::CudaModel, ModelError> {
+        let layers = self.layers.into_iter().map(|l| {
+            Ok(crate::cuda::HostLayer {
+                attn_norm: l.attn_norm,
+                wqkv: l.wqkv,
+                bqkv: l.bqkv,
+                q_norm: l.q_norm,
+                k_norm: l.k_norm,
+                wo: l.wo,
+                mlp_norm: l.mlp_norm,
+                wgu: l.wgu,
+                wdown: l.wdown,
+            })
+        });
+        crate::cuda::CudaModel::upload(
+            self.cfg,
+            ctx,
+            self.embed,
+            layers,
+            self.final_norm,
+            self.lm_head,
+            self.inv_freq,
+        )
     }
 }
 
