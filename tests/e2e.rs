@@ -1,1 +1,1329 @@
-// placeholder
+//! End-to-end tests: start the real `reprise` binary with the default model on a
+//! free port and talk HTTP/1.1 to it over a raw `TcpStream` (raw so that invalid
+//! UTF-8, broken JSON and half-read streams can be sent exactly as a bad client
+//! would).
+//!
+//! Most tests share one default server (`cpu,cpu`, policy `precise`) to keep the
+//! run short; tests that need other options, or that kill, flood or shut down a
+//! server, start their own.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------
+// Servers
+// ---------------------------------------------------------------------------
+
+/// A running `reprise serve`, killed on drop.
+struct Server {
+    child: Child,
+    /// `127.0.0.1:PORT` from the ready line.
+    addr: String,
+    /// The server's stderr so far, shown when a test fails.
+    log: Arc<Mutex<String>>,
+    /// PID of the reprise process itself (the child may be a watchdog shell).
+    pid: u32,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `reprise serve --port 0 ARGS` and waits for its ready line.
+    fn start(args: &[&str]) -> Server {
+        Self::spawn(args, false)
+    }
+
+    /// Like [`Server::start`], but behind a shell that kills the server when this test
+    /// process exits (its stdin pipe closes): a server kept in a `static` is never
+    /// dropped, and must not outlive the test binary.
+    fn start_shared(args: &[&str]) -> Server {
+        Self::spawn(args, true)
+    }
+
+    fn spawn(args: &[&str], watchdog: bool) -> Server {
+        let bin = env!("CARGO_BIN_EXE_reprise");
+        let mut cmd = if watchdog {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(r#""$@" </dev/null & pid=$!; echo "reprise-pid $pid"; read -r _; kill -9 $pid; wait $pid"#)
+                .arg("sh")
+                .arg(bin);
+            c.stdin(Stdio::piped());
+            c
+        } else {
+            let mut c = Command::new(bin);
+            c.stdin(Stdio::null());
+            c
+        };
+        cmd.args(["serve", "--port", "0"])
+            .args(args)
+            .env("RUST_LOG", "warn,reprise=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start reprise");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                log2.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "reprise printed no ready line; stderr:\n{}",
+                        log.lock().unwrap()
+                    );
+                }
+            };
+            if let Some(p) = line.strip_prefix("reprise-pid ") {
+                pid = p.trim().parse().expect("pid");
+                continue;
+            }
+            // "reprise: serving NAME on http://127.0.0.1:PORT with ..."
+            if let Some(rest) = line.split(" on http://").nth(1) {
+                let addr = rest.split_whitespace().next().expect("address").to_string();
+                return Server {
+                    child,
+                    addr,
+                    log,
+                    pid,
+                };
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Resp {
+        request(&self.addr, "POST", path, &[], body.to_string().as_bytes())
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        request(&self.addr, "GET", path, &[], b"")
+    }
+
+    /// A 200 JSON response to `body`, or a failure that shows the response.
+    fn ok(&self, path: &str, body: &Value) -> (Resp, Value) {
+        let r = self.post(path, body);
+        assert_eq!(r.status, 200, "{path} {body}: {}", r.text());
+        let v = r.json();
+        (r, v)
+    }
+
+    /// The value of an unlabelled-but-for-worker gauge or counter in /metrics.
+    fn metric(&self, name: &str, worker: usize) -> f64 {
+        let m = self.get("/metrics");
+        assert_eq!(m.status, 200);
+        let key = format!("{name}{{worker=\"{worker}\"}} ");
+        m.text()
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("{key} not in /metrics"))
+            .trim()
+            .parse()
+            .expect("metric value")
+    }
+}
+
+/// The default server (`cpu,cpu`, `precise`), shared by the tests that only
+/// send ordinary requests.
+fn shared() -> &'static Server {
+    static S: OnceLock<Server> = OnceLock::new();
+    S.get_or_init(|| Server::start_shared(&[]))
+}
+
+// ---------------------------------------------------------------------------
+// A small HTTP/1.1 client
+// ---------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The worker named by `x-reprise-worker`.
+    fn worker(&self) -> usize {
+        self.header("x-reprise-worker")
+            .unwrap_or_else(|| panic!("no x-reprise-worker header: {:?}", self.headers))
+            .parse()
+            .expect("worker index")
+    }
+
+    /// The `data:` payloads of an SSE body, in order.
+    fn events(&self) -> Vec<String> {
+        self.text()
+            .split("\n\n")
+            .filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_string))
+            .collect()
+    }
+
+    /// SSE payloads parsed as JSON; asserts the stream ends with `data: [DONE]`.
+    fn chunks(&self) -> Vec<Value> {
+        let ev = self.events();
+        assert_eq!(
+            ev.last().map(String::as_str),
+            Some("[DONE]"),
+            "stream must end with [DONE]: {}",
+            self.text()
+        );
+        ev[..ev.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap_or_else(|_| panic!("bad chunk {e}")))
+            .collect()
+    }
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(600))).ok();
+    s
+}
+
+fn head(method: &str, path: &str, headers: &[(&str, &str)], len: usize) -> String {
+    let mut h = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n"
+    );
+    for (k, v) in headers {
+        h.push_str(&format!("{k}: {v}\r\n"));
+    }
+    h.push_str("\r\n");
+    h
+}
+
+/// One request on a fresh connection; reads the whole response.
+fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let mut s = connect(addr);
+    let mut msg = head(method, path, headers, body.len()).into_bytes();
+    msg.extend_from_slice(body);
+    // The server may answer (413) before reading all of a large body; write from
+    // another thread so that a refused body never blocks reading the answer.
+    let mut w = s.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&msg);
+    });
+    let mut raw = Vec::new();
+    let read = s.read_to_end(&mut raw);
+    let _ = writer.join();
+    if raw.is_empty() {
+        panic!("{method} {path}: no response ({read:?})");
+    }
+    parse_response(&raw)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_response(raw: &[u8]) -> Resp {
+    let end = find(raw, b"\r\n\r\n").expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = find(b, b"\r\n") {
+        let size_text = String::from_utf8_lossy(&b[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .expect("chunk size");
+        b = &b[eol + 2..];
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[..size.min(b.len())]);
+        b = &b[(size + 2).min(b.len())..];
+    }
+    out
+}
+
+/// A streaming request whose response is read bit by bit.
+struct Stream {
+    s: TcpStream,
+    raw: Vec<u8>,
+}
+
+impl Stream {
+    fn open(addr: &str, path: &str, body: &Value) -> Stream {
+        let mut s = connect(addr);
+        let body = body.to_string();
+        s.write_all(head("POST", path, &[], body.len()).as_bytes())
+            .expect("send");
+        s.write_all(body.as_bytes()).expect("send");
+        Stream { s, raw: Vec::new() }
+    }
+
+    /// Reads until `needle` has been seen `times` times in the raw response.
+    fn read_until(&mut self, needle: &str, times: usize) {
+        let mut buf = [0u8; 4096];
+        while self
+            .raw
+            .windows(needle.len())
+            .filter(|w| *w == needle.as_bytes())
+            .count()
+            < times
+        {
+            let n = self.s.read(&mut buf).expect("read stream");
+            assert!(
+                n > 0,
+                "stream ended before {needle:?}: {}",
+                String::from_utf8_lossy(&self.raw)
+            );
+            self.raw.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn finish(mut self) -> Resp {
+        self.s.read_to_end(&mut self.raw).expect("read stream");
+        parse_response(&self.raw)
+    }
+}
+
+/// Asserts `r` is an OpenAI error with status `status`, and returns its `error`.
+fn assert_error(r: &Resp, status: u16, what: &str) -> Value {
+    assert_eq!(r.status, status, "{what}: {}", r.text());
+    let v = r.json();
+    let e = &v["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: {v}"
+    );
+    assert!(e["type"].is_string(), "{what}: {v}");
+    let obj = e.as_object().expect("error object");
+    assert!(
+        obj.contains_key("param") && obj.contains_key("code"),
+        "{what}: {v}"
+    );
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{what}"
+    );
+    e.clone()
+}
+
+fn golden() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/golden/smollm2_golden_public.json"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).expect("golden json")
+}
+
+fn case(id: &str) -> Value {
+    golden()["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no golden case {id}"))
+        .clone()
+}
+
+/// Runs `f` over `items` on one thread each and returns the results in order.
+fn parallel<T: Send + 'static, R: Send + 'static>(
+    items: Vec<T>,
+    f: impl Fn(T) -> R + Send + Sync + 'static,
+) -> Vec<R> {
+    let f = Arc::new(f);
+    let handles: Vec<_> = items
+        .into_iter()
+        .map(|it| {
+            let f = f.clone();
+            std::thread::spawn(move || f(it))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("worker thread"))
+        .collect()
+}
+
+/// About `n` tokens of varied text that starts with `tag`.
+fn long_text(tag: &str, words: usize) -> String {
+    const W: [&str; 16] = [
+        "river", "lantern", "copper", "meadow", "violet", "harbor", "quartz", "falcon", "cedar",
+        "ember", "glacier", "saffron", "tundra", "willow", "zephyr", "orchid",
+    ];
+    let mut s = format!("{tag}.");
+    for i in 0..words {
+        s.push(' ');
+        s.push_str(W[(i * 7 + i / 16) % W.len()]);
+        if i % 12 == 11 {
+            s.push('.');
+        }
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Correctness through the API
+// ---------------------------------------------------------------------------
+
+#[test]
+fn golden_cases_give_their_greedy_text() {
+    let srv = shared();
+    let g = golden();
+    let max_new = g["generation"]["max_new_tokens"].as_u64().expect("max_new");
+    let cases = g["cases"].as_array().expect("cases").clone();
+    assert!(cases.len() >= 8);
+    // Every case three ways at once (chat or text prompt, token-id prompt), so the
+    // batch also checks that greedy output does not depend on its neighbours.
+    let mut reqs = Vec::new();
+    for c in &cases {
+        let common = json!({"max_tokens": max_new, "temperature": 0});
+        let mut by_ids = common.clone();
+        by_ids["prompt"] = c["prompt_token_ids"].clone();
+        reqs.push((c.clone(), "/v1/completions", by_ids));
+        if c["kind"] == "chat" {
+            let mut chat = common.clone();
+            chat["messages"] = c["messages"].clone();
+            reqs.push((c.clone(), "/v1/chat/completions", chat));
+        }
+        let mut text = common;
+        text["prompt"] = c["rendered_prompt"].clone();
+        reqs.push((c.clone(), "/v1/completions", text));
+    }
+    let addr = srv.addr.clone();
+    let results = parallel(reqs, move |(c, path, body)| {
+        let r = request(&addr, "POST", path, &[], body.to_string().as_bytes());
+        (c, path, r)
+    });
+    for (c, path, r) in results {
+        assert_eq!(r.status, 200, "{} {path}: {}", c["id"], r.text());
+        assert!(r.worker() < 2);
+        let v = r.json();
+        let choice = &v["choices"][0];
+        let text = if path.contains("chat") {
+            choice["message"]["content"].as_str()
+        } else {
+            choice["text"].as_str()
+        }
+        .expect("text");
+        assert_eq!(text, c["greedy_text"], "case {} via {path}", c["id"]);
+        // The golden file says `eos` where OpenAI says `stop`.
+        let want_finish = if c["finish_reason"] == "eos" {
+            json!("stop")
+        } else {
+            c["finish_reason"].clone()
+        };
+        assert_eq!(choice["finish_reason"], want_finish, "case {}", c["id"]);
+        let n_prompt = c["n_prompt_tokens"].as_u64().expect("n_prompt");
+        assert_eq!(v["usage"]["prompt_tokens"], n_prompt, "case {}", c["id"]);
+        if c["finish_reason"] == "length" {
+            assert_eq!(v["usage"]["completion_tokens"], max_new);
+        }
+        let u = &v["usage"];
+        assert_eq!(
+            u["total_tokens"].as_u64(),
+            Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
+        );
+    }
+}
+
+#[test]
+fn repeated_long_prompt_reports_cached_tokens() {
+    let srv = shared();
+    let prompt = long_text("Cache test 4471", 600);
+    let body = json!({"prompt": prompt, "max_tokens": 12, "temperature": 0});
+    let (r1, a) = srv.ok("/v1/completions", &body);
+    let (r2, b) = srv.ok("/v1/completions", &body);
+    let prompt_tokens = a["usage"]["prompt_tokens"].as_u64().expect("prompt_tokens");
+    assert!(prompt_tokens > 500, "{prompt_tokens}");
+    assert_eq!(a["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let cached = b["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .expect("cached_tokens");
+    assert!(
+        cached > 0 && cached < prompt_tokens,
+        "second time: {cached} of {prompt_tokens} cached"
+    );
+    assert!(
+        cached >= prompt_tokens - 32,
+        "most of it is cached: {cached}"
+    );
+    assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
+    assert_eq!(
+        r1.worker(),
+        r2.worker(),
+        "precise routing follows the cache"
+    );
+}
+
+#[test]
+fn sixty_four_concurrent_streams_all_finish() {
+    let srv = shared();
+    let addr = srv.addr.clone();
+    let results = parallel((0..64).collect(), move |i: usize| {
+        let body = json!({
+            "prompt": format!("Request number {i} says:"),
+            "max_tokens": 8, "temperature": 0.7, "seed": i, "ignore_eos": true,
+            "stream": true, "stream_options": {"include_usage": true},
+        });
+        request(
+            &addr,
+            "POST",
+            "/v1/completions",
+            &[],
+            body.to_string().as_bytes(),
+        )
+    });
+    for r in results {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.worker() < 2);
+        assert!(r
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream")));
+        let chunks = r.chunks();
+        let usage = &chunks.last().expect("usage chunk")["usage"];
+        assert_eq!(usage["completion_tokens"], 8, "{}", r.text());
+        let finish: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"].get(0))
+            .map(|c| &c["finish_reason"])
+            .filter(|f| !f.is_null())
+            .collect();
+        assert_eq!(finish, vec![&json!("length")]);
+    }
+}
+
+#[test]
+fn streaming_chat_and_completions_match_and_include_usage() {
+    let srv = shared();
+    let c = case("p07_multilingual_multiturn");
+    let body = json!({"messages": c["messages"], "max_tokens": 48, "temperature": 0,
+        "stream": true, "stream_options": {"include_usage": true}});
+    let r = srv.post("/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.worker() < 2);
+    let chunks = r.chunks();
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let mut text = String::new();
+    let mut finish = None;
+    for ch in &chunks {
+        for choice in ch["choices"].as_array().expect("choices") {
+            if let Some(t) = choice["delta"]["content"].as_str() {
+                text.push_str(t);
+            }
+            if !choice["finish_reason"].is_null() {
+                finish = Some(choice["finish_reason"].clone());
+            }
+        }
+    }
+    assert_eq!(text, c["greedy_text"]);
+    assert_eq!(finish, Some(json!("stop")));
+    let last = chunks.last().expect("usage chunk");
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["prompt_tokens"], c["n_prompt_tokens"]);
+    assert!(last["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(last["usage"]["prompt_tokens_details"]["cached_tokens"].is_u64());
+
+    // Without include_usage there is no usage chunk.
+    let c = case("p01_fact_germany");
+    let body = json!({"prompt": c["prompt"], "max_tokens": 48, "temperature": 0, "stream": true});
+    let r = srv.post("/v1/completions", &body);
+    assert_eq!(r.status, 200);
+    let chunks = r.chunks();
+    assert!(chunks
+        .iter()
+        .all(|c| c.get("usage").is_none_or(Value::is_null)));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, c["greedy_text"]);
+}
+
+#[test]
+fn stop_strings_never_leak() {
+    let srv = shared();
+    let c = case("p01_fact_germany");
+    let greedy = c["greedy_text"].as_str().expect("text");
+    // Multi-token stop strings: a streamed prefix of one must be held back.
+    for stop in ["United States", "approximately 311", "\n\nThe"] {
+        let want = &greedy[..greedy.find(stop).expect("stop occurs")];
+        let body = json!({"prompt": c["prompt"], "max_tokens": 48, "temperature": 0,
+            "stop": [stop, "never-seen-stop"]});
+        let (_, v) = srv.ok("/v1/completions", &body);
+        assert_eq!(v["choices"][0]["text"], want, "stop {stop:?}");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+
+        let mut sbody = body.clone();
+        sbody["stream"] = json!(true);
+        let r = srv.post("/v1/completions", &sbody);
+        let chunks = r.chunks();
+        let pieces: Vec<&str> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["text"].as_str())
+            .collect();
+        assert_eq!(pieces.concat(), want, "streamed, stop {stop:?}");
+        let reasons: Vec<&Value> = chunks
+            .iter()
+            .map(|c| &c["choices"][0]["finish_reason"])
+            .filter(|f| !f.is_null())
+            .collect();
+        assert_eq!(reasons, vec![&json!("stop")]);
+    }
+    // Chat too, with a single string.
+    let c = case("p05_shared_prefix_recipes_bread");
+    let greedy = c["greedy_text"].as_str().expect("text");
+    let want = &greedy[..greedy.find("bread").expect("occurs")];
+    let body =
+        json!({"messages": c["messages"], "max_tokens": 48, "temperature": 0, "stop": "bread"});
+    let (_, v) = srv.ok("/v1/chat/completions", &body);
+    assert_eq!(v["choices"][0]["message"]["content"], want);
+}
+
+#[test]
+fn n_two_seed_and_logprobs() {
+    let srv = shared();
+    let c = case("p01_fact_germany");
+    let greedy = c["greedy_text"].as_str().expect("text");
+
+    // n=2 greedy: both choices are the greedy text.
+    let body = json!({"prompt": c["prompt"], "max_tokens": 48, "temperature": 0, "n": 2});
+    let (r, v) = srv.ok("/v1/completions", &body);
+    assert!(r.worker() < 2);
+    let choices = v["choices"].as_array().expect("choices");
+    assert_eq!(choices.len(), 2);
+    for (i, ch) in choices.iter().enumerate() {
+        assert_eq!(ch["index"], i);
+        assert_eq!(ch["text"], greedy);
+    }
+    assert_eq!(v["usage"]["completion_tokens"], 96);
+    assert_eq!(v["usage"]["prompt_tokens"], 5);
+
+    // n=2 sampled and streamed: two indices, each finishing once.
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 10, "temperature": 1.0,
+        "seed": 7, "n": 2, "ignore_eos": true, "stream": true,
+        "stream_options": {"include_usage": true}});
+    let chunks = srv.post("/v1/completions", &body).chunks();
+    let mut texts = [String::new(), String::new()];
+    let mut finished = [0, 0];
+    for ch in &chunks {
+        for choice in ch["choices"].as_array().expect("choices") {
+            let i = choice["index"].as_u64().expect("index") as usize;
+            texts[i].push_str(choice["text"].as_str().unwrap_or(""));
+            finished[i] += usize::from(!choice["finish_reason"].is_null());
+        }
+    }
+    assert_eq!(finished, [1, 1]);
+    assert!(texts.iter().all(|t| !t.is_empty()));
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 20);
+
+    // The same seed gives the same sample; other seeds give other samples.
+    let sample = |seed: u64| {
+        let body = json!({"prompt": "My favourite animal is", "max_tokens": 16,
+            "temperature": 1.0, "seed": seed, "ignore_eos": true});
+        let (_, v) = srv.ok("/v1/completions", &body);
+        v["choices"][0]["text"].as_str().expect("text").to_string()
+    };
+    let a = sample(1234);
+    assert_eq!(a, sample(1234), "same seed, same text");
+    let others: Vec<String> = (1..=4).map(sample).collect();
+    assert!(
+        others.iter().any(|o| *o != a),
+        "seeds must matter: {a:?} {others:?}"
+    );
+
+    // Completions logprobs: one entry per token, the greedy token is the top one.
+    let body = json!({"prompt": c["prompt"], "max_tokens": 8, "temperature": 0, "logprobs": 3});
+    let (_, v) = srv.ok("/v1/completions", &body);
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens = lp["tokens"].as_array().expect("tokens");
+    assert_eq!(tokens.len(), 8);
+    assert_eq!(
+        tokens
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect::<String>(),
+        v["choices"][0]["text"].as_str().unwrap()
+    );
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .expect("text_offset")
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    for (i, (l, top)) in lp["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(lp["top_logprobs"].as_array().unwrap())
+        .enumerate()
+    {
+        let l = l.as_f64().expect("logprob");
+        assert!(l <= 0.0);
+        let top = top.as_object().expect("top map");
+        assert!(!top.is_empty() && top.len() <= 3);
+        let best = top
+            .values()
+            .map(|x| x.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert!(
+            (best - l).abs() < 1e-4,
+            "token {i}: greedy pick is the most likely"
+        );
+    }
+
+    // Chat logprobs / top_logprobs.
+    let body = json!({"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 6,
+        "temperature": 0, "logprobs": true, "top_logprobs": 2});
+    let (_, v) = srv.ok("/v1/chat/completions", &body);
+    let content = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("content");
+    assert_eq!(
+        content.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    for e in content {
+        assert!(e["token"].is_string() && e["logprob"].as_f64().unwrap() <= 0.0);
+        assert!(e["bytes"].is_array());
+        assert_eq!(e["top_logprobs"].as_array().unwrap().len(), 2);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The other routes
+// ---------------------------------------------------------------------------
+
+#[test]
+fn models_health_metrics_tokenize_detokenize() {
+    let srv = shared();
+    let m = srv.get("/v1/models");
+    assert_eq!(m.status, 200);
+    let m = m.json();
+    assert_eq!(m["object"], "list");
+    let model = m["data"][0]["id"].as_str().expect("model id").to_string();
+    assert_eq!(m["data"][0]["object"], "model");
+    let max_len = m["data"][0]["max_model_len"]
+        .as_u64()
+        .expect("max_model_len");
+    assert!(max_len >= 2048);
+
+    let h = srv.get("/health");
+    assert_eq!(h.status, 200, "{}", h.text());
+
+    let t = srv.post(
+        "/tokenize",
+        &json!({"model": model, "prompt": "The capital of Germany is", "add_special_tokens": true}),
+    );
+    assert_eq!(t.status, 200, "{}", t.text());
+    let t = t.json();
+    assert_eq!(t["tokens"], json!([504, 3575, 282, 4521, 314]));
+    assert_eq!(t["count"], 5);
+    assert_eq!(t["max_model_len"], max_len);
+    let chat = srv.post(
+        "/tokenize",
+        &json!({"messages": case("p07_multilingual_multiturn")["messages"]}),
+    );
+    assert_eq!(
+        chat.json()["tokens"],
+        case("p07_multilingual_multiturn")["prompt_token_ids"]
+    );
+    let d = srv.post(
+        "/detokenize",
+        &json!({"model": model, "tokens": [504, 3575, 282, 4521, 314]}),
+    );
+    assert_eq!(d.status, 200, "{}", d.text());
+    assert_eq!(d.json(), json!({"prompt": "The capital of Germany is"}));
+
+    // A request with the model named explicitly is accepted.
+    let (r, v) = srv.ok(
+        "/v1/completions",
+        &json!({"model": model, "prompt": "Hi", "max_tokens": 2}),
+    );
+    assert!(r.worker() < 2);
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["model"], model);
+
+    let metrics = srv.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/plain")));
+    let text = metrics.text();
+    for name in [
+        "reprise:num_requests_running",
+        "reprise:num_requests_waiting",
+        "reprise:kv_cache_usage_perc",
+        "reprise:prefix_cache_queries_total",
+        "reprise:prefix_cache_hits_total",
+        "reprise:prompt_tokens_total",
+        "reprise:generation_tokens_total",
+    ] {
+        for w in 0..2 {
+            assert!(
+                text.contains(&format!("{name}{{worker=\"{w}\"}} ")),
+                "{name} worker {w}"
+            );
+        }
+    }
+    for name in [
+        "reprise:time_to_first_token_seconds",
+        "reprise:inter_token_latency_seconds",
+        "reprise:e2e_request_latency_seconds",
+    ] {
+        assert!(text.contains(&format!("# TYPE {name} histogram")), "{name}");
+        assert!(text.contains(&format!("{name}_bucket{{worker=\"0\",le=\"+Inf\"}}")));
+        assert!(text.contains(&format!("{name}_count{{worker=\"1\"}}")));
+    }
+    assert!(text.contains("reprise:router_decisions_total{policy=\"precise\",worker=\"0\"}"));
+    assert!(text.contains("reprise:router_matched_blocks_bucket{"));
+    assert!(text.contains("reprise:router_decision_seconds_bucket{"));
+    let generated = srv.metric("reprise:generation_tokens_total", 0)
+        + srv.metric("reprise:generation_tokens_total", 1);
+    assert!(generated >= 2.0, "tokens were generated: {generated}");
+}
+
+// ---------------------------------------------------------------------------
+// Bad requests
+// ---------------------------------------------------------------------------
+
+#[test]
+fn malformed_requests_get_openai_errors() {
+    let srv = shared();
+    let max_len = srv.get("/v1/models").json()["data"][0]["max_model_len"]
+        .as_u64()
+        .expect("max_model_len") as usize;
+    let raw = |path: &str, body: &[u8]| request(&srv.addr, "POST", path, &[], body);
+    let c = "/v1/completions";
+    let chat = "/v1/chat/completions";
+
+    for (body, what) in [
+        (&b"{\"prompt\": \"hi\","[..], "truncated JSON"),
+        (b"{prompt: hi}", "not JSON"),
+        (b"", "empty body"),
+        (b"[1, 2, 3]", "not an object"),
+        (b"{\"prompt\": \"caf\xc3\"}", "invalid UTF-8 in a string"),
+        (b"\xff\xfe{\"prompt\": \"hi\"}", "invalid UTF-8 bytes"),
+    ] {
+        for path in [c, chat, "/tokenize"] {
+            assert_error(&raw(path, body), 400, &format!("{what} to {path}"));
+        }
+    }
+
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (c, json!({"prompt": 5}), "prompt"),
+        (c, json!({}), "prompt"),
+        (c, json!({"prompt": []}), "prompt"),
+        (c, json!({"prompt": [1, -2]}), "prompt"),
+        (c, json!({"prompt": [99999999]}), "prompt"),
+        (c, json!({"prompt": "hi", "max_tokens": "16"}), "max_tokens"),
+        (c, json!({"prompt": "hi", "max_tokens": 2.5}), "max_tokens"),
+        (c, json!({"prompt": "hi", "max_tokens": -1}), "max_tokens"),
+        (c, json!({"prompt": "hi", "max_tokens": 0}), "max_tokens"),
+        (
+            c,
+            json!({"prompt": "hi", "max_tokens": 1_000_000_000_000u64}),
+            "max_tokens",
+        ),
+        (
+            c,
+            json!({"prompt": "hi", "max_tokens": u64::MAX}),
+            "max_tokens",
+        ),
+        (
+            c,
+            json!({"prompt": "hi", "max_tokens": max_len}),
+            "max_tokens",
+        ),
+        (
+            c,
+            json!({"prompt": "hi", "temperature": -0.5}),
+            "temperature",
+        ),
+        (
+            c,
+            json!({"prompt": "hi", "temperature": 2.5}),
+            "temperature",
+        ),
+        (
+            c,
+            json!({"prompt": "hi", "temperature": "hot"}),
+            "temperature",
+        ),
+        (c, json!({"prompt": "hi", "top_p": 0}), "top_p"),
+        (c, json!({"prompt": "hi", "top_p": 1.5}), "top_p"),
+        (c, json!({"prompt": "hi", "top_k": -3}), "top_k"),
+        (c, json!({"prompt": "hi", "n": 0}), "n"),
+        (c, json!({"prompt": "hi", "n": 1000}), "n"),
+        (c, json!({"prompt": "hi", "logprobs": 100}), "logprobs"),
+        (c, json!({"prompt": "hi", "logprobs": -1}), "logprobs"),
+        (
+            c,
+            json!({"prompt": "hi", "presence_penalty": 9}),
+            "presence_penalty",
+        ),
+        (c, json!({"prompt": "hi", "seed": "abc"}), "seed"),
+        (c, json!({"prompt": "hi", "stop": 3}), "stop"),
+        (c, json!({"prompt": "hi", "stream": "yes"}), "stream"),
+        (
+            c,
+            json!({"prompt": "hi", "stream_options": 1}),
+            "stream_options",
+        ),
+        (c, json!({"prompt": "hi", "ignore_eos": "no"}), "ignore_eos"),
+        (
+            c,
+            json!({"prompt": "hi", "stop_token_ids": [-1]}),
+            "stop_token_ids",
+        ),
+        (chat, json!({}), "messages"),
+        (chat, json!({"messages": "hello"}), "messages"),
+        (chat, json!({"messages": []}), "messages"),
+        (chat, json!({"messages": [{"content": "hi"}]}), "messages"),
+        (
+            chat,
+            json!({"messages": [{"role": "user", "content": 5}]}),
+            "messages",
+        ),
+        (
+            chat,
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}),
+            "max_completion_tokens",
+        ),
+        (
+            chat,
+            json!({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}),
+            "top_logprobs",
+        ),
+        (
+            chat,
+            json!({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}),
+            "temperature",
+        ),
+        ("/tokenize", json!({"prompt": 3}), "prompt"),
+        ("/detokenize", json!({"tokens": "abc"}), "tokens"),
+        ("/detokenize", json!({"tokens": [99999999]}), "tokens"),
+    ];
+    for (path, body, param) in cases {
+        let e = assert_error(&srv.post(path, &body), 400, &format!("{path} {body}"));
+        assert_eq!(e["param"], param, "{path} {body}: {e}");
+        assert_eq!(e["type"], "invalid_request_error");
+    }
+
+    // A prompt longer than the context.
+    let long = "hello ".repeat(max_len + 50);
+    for (path, body) in [
+        (c, json!({"prompt": long, "max_tokens": 1})),
+        (
+            chat,
+            json!({"messages": [{"role": "user", "content": long}]}),
+        ),
+    ] {
+        let e = assert_error(&srv.post(path, &body), 400, "prompt over the context");
+        assert!(
+            e["message"].as_str().unwrap().contains("context length"),
+            "{e}"
+        );
+    }
+
+    // Unknown model: 404 for generation, tokenize and detokenize.
+    for (path, body) in [
+        (c, json!({"model": "gpt-9", "prompt": "hi"})),
+        (
+            chat,
+            json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        ("/tokenize", json!({"model": "gpt-9", "prompt": "hi"})),
+    ] {
+        let e = assert_error(&srv.post(path, &body), 404, "unknown model");
+        assert_eq!(e["code"], "model_not_found");
+        assert_eq!(e["param"], "model");
+    }
+
+    // Unknown routes and wrong methods.
+    assert_error(&srv.get("/v1/nothing-here"), 404, "unknown route");
+    assert_error(
+        &srv.post("/v2/completions", &json!({})),
+        404,
+        "unknown route",
+    );
+    assert_error(&srv.get("/v1/completions"), 405, "GET on a POST route");
+
+    // Unknown fields are tolerated, as OpenAI does.
+    let (_, v) = srv.ok(
+        c,
+        &json!({"prompt": "hi", "max_tokens": 1, "user": "x", "whatever": {"a": [1]}}),
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 1);
+
+    // The server is still healthy after all of that.
+    assert_eq!(srv.get("/health").status, 200);
+}
+
+#[test]
+fn api_key_body_limit_and_admission_queue() {
+    let srv = Server::start(&[
+        "--devices",
+        "cpu",
+        "--kv-cache-memory",
+        "64MiB",
+        "--api-key",
+        "sekret-key",
+        "--max-queue",
+        "1",
+        "--max-body-bytes",
+        "16KiB",
+    ]);
+    let body = json!({"prompt": "Hi", "max_tokens": 2}).to_string();
+    let post = |headers: &[(&str, &str)], body: &[u8]| {
+        request(&srv.addr, "POST", "/v1/completions", headers, body)
+    };
+    let good = [("Authorization", "Bearer sekret-key")];
+
+    // 401: missing, wrong, malformed key; on every protected route.
+    for h in [
+        vec![],
+        vec![("Authorization", "Bearer wrong")],
+        vec![("Authorization", "sekret-key")],
+        vec![("Authorization", "Bearer sekret-key-and-more")],
+    ] {
+        let e = assert_error(&post(&h, body.as_bytes()), 401, &format!("{h:?}"));
+        assert_eq!(e["code"], "invalid_api_key");
+    }
+    assert_error(&srv.get("/v1/models"), 401, "models without key");
+    assert_error(
+        &srv.post("/tokenize", &json!({"prompt": "x"})),
+        401,
+        "tokenize without key",
+    );
+    // /health and /metrics stay open for probes and scrapers.
+    assert_eq!(srv.get("/health").status, 200);
+    assert_eq!(srv.get("/metrics").status, 200);
+    let r = post(&good, body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.worker(), 0);
+    let r = request(&srv.addr, "GET", "/v1/models", &good, b"");
+    assert_eq!(r.status, 200);
+
+    // 413: a body over --max-body-bytes (declared, and large enough to matter).
+    let big = json!({"prompt": "x".repeat(40 * 1024), "max_tokens": 1}).to_string();
+    let e = assert_error(&post(&good, big.as_bytes()), 413, "body over the limit");
+    assert_eq!(e["type"], "invalid_request_error");
+    // Just under the limit is fine.
+    let ok = json!({"prompt": "Hi", "max_tokens": 1, "padding": "x".repeat(15 * 1024)}).to_string();
+    assert!(ok.len() < 16 * 1024);
+    let r = post(&good, ok.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // 429: one long request holds the only admission slot.
+    let mut s = connect(&srv.addr);
+    let long = json!({"prompt": "Count:", "max_tokens": 1000, "ignore_eos": true, "stream": true})
+        .to_string();
+    let mut msg = head("POST", "/v1/completions", &good, long.len());
+    msg.push_str(&long);
+    s.write_all(msg.as_bytes()).expect("send");
+    let mut first = [0u8; 256];
+    let got = s.read(&mut first).expect("stream starts");
+    let first = String::from_utf8_lossy(&first[..got]);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let e = assert_error(&post(&good, body.as_bytes()), 429, "queue full");
+    assert_eq!(e["type"], "rate_limit_error");
+    // Dropping the connection frees the slot (the request is cancelled).
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = post(&good, body.as_bytes());
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert!(
+            Instant::now() < deadline,
+            "slot never freed:\n{}",
+            srv.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Disconnects, routing, faults, shutdown
+// ---------------------------------------------------------------------------
+
+#[test]
+fn client_disconnect_frees_kv_blocks() {
+    let srv = Server::start(&["--devices", "cpu", "--kv-cache-memory", "128MiB"]);
+    let idle = srv.metric("reprise:kv_cache_usage_perc", 0);
+    let body = json!({"prompt": long_text("Disconnect", 300), "max_tokens": 1500,
+        "ignore_eos": true, "temperature": 0, "stream": true});
+    for round in 0..2 {
+        let mut st = Stream::open(&srv.addr, "/v1/completions", &body);
+        st.read_until("\"text\"", 3);
+        let busy = srv.metric("reprise:kv_cache_usage_perc", 0);
+        assert!(
+            busy > idle,
+            "round {round}: a live request holds blocks ({busy} vs {idle})"
+        );
+        assert_eq!(srv.metric("reprise:num_requests_running", 0), 1.0);
+        drop(st);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = srv.metric("reprise:kv_cache_usage_perc", 0);
+            if now == idle && srv.metric("reprise:num_requests_running", 0) == 0.0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: KV usage stuck at {now} (idle {idle})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // A non-streaming request whose client goes away is cancelled too.
+    let mut plain = body.clone();
+    plain["stream"] = json!(false);
+    let st = Stream::open(&srv.addr, "/v1/completions", &plain);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while srv.metric("reprise:kv_cache_usage_perc", 0) == idle {
+        assert!(Instant::now() < deadline, "the request never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(st);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = srv.metric("reprise:kv_cache_usage_perc", 0);
+        if now == idle && srv.metric("reprise:num_requests_running", 0) == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "non-streaming: KV usage stuck at {now} (idle {idle})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The server keeps serving.
+    let (_, v) = srv.ok("/v1/completions", &json!({"prompt": "Hi", "max_tokens": 3}));
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+}
+
+#[test]
+fn shared_prefixes_stick_to_one_worker_and_others_spread() {
+    let srv = Server::start(&[
+        "--devices",
+        "cpu,cpu",
+        "--policy",
+        "precise",
+        "--kv-cache-memory",
+        "128MiB",
+    ]);
+    let prefix = long_text("Shared system prompt for the routing test", 1000);
+    let n = srv.post("/tokenize", &json!({"prompt": prefix})).json()["count"]
+        .as_u64()
+        .expect("count");
+    assert!((900..1400).contains(&n), "prefix of {n} tokens");
+
+    let mut home = None;
+    for i in 0..5 {
+        let body = json!({"prompt": format!("{prefix}\nQuestion {i}: what comes next?"),
+            "max_tokens": 4, "temperature": 0});
+        let (r, v) = srv.ok("/v1/completions", &body);
+        let w = r.worker();
+        let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .expect("cached");
+        match home {
+            None => {
+                home = Some(w);
+                assert_eq!(cached, 0);
+            }
+            Some(h) => {
+                assert_eq!(w, h, "request {i} left the worker holding its prefix");
+                assert!(cached >= n - 16, "request {i}: {cached} of {n} cached");
+            }
+        }
+    }
+    let mut seen = [0usize; 2];
+    for i in 0..12 {
+        let body = json!({"prompt": format!("Unrelated topic {i}: {}", long_text(&format!("Story {i}"), 40)),
+            "max_tokens": 2});
+        let (r, _) = srv.ok("/v1/completions", &body);
+        seen[r.worker()] += 1;
+    }
+    assert!(
+        seen[0] > 0 && seen[1] > 0,
+        "unrelated prompts spread: {seen:?}"
+    );
+    let decisions = srv.get("/metrics").text();
+    assert!(decisions.contains("reprise:router_decisions_total{policy=\"precise\",worker=\"1\"}"));
+}
+
+#[test]
+fn a_panicking_worker_fails_only_its_requests() {
+    let srv = Server::start(&[
+        "--devices",
+        "cpu,cpu",
+        "--kv-cache-memory",
+        "64MiB",
+        "--inject-worker-panic",
+        "0:2",
+    ]);
+    let mut failed = false;
+    for i in 0..16 {
+        let body = json!({"prompt": format!("Prompt {i} about {}", long_text(&format!("t{i}"), 8)),
+            "max_tokens": 4, "ignore_eos": true});
+        let r = srv.post("/v1/completions", &body);
+        if r.status == 500 {
+            let e = assert_error(&r, 500, "the panicking worker's request");
+            assert_eq!(e["type"], "server_error");
+            failed = true;
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.worker(), 1, "worker 0 panics on its first request");
+    }
+    assert!(failed, "no request reached worker 0:\n{}", srv.log());
+    // Worker 0 leaves routing; worker 1 serves everything, streaming included.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while srv.metric("reprise:worker_alive", 0) != 0.0 {
+        assert!(Instant::now() < deadline, "worker 0 still routable");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(srv.metric("reprise:worker_alive", 1), 1.0);
+    let health = srv.get("/health");
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["workers_alive"], 1);
+    for i in 0..6 {
+        let body = json!({"prompt": format!("After the fault {i}"), "max_tokens": 3,
+            "stream": i % 2 == 1});
+        let r = srv.post("/v1/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.worker(), 1);
+        if i % 2 == 1 {
+            r.chunks();
+        }
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits() {
+    let mut srv = Server::start(&[
+        "--devices",
+        "cpu",
+        "--kv-cache-memory",
+        "64MiB",
+        "--shutdown-timeout",
+        "60",
+    ]);
+    let body = json!({"prompt": "Count to one hundred:", "max_tokens": 48, "ignore_eos": true,
+        "temperature": 0, "stream": true, "stream_options": {"include_usage": true}});
+    let mut st = Stream::open(&srv.addr, "/v1/completions", &body);
+    st.read_until("\"text\"", 2);
+    let t0 = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &srv.pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // The in-flight request runs to its end.
+    let r = st.finish();
+    assert_eq!(r.status, 200);
+    let chunks = r.chunks();
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 48);
+    // New requests are no longer served.
+    std::thread::sleep(Duration::from_millis(200));
+    if let Ok(mut s) = TcpStream::connect(&srv.addr) {
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        let b = json!({"prompt": "Hi", "max_tokens": 1}).to_string();
+        let _ =
+            s.write_all(format!("{}{b}", head("POST", "/v1/completions", &[], b.len())).as_bytes());
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        assert!(
+            !String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"),
+            "served a request after SIGTERM"
+        );
+    }
+    // And the process exits 0 well within the deadline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(code) = srv.child.try_wait().expect("wait") {
+            assert!(code.success(), "exit status {code}:\n{}", srv.log());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running after SIGTERM:\n{}",
+            srv.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(t0.elapsed() < Duration::from_secs(60));
+}

@@ -115,7 +115,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
     };
     let bytes = value * mult;
-    if !bytes.is_finite() || bytes < 1.0 || bytes > 1e15 {
+    if !bytes.is_finite() || !(1.0..=1e15).contains(&bytes) {
         return Err(format!("'{s}' is out of range"));
     }
     Ok(bytes as u64)
@@ -173,7 +173,7 @@ impl ServeConfig {
         if !(a.gpu_memory_utilization > 0.0 && a.gpu_memory_utilization <= 1.0) {
             return Err(err("gpu-memory-utilization", "must be in (0, 1]"));
         }
-        if devices.iter().any(|d| *d == Device::Cpu) && devices.iter().any(|d| *d != Device::Cpu) {
+        if devices.contains(&Device::Cpu) && devices.iter().any(|d| *d != Device::Cpu) {
             return Err(err(
                 "devices",
                 "mixing cpu and cuda workers is not supported",

@@ -230,7 +230,8 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", get(s, *routable));
             }
         }
-        let hists: [(&str, &str, fn(&WorkerLatency) -> &Histogram); 3] = [
+        type Pick = fn(&WorkerLatency) -> &Histogram;
+        let hists: [(&str, &str, Pick); 3] = [
             (
                 TIME_TO_FIRST_TOKEN,
                 "Time to first token in seconds.",

@@ -115,8 +115,9 @@ pub async fn serve(
     let (trigger, shutdown) = Shutdown::new();
     let refresher = tokio::spawn(crate::dispatch::refresh_loop(state.clone()));
     let drain_state = state.clone();
+    let signalled = signal();
     let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
-        signal().await;
+        signalled.await;
         tracing::info!(
             in_flight = drain_state.dispatcher.in_flight(),
             "shutting down: no new requests; waiting for in-flight ones"

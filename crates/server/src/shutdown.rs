@@ -1,27 +1,41 @@
 //! SIGTERM / ctrl-c: stop accepting, let in-flight requests finish within the
 //! deadline, then let the workers exit.
 
+use std::future::Future;
 use tokio::sync::watch;
 
-/// Resolves on the first SIGTERM or ctrl-c.
-pub async fn signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that
+/// resolves on the first of them.
+///
+/// Why install eagerly: tokio registers a signal handler only when its future is
+/// first polled, and the serve loop starts polling after the ready line is
+/// printed. A supervisor that sends SIGTERM right after reading that line would
+/// otherwise hit the default action and kill the process without draining.
+/// Must be called inside the tokio runtime.
+pub fn signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut t), Ok(mut i)) => {
+                    tokio::select! {
+                        _ = t.recv() => {},
+                        _ = i.recv() => {},
+                    }
+                }
+                // Without handlers the default actions apply; nothing to wait for.
+                _ => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
