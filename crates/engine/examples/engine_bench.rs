@@ -1,0 +1,230 @@
+//! The engine benchmark: one worker serving the default model through the
+//! scheduler, block pool and prefix cache, with the CPU's own limits measured
+//! in the same run so every figure reads as a fraction of the hardware.
+//!
+//! `cargo run --release -p reprise-engine --example engine_bench [-- --model SRC]`
+//!
+//! Prints prefill tokens/s at 512 and 2,048 tokens, decode tokens/s at batch
+//! 1, 8 and 32, TTFT of a 2,000-token prompt cold and warm (prefix cached),
+//! and the yardsticks: f32 matrix-product rate and memory copy bandwidth.
+
+use rayon::prelude::*;
+use reprise_engine::model::{self, ops, ModelConfig};
+use reprise_engine::sampler::SamplingParams;
+use reprise_engine::scheduler::SchedulerConfig;
+use reprise_engine::worker::{GenerateRequest, WorkerConfig, WorkerEvent, WorkerHandle};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn matmul_gflops() -> f64 {
+    let n = 1024;
+    let x: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let w: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut out = vec![0.0f32; n * n];
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        ops::linear(&mut out, &x, &w, n, n, n, false);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (n * n * n) as f64 / best / 1e9
+}
+
+fn copy_gbps() -> f64 {
+    let len = 1 << 28; // 1 GiB of f32
+    let src = vec![1.0f32; len];
+    let mut dst = vec![0.0f32; len];
+    let chunk = len / rayon::current_num_threads().max(1);
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&dst);
+    // Read + write traffic.
+    2.0 * (len * 4) as f64 / best / 1e9
+}
+
+/// Weights read per decode step (f32), the floor of batch-1 decode.
+fn weight_bytes(c: &ModelConfig) -> f64 {
+    let (h, hd) = (c.hidden_size, c.head_dim);
+    let attn = h * c.num_heads * hd * 2 + h * c.num_kv_heads * hd * 2;
+    let mlp = 3 * h * c.intermediate_size;
+    let per_layer = attn + mlp;
+    4.0 * (c.num_layers * per_layer + c.vocab_size * h) as f64
+}
+
+/// Matmul FLOPs per prompt token (the linear layers and the head of the last token are ignored).
+fn flops_per_token(c: &ModelConfig) -> f64 {
+    2.0 * (weight_bytes(c) / 4.0 - (c.vocab_size * c.hidden_size) as f64)
+}
+
+fn prompt(seed: u32, len: usize) -> Vec<u32> {
+    (0..len as u32)
+        .map(|i| {
+            300 + (i
+                .wrapping_mul(7919)
+                .wrapping_add(seed.wrapping_mul(104_729)))
+                % 20_000
+        })
+        .collect()
+}
+
+fn request(id: u64, prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        id,
+        prompt,
+        params: SamplingParams {
+            temperature: 0.0,
+            max_tokens,
+            ignore_eos: true,
+            ..Default::default()
+        },
+        n: 1,
+        cache_salt: Vec::new(),
+    }
+}
+
+/// Seconds until the first token of a fresh request.
+fn ttft(w: &WorkerHandle, id: u64, p: Vec<u32>) -> f64 {
+    let t = Instant::now();
+    let rx = w.submit(request(id, p, 1)).expect("submit");
+    for ev in rx.iter() {
+        match ev {
+            WorkerEvent::Token { .. } => return t.elapsed().as_secs_f64(),
+            WorkerEvent::Error(e) => panic!("{e}"),
+            WorkerEvent::Finished { .. } => {}
+        }
+    }
+    panic!("no token")
+}
+
+/// Decode tokens/s with `batch` concurrent sequences, after all have prefilled.
+fn decode_rate(w: &WorkerHandle, first_id: u64, batch: usize, steps: usize) -> f64 {
+    let rxs: Vec<_> = (0..batch)
+        .map(|b| {
+            w.submit(request(
+                first_id + b as u64,
+                prompt(9000 + first_id as u32 + b as u32, 128),
+                steps,
+            ))
+            .expect("submit")
+        })
+        .collect();
+    // Wait until each has its first token (prefill done), then time the rest.
+    for rx in &rxs {
+        loop {
+            if let WorkerEvent::Token { .. } = rx.recv().expect("event") {
+                break;
+            }
+        }
+    }
+    let t = Instant::now();
+    let mut tokens = 0usize;
+    for rx in &rxs {
+        for ev in rx.iter() {
+            if let WorkerEvent::Token { .. } = ev {
+                tokens += 1;
+            }
+        }
+    }
+    tokens as f64 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let src = std::env::args().skip_while(|a| a != "--model").nth(1);
+    println!(
+        "measuring yardsticks ({} threads)...",
+        rayon::current_num_threads()
+    );
+    let gflops = matmul_gflops();
+    let gbps = copy_gbps();
+    let loaded = model::load(src.as_deref()).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1)
+    });
+    let cfg = loaded.model.config().clone();
+    let model: Arc<dyn model::Model> = Arc::from(loaded.model);
+    let worker_cfg = WorkerConfig {
+        index: 0,
+        scheduler: SchedulerConfig {
+            num_blocks: 4096,
+            block_size: 16,
+            max_num_batched_tokens: 2048,
+            max_num_seqs: 256,
+            ..Default::default()
+        },
+        max_model_len: loaded.max_model_len,
+        eos_token_ids: loaded.eos_token_ids.clone(),
+        panic_at_step: None,
+    };
+    let w = WorkerHandle::spawn(worker_cfg, model, Box::new(|_| {})).expect("spawn worker");
+    let mut id = 0u64;
+    let mut next = || {
+        id += 1;
+        id
+    };
+
+    // Warm up the threads and caches.
+    ttft(&w, next(), prompt(1, 64));
+
+    let best_prefill = |n: usize, next: &mut dyn FnMut() -> u64| {
+        (0..3)
+            .map(|r| n as f64 / ttft(&w, next(), prompt(100 + r + n as u32, n)))
+            .fold(0.0, f64::max)
+    };
+    let p512 = best_prefill(512, &mut next);
+    let p2048 = best_prefill(2048, &mut next);
+    let d1 = decode_rate(&w, 10_000, 1, 64);
+    let d8 = decode_rate(&w, 20_000, 8, 64);
+    let d32 = decode_rate(&w, 30_000, 32, 64);
+    let long = prompt(777, 2000);
+    let cold = ttft(&w, next(), long.clone());
+    std::thread::sleep(Duration::from_millis(10));
+    let warm = ttft(&w, next(), long);
+
+    let fpt = flops_per_token(&cfg);
+    let wb = weight_bytes(&cfg);
+    println!();
+    println!(
+        "model: {} ({} layers, hidden {}, f32)",
+        loaded.name, cfg.num_layers, cfg.hidden_size
+    );
+    println!("yardsticks: f32 matmul {gflops:.1} GFLOP/s; memory copy {gbps:.1} GB/s");
+    println!();
+    println!("| figure | value | fraction of the hardware |");
+    println!("|---|---|---|");
+    let pf = |r: f64| format!("{:.0}% of matmul rate", 100.0 * r * fpt / (gflops * 1e9));
+    let df = |r: f64| {
+        format!(
+            "{:.0}% of copy bandwidth (weights once per step)",
+            100.0 * r * wb / (gbps * 1e9)
+        )
+    };
+    println!("| prefill, 512 tokens | {p512:.0} tok/s | {} |", pf(p512));
+    println!(
+        "| prefill, 2,048 tokens | {p2048:.0} tok/s | {} |",
+        pf(p2048)
+    );
+    println!("| decode, batch 1 | {d1:.1} tok/s | {} |", df(d1));
+    println!(
+        "| decode, batch 8 | {d8:.1} tok/s | {:.1}x batch 1 |",
+        d8 / d1
+    );
+    println!(
+        "| decode, batch 32 | {d32:.1} tok/s | {:.1}x batch 1 |",
+        d32 / d1
+    );
+    println!(
+        "| TTFT, 2,000-token prompt, cold | {:.0} ms | |",
+        cold * 1e3
+    );
+    println!(
+        "| TTFT, 2,000-token prompt, warm (1,984 cached) | {:.1} ms | {:.0}x faster than cold |",
+        warm * 1e3,
+        cold / warm
+    );
+}
