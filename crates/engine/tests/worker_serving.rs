@@ -5,7 +5,9 @@
 use reprise_engine::model::{self, LoadedModel, Model};
 use reprise_engine::sampler::SamplingParams;
 use reprise_engine::scheduler::SchedulerConfig;
-use reprise_engine::worker::{FinishReason, GenerateRequest, WorkerConfig, WorkerEvent, WorkerHandle};
+use reprise_engine::worker::{
+    FinishReason, GenerateRequest, WorkerConfig, WorkerEvent, WorkerHandle,
+};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -22,13 +24,25 @@ fn shared() -> &'static Shared {
     S.get_or_init(|| {
         let path = model::default_model_path();
         if !path.is_file() {
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/fetch-default.sh");
-            let status = std::process::Command::new("bash").arg(script).status().expect("run fetch-default.sh");
+            let script =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/fetch-default.sh");
+            let status = std::process::Command::new("bash")
+                .arg(script)
+                .status()
+                .expect("run fetch-default.sh");
             assert!(status.success(), "models/fetch-default.sh failed");
         }
-        let LoadedModel { model, eos_token_ids, max_model_len, .. } =
-            model::load(path.to_str()).expect("load default model");
-        Shared { model: Arc::from(model), eos: eos_token_ids, max_model_len }
+        let LoadedModel {
+            model,
+            eos_token_ids,
+            max_model_len,
+            ..
+        } = model::load(path.to_str()).expect("load default model");
+        Shared {
+            model: Arc::from(model),
+            eos: eos_token_ids,
+            max_model_len,
+        }
     })
 }
 
@@ -38,17 +52,25 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/smollm2_golden_public.json");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/golden/smollm2_golden_public.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let v: Value = serde_json::from_str(&text).expect("golden json");
     let ids = |v: &Value| -> Vec<u32> {
-        v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|x| x.as_u64().expect("id") as u32)
+            .collect()
     };
     v["cases"]
         .as_array()
         .expect("cases")
         .iter()
-        .map(|c| Case { prompt: ids(&c["prompt_token_ids"]), greedy: ids(&c["greedy_token_ids"]) })
+        .map(|c| Case {
+            prompt: ids(&c["prompt_token_ids"]),
+            greedy: ids(&c["greedy_token_ids"]),
+        })
         .collect()
 }
 
@@ -79,7 +101,11 @@ fn request(id: u64, prompt: &[u32], max_tokens: usize) -> GenerateRequest {
     GenerateRequest {
         id,
         prompt: prompt.to_vec(),
-        params: SamplingParams { temperature: 0.0, max_tokens, ..Default::default() },
+        params: SamplingParams {
+            temperature: 0.0,
+            max_tokens,
+            ..Default::default()
+        },
         n: 1,
         cache_salt: Vec::new(),
     }
@@ -90,8 +116,16 @@ fn collect(rx: flume::Receiver<WorkerEvent>) -> Output {
     for ev in rx.iter() {
         match ev {
             WorkerEvent::Token { token, .. } => tokens.push(token),
-            WorkerEvent::Finished { cached_tokens, reason, .. } => {
-                return Output { tokens, cached: cached_tokens, reason }
+            WorkerEvent::Finished {
+                cached_tokens,
+                reason,
+                ..
+            } => {
+                return Output {
+                    tokens,
+                    cached: cached_tokens,
+                    reason,
+                }
             }
             WorkerEvent::Error(e) => panic!("worker error: {e}"),
         }
@@ -101,14 +135,21 @@ fn collect(rx: flume::Receiver<WorkerEvent>) -> Output {
 
 /// Submit all at once (so they share steps), then collect each.
 fn run_batch(w: &WorkerHandle, reqs: Vec<GenerateRequest>) -> Vec<Output> {
-    let rxs: Vec<_> = reqs.into_iter().map(|r| w.submit(r).expect("submit")).collect();
+    let rxs: Vec<_> = reqs
+        .into_iter()
+        .map(|r| w.submit(r).expect("submit"))
+        .collect();
     rxs.into_iter().map(collect).collect()
 }
 
 fn wait_idle(w: &WorkerHandle) {
     let t = Instant::now();
     while w.snapshot().load.blocks_in_use > 0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "blocks still in use: {:?}", w.snapshot());
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "blocks still in use: {:?}",
+            w.snapshot()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -121,23 +162,39 @@ fn greedy_is_identical_alone_batched_cached_and_chunked() {
     for (i, c) in cases.iter().enumerate() {
         let out = run_batch(&w, vec![request(i as u64, &c.prompt, c.greedy.len())]).remove(0);
         assert_eq!(out.tokens, c.greedy, "case {i} alone");
-        let want = if c.greedy.last() == Some(&2) { FinishReason::Stop } else { FinishReason::Length };
+        let want = if c.greedy.last() == Some(&2) {
+            FinishReason::Stop
+        } else {
+            FinishReason::Length
+        };
         assert_eq!(out.reason, want, "case {i} finish reason");
     }
     // Again on the same worker: every prompt's full blocks now come from the prefix cache.
     for (i, c) in cases.iter().enumerate() {
         let out = run_batch(&w, vec![request(100 + i as u64, &c.prompt, c.greedy.len())]).remove(0);
-        assert_eq!(out.cached, (c.prompt.len() - 1) / 16 * 16, "case {i} cached tokens");
-        assert_eq!(out.tokens, c.greedy, "case {i} with its prefix from the cache");
+        assert_eq!(
+            out.cached,
+            (c.prompt.len() - 1) / 16 * 16,
+            "case {i} cached tokens"
+        );
+        assert_eq!(
+            out.tokens, c.greedy,
+            "case {i} with its prefix from the cache"
+        );
     }
     wait_idle(&w);
 
     // All cases in one batch with 8 unrelated requests, on a fresh worker.
     let w = spawn(2048, 2048);
-    let mut reqs: Vec<GenerateRequest> =
-        cases.iter().enumerate().map(|(i, c)| request(i as u64, &c.prompt, c.greedy.len())).collect();
+    let mut reqs: Vec<GenerateRequest> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| request(i as u64, &c.prompt, c.greedy.len()))
+        .collect();
     for j in 0..8u32 {
-        let noise: Vec<u32> = (0..(20 + 37 * j)).map(|t| 300 + (t * 7 + j * 13) % 5000).collect();
+        let noise: Vec<u32> = (0..(20 + 37 * j))
+            .map(|t| 300 + (t * 7 + j * 13) % 5000)
+            .collect();
         reqs.push(request(1000 + j as u64, &noise, 16));
     }
     let outs = run_batch(&w, reqs);
@@ -148,35 +205,58 @@ fn greedy_is_identical_alone_batched_cached_and_chunked() {
 
     // Prefill chunked at 64 tokens per step.
     let w = spawn(2048, 64);
-    let reqs = cases.iter().enumerate().map(|(i, c)| request(i as u64, &c.prompt, c.greedy.len())).collect();
+    let reqs = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| request(i as u64, &c.prompt, c.greedy.len()))
+        .collect();
     let outs = run_batch(&w, reqs);
     for (i, c) in cases.iter().enumerate() {
-        assert_eq!(outs[i].tokens, c.greedy, "case {i} with prefill chunked at 64");
+        assert_eq!(
+            outs[i].tokens, c.greedy,
+            "case {i} with prefill chunked at 64"
+        );
     }
     wait_idle(&w);
 }
 
 #[test]
 fn fifty_concurrent_requests_through_a_small_pool_finish_correctly() {
-    let cases: Vec<Case> = cases().into_iter().filter(|c| c.prompt.len() < 100).collect();
+    let cases: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| c.prompt.len() < 100)
+        .collect();
     let max_tokens = 24;
     // References: each prompt alone on a roomy worker.
     let roomy = spawn(1024, 2048);
     let refs: Vec<Vec<u32>> = cases
         .iter()
         .enumerate()
-        .map(|(i, c)| run_batch(&roomy, vec![request(i as u64, &c.prompt, max_tokens)]).remove(0).tokens)
+        .map(|(i, c)| {
+            run_batch(&roomy, vec![request(i as u64, &c.prompt, max_tokens)])
+                .remove(0)
+                .tokens
+        })
         .collect();
     // 50 requests want ~5 blocks each; the pool has 24, so preemption is certain.
     let w = spawn(24, 512);
-    let reqs = (0..50).map(|i| request(i, &cases[i as usize % cases.len()].prompt, max_tokens)).collect();
+    let reqs = (0..50)
+        .map(|i| request(i, &cases[i as usize % cases.len()].prompt, max_tokens))
+        .collect();
     let outs = run_batch(&w, reqs);
     for (i, out) in outs.iter().enumerate() {
-        assert_eq!(out.tokens, refs[i % cases.len()], "request {i} under preemption");
+        assert_eq!(
+            out.tokens,
+            refs[i % cases.len()],
+            "request {i} under preemption"
+        );
     }
     wait_idle(&w);
     let snap = w.snapshot();
-    assert!(snap.preemptions > 0, "the small pool forced preemptions: {snap:?}");
+    assert!(
+        snap.preemptions > 0,
+        "the small pool forced preemptions: {snap:?}"
+    );
     assert_eq!(snap.load.blocks_in_use, 0);
     assert_eq!(snap.load.running + snap.load.waiting, 0);
 }
@@ -201,7 +281,10 @@ fn a_panicking_worker_fails_its_requests_and_reports_dead() {
     let s = shared();
     let cfg = WorkerConfig {
         index: 3,
-        scheduler: SchedulerConfig { num_blocks: 64, ..Default::default() },
+        scheduler: SchedulerConfig {
+            num_blocks: 64,
+            ..Default::default()
+        },
         max_model_len: s.max_model_len,
         eos_token_ids: s.eos.clone(),
         panic_at_step: Some(2),
