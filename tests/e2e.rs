@@ -1077,6 +1077,20 @@ fn api_key_body_limit_and_admission_queue() {
     let big = json!({"prompt": "x".repeat(40 * 1024), "max_tokens": 1}).to_string();
     let e = assert_error(&post(&good, big.as_bytes()), 413, "body over the limit");
     assert_eq!(e["type"], "invalid_request_error");
+    // Without Content-Length (chunked), the limit applies while reading.
+    let mut s = connect(&srv.addr);
+    let mut msg = b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer sekret-key\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    msg.extend_from_slice(format!("{:x}\r\n", big.len()).as_bytes());
+    msg.extend_from_slice(big.as_bytes());
+    msg.extend_from_slice(b"\r\n0\r\n\r\n");
+    let mut w = s.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&msg);
+    });
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let _ = writer.join();
+    assert_error(&parse_response(&raw), 413, "chunked body over the limit");
     // Just under the limit is fine.
     let ok = json!({"prompt": "Hi", "max_tokens": 1, "padding": "x".repeat(15 * 1024)}).to_string();
     assert!(ok.len() < 16 * 1024);
@@ -1272,6 +1286,31 @@ fn a_panicking_worker_fails_only_its_requests() {
     }
 }
 
+fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Waits for the server process to exit by itself; asserts exit status 0.
+fn wait_exit(srv: &mut Server, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(code) = srv.child.try_wait().expect("wait") {
+            assert!(code.success(), "exit status {code}:\n{}", srv.log());
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running {within:?} after SIGTERM:\n{}",
+            srv.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn sigterm_drains_in_flight_requests_then_exits() {
     let mut srv = Server::start(&[
@@ -1282,23 +1321,21 @@ fn sigterm_drains_in_flight_requests_then_exits() {
         "--shutdown-timeout",
         "60",
     ]);
-    let body = json!({"prompt": "Count to one hundred:", "max_tokens": 48, "ignore_eos": true,
+    // An idle keep-alive connection must not hold the shutdown up.
+    let mut idle = connect(&srv.addr);
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    let mut buf = [0u8; 1024];
+    let got = idle.read(&mut buf).expect("health");
+    assert!(buf[..got].starts_with(b"HTTP/1.1 200"));
+
+    let body = json!({"prompt": "Count to one hundred:", "max_tokens": 160, "ignore_eos": true,
         "temperature": 0, "stream": true, "stream_options": {"include_usage": true}});
     let mut st = Stream::open(&srv.addr, "/v1/completions", &body);
     st.read_until("\"text\"", 2);
-    let t0 = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &srv.pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    // The in-flight request runs to its end.
-    let r = st.finish();
-    assert_eq!(r.status, 200);
-    let chunks = r.chunks();
-    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 48);
-    // New requests are no longer served.
-    std::thread::sleep(Duration::from_millis(200));
+    sigterm(srv.pid);
+    // New requests are no longer served while the old one is still running.
+    std::thread::sleep(Duration::from_millis(300));
     if let Ok(mut s) = TcpStream::connect(&srv.addr) {
         s.set_read_timeout(Some(Duration::from_secs(2))).ok();
         let b = json!({"prompt": "Hi", "max_tokens": 1}).to_string();
@@ -1311,19 +1348,23 @@ fn sigterm_drains_in_flight_requests_then_exits() {
             "served a request after SIGTERM"
         );
     }
-    // And the process exits 0 well within the deadline.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(code) = srv.child.try_wait().expect("wait") {
-            assert!(code.success(), "exit status {code}:\n{}", srv.log());
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running after SIGTERM:\n{}",
-            srv.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(t0.elapsed() < Duration::from_secs(60));
+    assert!(
+        srv.child.try_wait().expect("wait").is_none(),
+        "exited with a request in flight"
+    );
+    // The in-flight request runs to its end.
+    let r = st.finish();
+    assert_eq!(r.status, 200);
+    let chunks = r.chunks();
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 160);
+    // Then the process exits 0, well before the 60 s deadline.
+    wait_exit(&mut srv, Duration::from_secs(20));
+    drop(idle);
+}
+
+#[test]
+fn sigterm_right_after_the_ready_line_is_a_clean_exit() {
+    let mut srv = Server::start(&["--devices", "cpu", "--kv-cache-memory", "32MiB"]);
+    sigterm(srv.pid);
+    wait_exit(&mut srv, Duration::from_secs(20));
 }
