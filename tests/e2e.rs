@@ -1257,6 +1257,7 @@ fn a_panicking_worker_fails_only_its_requests() {
         if r.status == 500 {
             let e = assert_error(&r, 500, "the panicking worker's request");
             assert_eq!(e["type"], "server_error");
+            assert_eq!(r.worker(), 0, "the failed response names its worker");
             failed = true;
             break;
         }

@@ -68,7 +68,11 @@ pub async fn chat_completions(
         };
         return Ok(sse::stream(gen, fmt, opts.include_usage));
     }
-    let c = gen.collect().await?;
+    let c = match gen.collect().await {
+        Ok(c) => c,
+        // A worker's failure still names the worker, as every generation response does.
+        Err(e) => return Ok(sse::with_worker(e.into_response(), worker)),
+    };
     let choices: Vec<Value> = (0..opts.n)
         .map(|i| {
             json!({
