@@ -8,10 +8,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$(date +%s)
 eval "$(scripts/install-cuda-toolchain.sh --env)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cuda}"
+# One invocation for both artifacts: separate ones resolve dependency features differently
+# (the example pulls dev-dependencies) and would compile candle's CUDA kernels twice.
+FEATURES=reprise-server/cuda,reprise-engine/cuda
 if [[ "${CHECK_ONLY:-0}" == 1 ]]; then
-    cargo check -p reprise-server -p reprise-engine --features cuda --all-targets
+    cargo check --features "$FEATURES" -p reprise-server -p reprise-engine --bin reprise --example cuda_check
 else
-    cargo build --release -p reprise-server --features cuda
-    cargo build --release -p reprise-engine --features cuda --example cuda_check
+    cargo build --release --features "$FEATURES" -p reprise-server -p reprise-engine --bin reprise --example cuda_check
 fi
 echo "check-cuda-build: ok in $(( $(date +%s) - start ))s (binaries under $CARGO_TARGET_DIR/release)"

@@ -331,8 +331,12 @@ fn bench(args: &HashMap<String, String>) -> Res<()> {
             eos_token_ids: Vec::new(),
             panic_at_step: None,
         };
-        let w =
-            WorkerHandle::spawn(cfg, model.clone(), Box::new(|_| {})).map_err(|e| e.to_string())?;
+        let w = WorkerHandle::spawn(
+            cfg,
+            model.clone(),
+            Box::new(|_: Vec<reprise_engine::KvEvent>| {}),
+        )
+        .map_err(|e| e.to_string())?;
         let t = Instant::now();
         let rxs: Vec<_> = (0..conc)
             .map(|i| {

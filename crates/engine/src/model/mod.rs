@@ -215,26 +215,6 @@ pub(crate) fn check_batch(
     Ok(())
 }
 
-#[cfg(test)]
-mod sizing_tests {
-    use super::*;
-
-    #[test]
-    fn kv_pool_is_what_utilization_leaves_split_across_workers() {
-        let gib = 1u64 << 30;
-        let mem = DeviceMemory {
-            device: "cuda:0".into(),
-            free: 64 * gib,
-            total: 80 * gib,
-        };
-        // 0.9 * 80 = 72 GiB budget, 16 used, 2 x 1 GiB scratch -> 54 GiB / 2.
-        assert_eq!(kv_pool_bytes_per_worker(&mem, 0.9, gib, 2), Ok(27 * gib));
-        assert!(kv_pool_bytes_per_worker(&mem, 0.2, gib, 2).is_err());
-        assert!(kv_pool_bytes_per_worker(&mem, 1.5, gib, 2).is_err());
-        assert!(kv_pool_bytes_per_worker(&mem, 0.0, 0, 1).is_err());
-    }
-}
-
 /// A model with everything needed to serve it.
 pub struct LoadedModel {
     /// The network.
@@ -262,5 +242,25 @@ impl std::fmt::Debug for LoadedModel {
             .field("bos_token_id", &self.bos_token_id)
             .field("max_model_len", &self.max_model_len)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod sizing_tests {
+    use super::*;
+
+    #[test]
+    fn kv_pool_is_what_utilization_leaves_split_across_workers() {
+        let gib = 1u64 << 30;
+        let mem = DeviceMemory {
+            device: "cuda:0".into(),
+            free: 64 * gib,
+            total: 80 * gib,
+        };
+        // 0.9 * 80 = 72 GiB budget, 16 used, 2 x 1 GiB scratch -> 54 GiB / 2.
+        assert_eq!(kv_pool_bytes_per_worker(&mem, 0.9, gib, 2), Ok(27 * gib));
+        assert!(kv_pool_bytes_per_worker(&mem, 0.2, gib, 2).is_err());
+        assert!(kv_pool_bytes_per_worker(&mem, 1.5, gib, 2).is_err());
+        assert!(kv_pool_bytes_per_worker(&mem, 0.0, 0, 1).is_err());
     }
 }
