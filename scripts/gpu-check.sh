@@ -14,7 +14,7 @@ mkdir -p "$OUTDIR"
 # them from PyTorch's nvidia-* wheels; libcuda.so.1 comes from the driver.
 NV="$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null || true)"
 LIBS=$(find "$NV/nvidia" -maxdepth 3 -type d -name lib 2>/dev/null | tr '\n' ':')
-export LD_LIBRARY_PATH="${LIBS}${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="${LIBS}/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
 chmod +x "$BIN"/reprise "$BIN"/cuda_check 2>/dev/null || true
 ldd "$BIN/cuda_check" | grep -E "not found" && { echo "missing CUDA libraries (see above)"; exit 1; }
 export PYTHONUNBUFFERED=1
