@@ -93,11 +93,12 @@ fn solve(mut a: Vec<Vec<f64>>) -> Option<Vec<f64>> {
             return None;
         }
         a.swap(c, p);
-        for r in 0..n {
+        let pivot = a[c].clone();
+        for (r, row) in a.iter_mut().enumerate() {
             if r != c {
-                let f = a[r][c] / a[c][c];
-                for k in c..=n {
-                    a[r][k] -= f * a[c][k];
+                let f = row[c] / pivot[c];
+                for (x, pv) in row[c..].iter_mut().zip(&pivot[c..]) {
+                    *x -= f * pv;
                 }
             }
         }
@@ -257,6 +258,7 @@ mod tests {
         let stages = [Stage {
             rate: 0.05,
             requests: 60,
+            warmup: false,
         }];
         let r = simulate(
             &cfg,

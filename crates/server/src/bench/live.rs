@@ -97,6 +97,10 @@ pub struct CompareArgs {
     /// More `reprise serve` arguments, one string (e.g. "--block-size 16 --num-kv-blocks 2048").
     #[arg(long, allow_hyphen_values = true)]
     pub serve_args: Option<String>,
+    /// The `reprise` executable to start (default: this one). Point it at a copy when
+    /// other builds may replace this one mid-run.
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
     /// Seconds to wait for each server's /health.
     #[arg(long, default_value_t = 300.0)]
     pub startup_timeout_s: f64,
@@ -565,12 +569,7 @@ fn write_live_report(
         .collect();
     let timeline = report::cache_timeline(&samples);
     report::write_timeline(dir, &timeline)?;
-    report::write_pictures(
-        dir,
-        &rows,
-        &timeline,
-        "seconds since the policy's first request",
-    )?;
+    report::write_pictures(dir, &rows, &timeline, report::LIVE_TIME_LABEL)?;
     println!("\nsummary");
     report::print_table(&rows);
     eprintln!("wrote {}", dir.display());
@@ -616,8 +615,29 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-async fn start_server(a: &CompareArgs, policy: &str, log: PathBuf) -> Result<(Server, Endpoint)> {
+/// The executable that serves: `--server-bin`, else this process's own file. When a
+/// rebuild replaced that file while we run, Linux reports it as "PATH (deleted)";
+/// the new file at PATH is then the one to start.
+fn server_exe(a: &CompareArgs) -> Result<PathBuf> {
+    if let Some(p) = &a.server_bin {
+        return Ok(p.clone());
+    }
     let exe = std::env::current_exe().context("cannot find the reprise executable")?;
+    if exe.exists() {
+        return Ok(exe);
+    }
+    let s = exe.to_string_lossy();
+    match s.strip_suffix(" (deleted)").map(PathBuf::from) {
+        Some(p) if p.exists() => Ok(p),
+        _ => bail!(
+            "the reprise executable {} is gone (rebuilt?); pass --server-bin",
+            exe.display()
+        ),
+    }
+}
+
+async fn start_server(a: &CompareArgs, policy: &str, log: PathBuf) -> Result<(Server, Endpoint)> {
+    let exe = server_exe(a)?;
     let port = free_port()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args([
@@ -681,20 +701,49 @@ pub async fn compare(a: CompareArgs) -> Result<()> {
     let wl = Arc::new(Workload::build(&a.load.workload)?);
     super::ensure_dir(&a.load.out)?;
     let mut runs = Vec::new();
+    let mut failures = Vec::new();
+    // A policy that fails (server did not start, benchmark error) is reported at the
+    // end; the others still run and are written.
     for p in policies {
         eprintln!("starting reprise serve --policy {p}");
         let log = a.load.out.join(format!("serve-{p}.log"));
-        let (server, ep) = start_server(&a, p.name(), log).await?;
-        let r = bench_label(ep, None, None, p.name(), &a.load, &wl).await;
-        drop(server);
-        runs.push((p.name().to_string(), r?));
+        let r = match start_server(&a, p.name(), log).await {
+            Ok((server, ep)) => {
+                let r = bench_label(ep, None, None, p.name(), &a.load, &wl).await;
+                drop(server);
+                r
+            }
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(r) => runs.push((p.name().to_string(), r)),
+            Err(e) => {
+                eprintln!("policy {p} failed: {e:#}");
+                failures.push(format!("{p}: {e:#}"));
+            }
+        }
     }
-    write_live_report(
-        &a.load,
-        &wl,
-        &runs,
-        json!({ "model": a.model, "devices": a.devices, "serve_args": a.serve_args }),
-    )
+    if !runs.is_empty() {
+        write_live_report(
+            &a.load,
+            &wl,
+            &runs,
+            json!({
+                "model": a.model,
+                "devices": a.devices,
+                "serve_args": a.serve_args,
+                "failed_policies": failures,
+            }),
+        )?;
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} policy run(s) failed: {}",
+            failures.len(),
+            failures.join("; ")
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -36,6 +36,16 @@ pub enum BenchCommand {
     Compare(live::CompareArgs),
     /// Fit a cost model from a live run's requests.jsonl.
     Fit(fit::FitArgs),
+    /// Redraw the pictures of a results directory (results.json, cache_timeline.csv).
+    Plot(PlotArgs),
+}
+
+/// Options of `reprise bench plot`.
+#[derive(Debug, Clone, Args)]
+pub struct PlotArgs {
+    /// Directory written by `bench sim`, `bench run` or `bench compare`.
+    #[arg(long)]
+    pub dir: PathBuf,
 }
 
 /// Options of `reprise bench sim`. Values left unset come from `--preset` (or the
@@ -55,8 +65,19 @@ pub struct SimArgs {
     #[arg(long)]
     pub rates: Option<String>,
     /// Virtual seconds of arrivals per rate (requests = rate × this).
-    #[arg(long, conflicts_with = "requests_per_rate")]
+    #[arg(long, conflicts_with_all = ["requests_per_rate", "durations"])]
     pub duration_per_rate: Option<f64>,
+    /// Comma-separated seconds of arrivals, one per rate (llm-d-73: llm-d's own
+    /// stage durations).
+    #[arg(long, conflicts_with = "requests_per_rate")]
+    pub durations: Option<String>,
+    /// Requests of an unreported warm-up rung before the ladder (llm-d-73: 750, one
+    /// pass over every prompt; 0 turns it off).
+    #[arg(long)]
+    pub warmup_requests: Option<usize>,
+    /// Rate of the warm-up rung, requests/s (llm-d-73: 15).
+    #[arg(long)]
+    pub warmup_rate: Option<f64>,
     /// Requests per rate (instead of --duration-per-rate).
     #[arg(long)]
     pub requests_per_rate: Option<usize>,
@@ -75,7 +96,8 @@ pub struct SimArgs {
     /// Most running sequences per worker.
     #[arg(long)]
     pub max_num_seqs: Option<usize>,
-    /// Cost model: a JSON file, or a shipped name (qwen3-32b-tp2-h100, reprise-cpu-smollm2-135m).
+    /// Cost model: a JSON file, or a shipped name (qwen3-32b-tp2-h100,
+    /// qwen3-32b-tp2-h100-roofline, reprise-cpu-smollm2-135m).
     #[arg(long)]
     pub cost_model: Option<String>,
     /// Delay of KV events and load reports from worker to router, milliseconds.
@@ -104,6 +126,10 @@ struct Preset {
     policies: &'static str,
     rates: &'static str,
     duration_per_rate: f64,
+    /// Per-rate durations, overriding `duration_per_rate`.
+    durations: Option<&'static str>,
+    /// (requests, rate) of the warm-up rung.
+    warmup: (usize, f64),
     workers: usize,
     kv_tokens: usize,
     block_size: usize,
@@ -115,12 +141,15 @@ struct Preset {
 
 /// llm-d's "KV-cache wins you can see": 8 × Qwen3-32B (TP=2, H100) with 307,328 KV
 /// tokens each, 150 × 5 prompts of 6,000 + 1,200 tokens (73% of the cluster's KV),
-/// 1,000 output tokens, the published QPS ladder. vLLM's H100 defaults for the
-/// OpenAI server (8,192-token step budget, 1,024 sequences).
+/// 1,000 output tokens, the published QPS ladder with its inference-perf stage
+/// durations and its warm-up stage (15 QPS for 50 s: every prompt once). vLLM's
+/// H100 defaults for the OpenAI server (8,192-token step budget, 1,024 sequences).
 const LLM_D_73: Preset = Preset {
     policies: "precise,approximate,random,load",
     rates: "3,10,15,20,22,25,30,35,40,43,46,49,52,55,57,60",
     duration_per_rate: 20.0,
+    durations: Some("20,20,20,38,34,30,25,21,38,36,33,30,29,27,26,25"),
+    warmup: (750, 15.0),
     workers: 8,
     kv_tokens: 307_328,
     block_size: 64,
@@ -135,6 +164,8 @@ const SMALL: Preset = Preset {
     policies: "precise,approximate,load,round-robin,random",
     rates: "2,4,8",
     duration_per_rate: 20.0,
+    durations: None,
+    warmup: (0, 1.0),
     workers: 4,
     kv_tokens: 65_536,
     block_size: 16,
@@ -145,10 +176,14 @@ const SMALL: Preset = Preset {
 };
 
 /// Cost models shipped in the binary (the JSON files under bench/cost-models/).
-const SHIPPED_COST_MODELS: [(&str, &str); 2] = [
+const SHIPPED_COST_MODELS: [(&str, &str); 3] = [
     (
         "qwen3-32b-tp2-h100",
         include_str!("../../../../bench/cost-models/qwen3-32b-tp2-h100.json"),
+    ),
+    (
+        "qwen3-32b-tp2-h100-roofline",
+        include_str!("../../../../bench/cost-models/qwen3-32b-tp2-h100-roofline.json"),
     ),
     (
         "reprise-cpu-smollm2-135m",
@@ -227,6 +262,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Run(a) => live::run(a).await,
         BenchCommand::Compare(a) => live::compare(a).await,
         BenchCommand::Fit(a) => fit::run(&a),
+        BenchCommand::Plot(a) => report::replot(&a.dir),
     }
 }
 
@@ -235,11 +271,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 struct SimSetup {
     preset: Option<String>,
     workload: String,
+    distinct_prompts: usize,
+    sharing_groups: usize,
     resident_tokens: usize,
     cluster_kv_tokens: usize,
     policies: Vec<String>,
     rates: Vec<f64>,
     requests_per_rate: Vec<usize>,
+    warmup_requests: usize,
+    warmup_rate: f64,
     workers: usize,
     kv_tokens_per_worker: usize,
     block_size: usize,
@@ -271,15 +311,39 @@ fn run_sim(a: &SimArgs) -> Result<()> {
         wl_args.workload = p.workload;
     }
     let wl = workload::Workload::build(&wl_args)?;
+    // Explicit options win over the preset: --requests-per-rate, then
+    // --duration-per-rate, then --durations, then the preset's durations.
+    let durations: Vec<f64> = match (a.duration_per_rate, a.durations.as_deref().or(p.durations)) {
+        (Some(d), _) => vec![d; rates.len()],
+        (None, Some(list)) => {
+            let d = parse_rates(list).context("--durations")?;
+            if d.len() != rates.len() {
+                bail!(
+                    "--durations has {} values for {} rates",
+                    d.len(),
+                    rates.len()
+                );
+            }
+            d
+        }
+        (None, None) => vec![p.duration_per_rate; rates.len()],
+    };
     let requests: Vec<usize> = rates
         .iter()
-        .map(|r| match a.requests_per_rate {
+        .zip(&durations)
+        .map(|(r, d)| match a.requests_per_rate {
             Some(n) => n,
-            None => (r * a.duration_per_rate.unwrap_or(p.duration_per_rate))
-                .round()
-                .max(1.0) as usize,
+            None => (r * d).round().max(1.0) as usize,
         })
         .collect();
+    let warmup = sim::Stage {
+        rate: a.warmup_rate.unwrap_or(p.warmup.1),
+        requests: a.warmup_requests.unwrap_or(p.warmup.0),
+        warmup: true,
+    };
+    if !(warmup.rate.is_finite() && warmup.rate > 0.0) {
+        bail!("--warmup-rate must be > 0");
+    }
     let mut router: RouterConfig = match &a.router_config {
         Some(j) => {
             serde_json::from_str(j).context("--router-config is not a valid router config")?
@@ -305,11 +369,15 @@ fn run_sim(a: &SimArgs) -> Result<()> {
     let setup = SimSetup {
         preset: a.preset.clone(),
         workload: wl.description.clone(),
+        distinct_prompts: wl.prompts.len(),
+        sharing_groups: wl.groups(),
         resident_tokens: wl.resident_tokens(block_size),
         cluster_kv_tokens: cluster.workers * cluster.num_blocks * block_size,
         policies: policies.iter().map(|p| p.to_string()).collect(),
         rates: rates.clone(),
         requests_per_rate: requests.clone(),
+        warmup_requests: warmup.requests,
+        warmup_rate: warmup.rate,
         workers: cluster.workers,
         kv_tokens_per_worker: cluster.num_blocks * block_size,
         block_size,
@@ -331,12 +399,21 @@ fn run_sim(a: &SimArgs) -> Result<()> {
         policies.len(),
         rates.len()
     );
-    let stages: Vec<sim::Stage> = rates
-        .iter()
-        .zip(&requests)
-        .map(|(&rate, &requests)| sim::Stage { rate, requests })
+    let stages: Vec<sim::Stage> = (warmup.requests > 0)
+        .then_some(warmup)
+        .into_iter()
+        .chain(
+            rates
+                .iter()
+                .zip(&requests)
+                .map(|(&rate, &requests)| sim::Stage {
+                    rate,
+                    requests,
+                    warmup: false,
+                }),
+        )
         .collect();
-    let total: u64 = requests.iter().sum::<usize>() as u64 * policies.len() as u64;
+    let total: u64 = stages.iter().map(|s| s.requests as u64).sum::<u64>() * policies.len() as u64;
     let bar = report::progress_bar(total, "requests");
     let started = std::time::Instant::now();
     let jobs = a
@@ -356,7 +433,10 @@ fn run_sim(a: &SimArgs) -> Result<()> {
         steps as f64 / wall.max(1e-9)
     );
     report::write_sim_report(&a.out, &setup, &results, &slo, wall)?;
-    report::print_table(&report::sim_rows(&results, &slo));
+    let rows = report::sim_rows(&results, &slo);
+    report::print_table(&rows);
+    println!("\nmean over the rungs (inference-perf's \"summary across QPS\")");
+    report::print_table(&report::mean_rows(&rows)?);
     eprintln!("wrote {}", a.out.display());
     Ok(())
 }
@@ -428,6 +508,60 @@ mod tests {
         // Warm: 0.6 s with 1,220 of the 10K tokens still to compute (88% cached).
         let warm = step(8780, 1220);
         assert!((warm - 0.6).abs() < 0.01, "{warm}");
+    }
+
+    #[test]
+    fn roofline_cost_model_follows_the_hardware_limits() {
+        use reprise_engine::executor::StepInput;
+        let c = load_cost_model("qwen3-32b-tp2-h100-roofline").unwrap();
+        // 2·32.8e9 FLOP per token at half of 2 × 989 TFLOP/s.
+        assert!((c.prefill_token_s - 2.0 * 32.8e9 / (0.5 * 2.0 * 989e12)).abs() < 1e-6);
+        // 64 layers × 8 KV heads × 128 dims × K and V × 2 bytes, halved by TP, at 3.35 TB/s.
+        let kv_bytes_per_gpu = 64.0 * 8.0 * 128.0 * 2.0 * 2.0 / 2.0;
+        assert!((c.decode_context_token_s - kv_bytes_per_gpu / 3.35e12).abs() < 1e-9);
+        // A full worker (307,328 context tokens in ~40 sequences) decodes at ~25 ms.
+        let toks = vec![1000u32; 1];
+        let seqs: Vec<StepInput> = (0..40)
+            .map(|i| StepInput {
+                seq: i,
+                tokens: &toks,
+                start_pos: 7683,
+                block_table: &[],
+                sample: true,
+            })
+            .collect();
+        let itl = c.step_time(&seqs);
+        assert!((0.022..0.028).contains(&itl), "{itl}");
+    }
+
+    /// `reprise bench` as its own command line, to check the flattened options.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: BenchCommand,
+    }
+
+    #[test]
+    fn command_line_has_no_clashing_options() {
+        use clap::{CommandFactory, Parser};
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from([
+            "bench",
+            "compare",
+            "--num-prompts",
+            "48",
+            "--random-prompts",
+            "5",
+            "--rates",
+            "0.5",
+        ])
+        .unwrap();
+        let BenchCommand::Compare(a) = c.cmd else {
+            panic!("not compare")
+        };
+        assert_eq!((a.load.num_prompts, a.load.workload.num_prompts), (48, 5));
+        let c = Cli::try_parse_from(["bench", "sim", "--preset", "llm-d-73"]).unwrap();
+        assert!(matches!(c.cmd, BenchCommand::Sim(_)));
     }
 
     #[test]

@@ -48,6 +48,52 @@ pub fn ladder_rows(results: &[SimResult], slo: &Slo) -> Vec<Summary> {
         .collect()
 }
 
+/// Each policy's rungs averaged, the way inference-perf's "Summary across QPS" (and
+/// so llm-d's published table) reports a ladder: every rate and latency figure is
+/// the mean of the per-rung figures; counts and `duration` are summed;
+/// `request_rate` is the mean rate.
+pub fn mean_rows(rows: &[Summary]) -> Result<Vec<Summary>> {
+    let mut policies: Vec<&str> = Vec::new();
+    for r in rows {
+        if !policies.contains(&r.policy.as_str()) {
+            policies.push(&r.policy);
+        }
+    }
+    let mut out = Vec::with_capacity(policies.len());
+    for p in policies {
+        let vals: Vec<serde_json::Value> = rows
+            .iter()
+            .filter(|r| r.policy == p)
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
+        let Some(serde_json::Value::Object(first)) = vals.first() else {
+            continue;
+        };
+        let mut m = first.clone();
+        for (k, v) in m.iter_mut() {
+            let nums: Option<Vec<&serde_json::Value>> = vals
+                .iter()
+                .map(|x| x.get(k).filter(|y| y.is_number()))
+                .collect();
+            let Some(nums) = nums else { continue };
+            let n = nums.len() as f64;
+            if k == "duration" || nums.iter().all(|y| y.is_u64()) {
+                let sum: u64 = nums.iter().filter_map(|y| y.as_u64()).sum();
+                *v = if k == "duration" {
+                    serde_json::json!(nums.iter().filter_map(|y| y.as_f64()).sum::<f64>())
+                } else {
+                    serde_json::json!(sum)
+                };
+            } else {
+                *v = serde_json::json!(nums.iter().filter_map(|y| y.as_f64()).sum::<f64>() / n);
+            }
+        }
+        m.insert("per_worker".into(), serde_json::json!([]));
+        out.push(serde_json::from_value(serde_json::Value::Object(m))?);
+    }
+    Ok(out)
+}
+
 /// CSV columns, in `vllm bench serve` order.
 const CSV_COLUMNS: &[&str] = &[
     "policy",
@@ -124,11 +170,13 @@ pub fn cache_timeline(samples: &[(String, Vec<(f64, usize)>)]) -> Vec<(String, V
         .iter()
         .flat_map(|(_, v)| v.iter().map(|x| x.0))
         .fold(0.0f64, f64::max);
-    // About 120 bins over the longest run, in a round number of seconds.
+    // At most 80 bins over the longest run, in a round number of seconds: finer bins
+    // turn the gaps between ladder rungs (no prefill completes while a rung drains)
+    // into a comb of zeros that hides the level.
     let width = [1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0]
         .into_iter()
-        .find(|w| end / w <= 150.0)
-        .unwrap_or(end / 150.0)
+        .find(|w| end / w <= 80.0)
+        .unwrap_or(end / 80.0)
         .max(1e-3);
     samples
         .iter()
@@ -163,6 +211,7 @@ pub fn write_sim_report(
     write_records(dir, "results", &rows)?;
     let ladder = ladder_rows(results, slo);
     write_records(dir, "ladder", &ladder)?;
+    write_records(dir, "ladder_mean", &mean_rows(&rows)?)?;
     let cfg = serde_json::json!({ "mode": "sim", "setup": setup, "wall_seconds": wall_s });
     write(
         &dir.join("config.json"),
@@ -174,12 +223,7 @@ pub fn write_sim_report(
         .collect();
     let timeline = cache_timeline(&samples);
     write_timeline(dir, &timeline)?;
-    write_pictures(
-        dir,
-        &rows,
-        &timeline,
-        "virtual time since the ladder started (s)",
-    )
+    write_pictures(dir, &rows, &timeline, SIM_TIME_LABEL)
 }
 
 /// cache_timeline.csv: policy, time, cached tokens/s.
@@ -191,6 +235,56 @@ pub fn write_timeline(dir: &Path, timeline: &[(String, Vec<(f64, f64)>)]) -> Res
         }
     }
     write(&dir.join("cache_timeline.csv"), csv.as_bytes())
+}
+
+/// Label of the timeline's x axis for a simulated run.
+const SIM_TIME_LABEL: &str = "virtual time since the ladder started (s)";
+/// Label of the timeline's x axis for a live run.
+pub const LIVE_TIME_LABEL: &str = "seconds since the policy's first request";
+
+/// Redraw a results directory's pictures from its results.json and
+/// cache_timeline.csv (`reprise bench plot`).
+pub fn replot(dir: &Path) -> Result<()> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let rows: Vec<Summary> =
+        serde_json::from_str(&read("results.json")?).context("results.json is not valid")?;
+    let mut timeline: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for (n, line) in read("cache_timeline.csv")?.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let parsed = match f.as_slice() {
+            [p, t, v] => t
+                .parse::<f64>()
+                .ok()
+                .zip(v.parse::<f64>().ok())
+                .map(|x| (*p, x)),
+            _ => None,
+        };
+        let Some((p, pt)) = parsed else {
+            anyhow::bail!(
+                "cache_timeline.csv line {}: expected policy,time,value",
+                n + 1
+            );
+        };
+        match timeline.iter_mut().find(|(q, _)| q == p) {
+            Some((_, v)) => v.push(pt),
+            None => timeline.push((p.to_string(), vec![pt])),
+        }
+    }
+    let live = read("config.json")
+        .ok()
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
+        .is_some_and(|c| c["mode"] == "live");
+    let label = if live {
+        LIVE_TIME_LABEL
+    } else {
+        SIM_TIME_LABEL
+    };
+    write_pictures(dir, &rows, &timeline, label)?;
+    eprintln!("redrew the pictures in {}", dir.display());
+    Ok(())
 }
 
 /// Print the headline table (policy, rate, p50/p90 TTFT, throughput, cache hits).
@@ -250,16 +344,27 @@ pub struct Line {
     pub points: Vec<(f64, f64)>,
 }
 
-/// A line chart; with `log_y` values are drawn on a log10 axis labelled in the
-/// original unit (zeros and negatives are left out).
+/// How a chart's y axis and legend are laid out.
+pub struct ChartStyle {
+    /// Draw y on a log10 axis labelled in the original unit (zeros and negatives
+    /// are left out).
+    pub log_y: bool,
+    /// Fixed top of a linear y axis (e.g. 100 for percentages).
+    pub y_max: Option<f64>,
+    /// Where the legend goes (away from where the lines usually are).
+    pub legend: SeriesLabelPosition,
+}
+
+/// A line chart of `lines`, styled by `style`.
 pub fn line_chart(
     path: &Path,
     title: &str,
     x_label: &str,
     y_label: &str,
     lines: &[Line],
-    log_y: bool,
+    style: ChartStyle,
 ) -> Result<()> {
+    let log_y = style.log_y;
     let tf = |y: f64| if log_y { y.log10() } else { y };
     let pts: Vec<Vec<(f64, f64)>> = lines
         .iter()
@@ -284,10 +389,15 @@ pub fn line_chart(
     }
     if log_y {
         y0 = y0.floor();
-        y1 = y1.ceil().max(y0 + 1.0);
+        // One empty decade on top keeps an upper legend clear of the lines.
+        y1 = y1.ceil().max(y0 + 1.0) + 1.0;
     } else {
         y0 = y0.min(0.0);
-        y1 = if y1 > y0 { y1 * 1.08 } else { y0 + 1.0 };
+        y1 = match style.y_max {
+            Some(m) => m,
+            None if y1 > y0 => y1 * 1.08,
+            None => y0 + 1.0,
+        };
     }
     if x1 <= x0 {
         x1 = x0 + 1.0;
@@ -296,10 +406,10 @@ pub fn line_chart(
     let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(80)
+        .caption(title, ("sans-serif", 24))
+        .margin(20)
+        .x_label_area_size(56)
+        .y_label_area_size(90)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(|e| err(&e))?;
     let fmt_y = |v: &f64| {
@@ -314,6 +424,8 @@ pub fn line_chart(
         .y_label_formatter(&fmt_y)
         .x_label_formatter(&|v| human(*v))
         .y_labels(if log_y { decades + 1 } else { 10 })
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
         .light_line_style(WHITE.mix(0.0))
         .bold_line_style(BLACK.mix(0.12))
         .draw()
@@ -342,13 +454,115 @@ pub fn line_chart(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(style.legend)
+        .label_font(("sans-serif", 15))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.3))
         .draw()
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// One policy's bar(s) in a bar chart: `low` (drawn dark, in front) and `high`
+/// (drawn light, behind) share the bar; `low` alone when there is one statistic.
+pub struct Bar {
+    /// Policy name (x label and colour key).
+    pub policy: String,
+    /// Front value.
+    pub low: f64,
+    /// Back value, at least `low`.
+    pub high: Option<f64>,
+}
+
+/// A bar chart with one bar per policy: a run at a single rate has no "against
+/// rate" line to draw. `unit` is appended to the value printed above each bar.
+pub fn bar_chart(path: &Path, title: &str, y_label: &str, unit: &str, bars: &[Bar]) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", path.display());
+    let top = bars
+        .iter()
+        .map(|b| b.high.unwrap_or(b.low).max(b.low))
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let y1 = if top > 0.0 { top * 1.15 } else { 1.0 };
+    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let n = bars.len().max(1);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(20)
+        .x_label_area_size(56)
+        .y_label_area_size(90)
+        // A segmented 0..k range has k + 1 segments: one per bar.
+        .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..y1)
+        .map_err(|e| err(&e))?;
+    let names: Vec<String> = bars.iter().map(|b| b.policy.clone()).collect();
+    let fmt_x = |v: &SegmentValue<usize>| match v {
+        SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&fmt_x)
+        .y_desc(y_label)
+        .y_label_formatter(&|v| human(*v))
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .light_line_style(WHITE.mix(0.0))
+        .bold_line_style(BLACK.mix(0.12))
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, b) in bars.iter().enumerate() {
+        let c = color(&b.policy, i);
+        let rect = |v: f64, style: ShapeStyle| {
+            let mut r = Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), v),
+                ],
+                style,
+            );
+            r.set_margin(0, 0, 18, 18);
+            r
+        };
+        let mut labels = vec![(b.low, format!("{}{unit}", human(b.low)))];
+        if let Some(h) = b.high {
+            chart
+                .draw_series(std::iter::once(rect(h, c.mix(0.35).filled())))
+                .map_err(|e| err(&e))?;
+            labels.push((h, format!("{}{unit}", human(h))));
+        }
+        chart
+            .draw_series(std::iter::once(rect(b.low, c.filled())))
+            .map_err(|e| err(&e))?;
+        for (v, t) in labels {
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    t,
+                    (SegmentValue::CenterOf(i), v + y1 * 0.035),
+                    ("sans-serif", 14),
+                )))
+                .map_err(|e| err(&e))?;
+        }
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Centred moving average of `pts`' y over `half` points either side (fewer at the
+/// ends).
+pub fn moving_average(pts: &[(f64, f64)], half: usize) -> Vec<(f64, f64)> {
+    (0..pts.len())
+        .map(|i| {
+            let w = &pts[i.saturating_sub(half)..(i + half + 1).min(pts.len())];
+            (
+                pts[i].0,
+                w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64,
+            )
+        })
+        .collect()
 }
 
 /// Short human form of a number for axis labels (1.5k, 2M, 0.05).
@@ -361,7 +575,10 @@ fn human(v: f64) -> String {
     } else if a >= 1.0 || a == 0.0 {
         trim(v)
     } else {
-        format!("{v:.2}")
+        // Enough decimals for one significant digit (0.1, 0.05, 0.001), no trailing zeros.
+        let d = (-a.log10()).ceil().clamp(1.0, 6.0) as usize;
+        let s = format!("{v:.d$}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
@@ -383,6 +600,47 @@ pub fn write_pictures(
         if !policies.contains(&r.policy.as_str()) {
             policies.push(&r.policy);
         }
+    }
+    let mut rates: Vec<f64> = rows.iter().map(|r| r.request_rate).collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    if rates.len() == 1 {
+        let bars = |low: &dyn Fn(&Summary) -> f64, high: Option<&dyn Fn(&Summary) -> f64>| {
+            rows.iter()
+                .map(|r| Bar {
+                    policy: r.policy.clone(),
+                    low: low(r),
+                    high: high.map(|h| h(r)),
+                })
+                .collect::<Vec<_>>()
+        };
+        let at = if rates[0] > 0.0 {
+            format!("{} req/s", human(rates[0]))
+        } else {
+            "max rate".to_string()
+        };
+        bar_chart(
+            &dir.join("ttft_vs_rate.svg"),
+            &format!("Time to first token at {at} (dark p50, light p90)"),
+            "TTFT (s)",
+            " s",
+            &bars(&|r| r.ttft.median / 1000.0, Some(&|r| r.ttft.p90 / 1000.0)),
+        )?;
+        bar_chart(
+            &dir.join("throughput_vs_rate.svg"),
+            &format!("Output token throughput at {at}"),
+            "output tokens/s",
+            "",
+            &bars(&|r| r.output_throughput, None),
+        )?;
+        bar_chart(
+            &dir.join("cache_hit_ratio_vs_rate.svg"),
+            &format!("Cached prompt-token ratio at {at}"),
+            "cached / prompt tokens (%)",
+            "%",
+            &bars(&|r| 100.0 * r.cached_token_ratio, None),
+        )?;
+        return timeline_chart(dir, timeline, time_label);
     }
     let series = |f: &dyn Fn(&Summary) -> f64, p: &str| -> Vec<(f64, f64)> {
         rows.iter()
@@ -411,8 +669,17 @@ pub fn write_pictures(
         "request rate (req/s)",
         "TTFT (s, log scale)",
         &ttft,
-        true,
+        ChartStyle {
+            log_y: true,
+            y_max: None,
+            legend: SeriesLabelPosition::UpperLeft,
+        },
     )?;
+    let linear = |legend| ChartStyle {
+        log_y: false,
+        y_max: None,
+        legend,
+    };
     let simple = |f: &dyn Fn(&Summary) -> f64| -> Vec<Line> {
         policies
             .iter()
@@ -430,7 +697,7 @@ pub fn write_pictures(
         "request rate (req/s)",
         "output tokens/s",
         &simple(&|r| r.output_throughput),
-        false,
+        linear(SeriesLabelPosition::UpperLeft),
     )?;
     line_chart(
         &dir.join("cache_hit_ratio_vs_rate.svg"),
@@ -438,24 +705,43 @@ pub fn write_pictures(
         "request rate (req/s)",
         "cached / prompt tokens (%)",
         &simple(&|r| 100.0 * r.cached_token_ratio),
-        false,
+        ChartStyle {
+            y_max: Some(105.0),
+            ..linear(SeriesLabelPosition::MiddleRight)
+        },
     )?;
+    timeline_chart(dir, timeline, time_label)
+}
+
+/// effective_cache_throughput.svg.
+fn timeline_chart(
+    dir: &Path,
+    timeline: &[(String, Vec<(f64, f64)>)],
+    time_label: &str,
+) -> Result<()> {
+    // A centred 5-bin moving average: bins in which a rung drains (no prefill
+    // completes) otherwise draw a comb of zeros over the level (the CSV keeps the
+    // raw bins).
     let lines: Vec<Line> = timeline
         .iter()
         .map(|(p, pts)| Line {
             label: p.clone(),
             policy: p.clone(),
             dashed: false,
-            points: pts.clone(),
+            points: moving_average(pts, 2),
         })
         .collect();
     line_chart(
         &dir.join("effective_cache_throughput.svg"),
-        "Effective cache throughput over time (prompt tokens/s served from cache)",
+        "Effective cache throughput over time (prompt tokens/s from cache, 5-bin mean)",
         time_label,
         "cached prompt tokens/s",
         &lines,
-        false,
+        ChartStyle {
+            log_y: false,
+            y_max: None,
+            legend: SeriesLabelPosition::UpperRight,
+        },
     )
 }
 
@@ -470,6 +756,75 @@ mod tests {
         assert_eq!(pts.len(), 4);
         assert_eq!(pts[0], (0.0, 200.0));
         assert_eq!(pts[3], (3.0, 50.0));
+    }
+
+    #[test]
+    fn mean_rows_average_rungs_and_sum_counts() {
+        let mk = |p: &str, rate: f64, ttft: f64| {
+            let rec = RequestRecord {
+                ttft_s: Some(ttft),
+                e2el_s: 2.0,
+                prompt_tokens: 10,
+                output_tokens: 4,
+                worker: Some(0),
+                ..Default::default()
+            };
+            Summary::from_records(p, rate, &[rec], 2.0, &Slo::default())
+        };
+        let rows = vec![mk("a", 1.0, 0.1), mk("a", 3.0, 0.3), mk("b", 2.0, 1.0)];
+        let m = mean_rows(&rows).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].policy.as_str(), m[0].completed), ("a", 2));
+        assert!((m[0].request_rate - 2.0).abs() < 1e-12);
+        assert!((m[0].ttft.p90 - 200.0).abs() < 1e-9);
+        assert!((m[0].duration - 4.0).abs() < 1e-12);
+        assert!((m[0].output_throughput - 2.0).abs() < 1e-12);
+        assert_eq!(m[0].total_output_tokens, 8);
+        assert!((m[1].ttft.median - 1000.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn moving_average_is_centred() {
+        let m = moving_average(&[(0.0, 3.0), (1.0, 0.0), (2.0, 3.0), (3.0, 6.0)], 1);
+        assert_eq!(m, vec![(0.0, 1.5), (1.0, 2.0), (2.0, 3.0), (3.0, 4.5)]);
+        assert!(moving_average(&[], 1).is_empty());
+    }
+
+    #[test]
+    fn a_single_rate_draws_bars_per_policy() {
+        let dir = std::env::temp_dir().join(format!("reprise-bars-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rows: Vec<Summary> = ["precise", "random"]
+            .iter()
+            .map(|p| {
+                let rec = RequestRecord {
+                    ttft_s: Some(0.5),
+                    e2el_s: 1.0,
+                    prompt_tokens: 10,
+                    output_tokens: 5,
+                    cached_tokens: 5,
+                    worker: Some(0),
+                    ..Default::default()
+                };
+                Summary::from_records(p, 0.5, &[rec], 2.0, &Slo::default())
+            })
+            .collect();
+        write_pictures(&dir, &rows, &[], "t (s)").unwrap();
+        let s = std::fs::read_to_string(dir.join("ttft_vs_rate.svg")).unwrap();
+        assert!(s.contains("at 0.5 req/s") && s.contains("random"), "{s}");
+        assert!(s.contains("<rect"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn axis_numbers_are_short() {
+        assert_eq!(human(0.1), "0.1");
+        assert_eq!(human(0.05), "0.05");
+        assert_eq!(human(0.0), "0");
+        assert_eq!(human(2.5), "2.5");
+        assert_eq!(human(1500.0), "1500");
+        assert_eq!(human(25_000.0), "25k");
+        assert_eq!(human(2_000_000.0), "2M");
     }
 
     #[test]
@@ -502,6 +857,7 @@ mod tests {
             .starts_with("precise,1.0,,1,0,2.0,"));
         let tl = cache_timeline(&[("precise".into(), vec![(1.0, 10), (5.0, 20)])]);
         write_pictures(&dir, &rows, &tl, "t (s)").unwrap();
+        write_timeline(&dir, &tl).unwrap();
         for f in [
             "ttft_vs_rate.svg",
             "throughput_vs_rate.svg",
@@ -511,6 +867,17 @@ mod tests {
             let s = std::fs::read_to_string(dir.join(f)).unwrap();
             assert!(s.contains("<svg") && s.contains("precise"), "{f}");
         }
+        // `bench plot` redraws them from results.json and cache_timeline.csv.
+        std::fs::remove_file(dir.join("ttft_vs_rate.svg")).unwrap();
+        std::fs::write(
+            dir.join("results.json"),
+            serde_json::to_string(&rows).unwrap(),
+        )
+        .unwrap();
+        replot(&dir).unwrap();
+        assert!(dir.join("ttft_vs_rate.svg").exists());
+        std::fs::write(dir.join("cache_timeline.csv"), "h\nprecise,x,1\n").unwrap();
+        assert!(replot(&dir).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 }

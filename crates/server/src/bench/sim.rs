@@ -54,13 +54,14 @@ pub struct Stage {
     pub rate: f64,
     /// Requests sent at this rate.
     pub requests: usize,
+    /// A warm-up rung: run like the others but not reported (it fills the caches
+    /// before the measured ladder, like inference-perf's warm-up stage).
+    pub warmup: bool,
 }
 
 /// The outcome of one rate.
 #[derive(Clone, Debug)]
 pub struct StageResult {
-    /// The rung.
-    pub stage: Stage,
     /// Virtual time of its first arrival, seconds.
     pub start_s: f64,
     /// Virtual time its last request completed, seconds.
@@ -170,8 +171,8 @@ pub fn simulate(
         })
         .collect::<Result<Vec<_>, reprise_engine::scheduler::SchedulerError>>()
         .context("scheduler configuration")?;
-    for w in 0..cfg.workers {
-        router.update_load(w, workers[w].sched.load())?;
+    for (w, wk) in workers.iter().enumerate() {
+        router.update_load(w, wk.sched.load())?;
     }
 
     // Same arrivals and prompt order for every policy: both depend on the seed only.
@@ -315,6 +316,9 @@ pub fn simulate(
             .iter()
             .map(|w| w.sched.stats().preemptions - w.preemptions_at_stage_start)
             .sum();
+        if stage.warmup {
+            continue;
+        }
         let mut summary =
             Summary::from_records(policy.name(), stage.rate, &records, now - start, slo);
         summary.preemptions = Some(preemptions);
@@ -322,7 +326,6 @@ pub fn simulate(
             r.itl_s = Vec::new();
         }
         out.stages.push(StageResult {
-            stage: *stage,
             start_s: start,
             end_s: now,
             records,
@@ -431,6 +434,7 @@ mod tests {
                 let stages = [Stage {
                     rate: 1.0,
                     requests: 40,
+                    warmup: false,
                 }];
                 let r = simulate(
                     &cluster(workers, 1 << 20),
@@ -457,11 +461,126 @@ mod tests {
     }
 
     #[test]
+    fn unlimited_kv_one_worker_one_group_shares_the_context_under_every_policy() {
+        // One group of 5 users (1,000 shared + 100 unique tokens) on one worker with
+        // room for everything: after the first request every request finds the whole
+        // shared context (its 62 full blocks), and a prompt sent before finds every
+        // full block but the one holding its last token.
+        let w = Workload::build(&WorkloadArgs {
+            workload: WorkloadKind::SharedPrefix,
+            groups: Some(1),
+            users: Some(5),
+            shared_len: Some(1000),
+            unique_len: Some(100),
+            output_len: Some(4),
+            ..Default::default()
+        })
+        .unwrap();
+        let shared = (1000 / 16) * 16;
+        let full = max_cacheable_blocks(1100, 16) * 16;
+        for policy in PolicyKind::ALL {
+            let stages = [Stage {
+                rate: 2.0,
+                requests: 25,
+                warmup: false,
+            }];
+            let r = simulate(
+                &cluster(1, 1 << 20),
+                &w,
+                policy,
+                &stages,
+                5,
+                &Slo::default(),
+                &|_| {},
+            )
+            .unwrap();
+            let order = w.order(25, 0);
+            let recs = &r.stages[0].records;
+            assert_eq!(recs[0].cached_tokens, 0, "{policy}");
+            let mut seen = std::collections::HashSet::from([order[0]]);
+            for (i, rec) in recs.iter().enumerate().skip(1) {
+                let want = if seen.contains(&order[i]) {
+                    full
+                } else {
+                    shared
+                };
+                assert_eq!(rec.cached_tokens, want, "{policy} request {i}");
+                seen.insert(order[i]);
+            }
+            assert!(r.stages[0].summary.cached_token_ratio > 0.85, "{policy}");
+        }
+    }
+
+    #[test]
+    fn a_warmup_rung_fills_the_cache_and_is_not_reported() {
+        let w = one_group(1);
+        let rung = |requests, warmup| Stage {
+            rate: 1.0,
+            requests,
+            warmup,
+        };
+        let run = |stages: &[Stage]| {
+            simulate(
+                &cluster(1, 1 << 16),
+                &w,
+                PolicyKind::Precise,
+                stages,
+                1,
+                &Slo::default(),
+                &|_| {},
+            )
+            .unwrap()
+        };
+        let cold = run(&[rung(5, false)]);
+        let warm = run(&[rung(3, true), rung(5, false)]);
+        assert_eq!(warm.stages.len(), 1);
+        assert_eq!(warm.stages[0].summary.completed, 5);
+        assert_eq!(cold.stages[0].records[0].cached_tokens, 0);
+        assert!(warm.stages[0].records.iter().all(|r| r.cached_tokens > 0));
+        assert!(warm.stages[0].start_s > 0.0);
+    }
+
+    #[test]
+    fn decode_steps_take_the_cost_models_time() {
+        // One request alone: 7 decode steps whose context grows 1,001..1,007 tokens.
+        let w = one_group(1);
+        let stages = [Stage {
+            rate: 1.0,
+            requests: 1,
+            warmup: false,
+        }];
+        let r = simulate(
+            &cluster(1, 1 << 12),
+            &w,
+            PolicyKind::Precise,
+            &stages,
+            1,
+            &Slo::default(),
+            &|_| {},
+        )
+        .unwrap();
+        let c = cost();
+        let mean_gap = c.step_overhead_s + c.decode_seq_s + c.decode_context_token_s * 1004.0;
+        let s = &r.stages[0].summary;
+        assert!(
+            (s.itl.mean - 1000.0 * mean_gap).abs() < 1e-9,
+            "{}",
+            s.itl.mean
+        );
+        assert!((s.tpot.mean - 1000.0 * mean_gap).abs() < 1e-9);
+        let rec = &r.stages[0].records[0];
+        assert!((rec.e2el_s - rec.ttft_s.unwrap() - 7.0 * mean_gap).abs() < 1e-9);
+        assert_eq!(r.steps, 8);
+        assert!((s.output_throughput - 8.0 / s.duration).abs() < 1e-9);
+    }
+
+    #[test]
     fn random_routing_misses_and_ttft_is_in_virtual_time() {
         let w = one_group(1);
         let stages = [Stage {
             rate: 0.5,
             requests: 30,
+            warmup: false,
         }];
         let r = simulate(
             &cluster(4, 1 << 16),
@@ -510,10 +629,12 @@ mod tests {
             Stage {
                 rate: 50.0,
                 requests: 60,
+                warmup: false,
             },
             Stage {
                 rate: 5.0,
                 requests: 20,
+                warmup: false,
             },
         ];
         let r = simulate(

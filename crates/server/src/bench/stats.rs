@@ -443,6 +443,105 @@ mod tests {
     }
 
     #[test]
+    fn five_requests_hand_computed() {
+        // (ttft, e2el, output tokens, gaps, cached) — gaps sum to e2el - ttft.
+        let spec: [(f64, f64, usize, Vec<f64>, usize); 5] = [
+            (0.5, 2.5, 5, vec![0.2, 0.8, 0.5, 0.5], 0),
+            (0.1, 0.1, 1, vec![], 100),
+            (0.4, 1.4, 11, vec![0.1; 10], 50),
+            (0.2, 1.2, 3, vec![0.5, 0.5], 100),
+            (0.3, 0.5, 5, vec![0.05; 4], 0),
+        ];
+        let mut recs: Vec<RequestRecord> = spec
+            .iter()
+            .enumerate()
+            .map(|(i, (t, e, o, g, c))| RequestRecord {
+                ttft_s: Some(*t),
+                e2el_s: *e,
+                prompt_tokens: 100,
+                output_tokens: *o,
+                cached_tokens: *c,
+                worker: Some(i % 2),
+                itl_s: g.clone(),
+                ..Default::default()
+            })
+            .collect();
+        // A failure counts in `failed` and nowhere else.
+        recs.push(RequestRecord {
+            ttft_s: Some(9.0),
+            e2el_s: 9.0,
+            prompt_tokens: 1000,
+            output_tokens: 1000,
+            cached_tokens: 1000,
+            error: Some("reset".into()),
+            ..Default::default()
+        });
+        let slo = Slo::parse(&["ttft:350 tpot:200 e2el:2000".into()]).unwrap();
+        let s = Summary::from_records("p", 1.0, &recs, 10.0, &slo);
+        let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-9, "{a} != {b}");
+        assert_eq!((s.completed, s.failed), (5, 1));
+        assert_eq!((s.total_input_tokens, s.total_output_tokens), (500, 25));
+        close(s.request_throughput, 0.5);
+        close(s.output_throughput, 2.5);
+        close(s.total_token_throughput, 52.5);
+        assert_eq!(s.cached_tokens, 250);
+        close(s.cached_token_ratio, 0.5);
+        close(s.effective_cache_throughput, 25.0);
+        // TTFT sorted 0.1..0.5: mean 300, median 300, p90 at rank 3.6 = 460,
+        // p95 at 3.8 = 480, p99 at 3.96 = 496, std sqrt(0.02) s.
+        close(s.ttft.mean, 300.0);
+        close(s.ttft.median, 300.0);
+        close(s.ttft.p90, 460.0);
+        close(s.ttft.p95, 480.0);
+        close(s.ttft.p99, 496.0);
+        close(s.ttft.std, 0.02f64.sqrt() * 1000.0);
+        // TPOT per request: 2.0/4, (1 token: none), 1.0/10, 1.0/2, 0.2/4 →
+        // sorted 50, 100, 500, 500 ms: mean 287.5, median 300, p90 (rank 2.7) 500.
+        close(s.tpot.mean, 287.5);
+        close(s.tpot.median, 300.0);
+        close(s.tpot.p90, 500.0);
+        // ITL pooled over requests: 20 gaps, 0.05×4, 0.1×10, 0.2, 0.5×4, 0.8:
+        // mean 4.2/20 = 210 ms, median 100, p90 (rank 17.1) 500, p99 (rank 18.81)
+        // 500 + 0.81·300 = 743.
+        close(s.itl.mean, 210.0);
+        close(s.itl.median, 100.0);
+        close(s.itl.p90, 500.0);
+        close(s.itl.p99, 743.0);
+        // E2EL sorted 0.1, 0.5, 1.2, 1.4, 2.5.
+        close(s.e2el.mean, 1140.0);
+        close(s.e2el.median, 1200.0);
+        // Goodput: request 0 misses TTFT, 2 misses TTFT, 3 misses TPOT; 1 (no TPOT)
+        // and 4 meet all three: 2 in 10 s.
+        assert_eq!(s.request_goodput, Some(0.2));
+        let s = Summary::from_records(
+            "p",
+            1.0,
+            &recs,
+            10.0,
+            &Slo::parse(&["ttft:450".into()]).unwrap(),
+        );
+        assert_eq!(s.request_goodput, Some(0.4));
+        // Per-worker split: even indices on worker 0.
+        assert_eq!(s.per_worker[0].requests, 3);
+        assert_eq!(s.per_worker[0].cached_tokens, 50);
+        assert_eq!(s.per_worker[1].output_tokens, 4);
+        // No duration: throughputs are 0, not infinite.
+        let z = Summary::from_records("p", 1.0, &recs, 0.0, &Slo::default());
+        assert_eq!(z.output_throughput, 0.0);
+    }
+
+    #[test]
+    fn tpot_needs_two_tokens_and_a_first_token() {
+        let mut r = rec(0.2, 1.2, 1, vec![]);
+        assert_eq!(r.tpot_s(), None);
+        r.output_tokens = 5;
+        assert!((r.tpot_s().unwrap() - 0.25).abs() < 1e-12);
+        r.ttft_s = None;
+        assert_eq!(r.tpot_s(), None);
+        assert!(!r.ok());
+    }
+
+    #[test]
     fn json_uses_vllm_field_names_and_round_trips() {
         let s = Summary::from_records(
             "load",

@@ -78,8 +78,14 @@ pub struct WorkloadArgs {
     /// Turns per conversation (multi-turn).
     #[arg(long, default_value_t = 5)]
     pub turns: usize,
-    /// Number of distinct prompts (random).
-    #[arg(long, default_value_t = 1000)]
+    /// Number of distinct prompts (random). Not `--num-prompts`: that is the number
+    /// of requests a live run sends, as in `vllm bench serve`.
+    #[arg(
+        long = "random-prompts",
+        id = "random_prompts",
+        value_name = "N",
+        default_value_t = 1000
+    )]
     pub num_prompts: usize,
     /// Relative spread of random lengths, in [0, 1).
     #[arg(long, default_value_t = 0.0)]
@@ -261,6 +267,14 @@ impl Workload {
         out
     }
 
+    /// Number of sharing groups (shared-prefix groups, conversations, or prompts).
+    pub fn groups(&self) -> usize {
+        let mut g: Vec<usize> = self.prompts.iter().map(|p| p.group).collect();
+        g.sort_unstable();
+        g.dedup();
+        g.len()
+    }
+
     /// Tokens held by the distinct prompts with shared prefixes counted once (the
     /// "resident set" the cluster's caches would need to hold them all).
     pub fn resident_tokens(&self, block_size: usize) -> usize {
@@ -389,6 +403,70 @@ mod tests {
                 assert_eq!(cur[prev.tokens.len()..prev.tokens.len() + 4], reply[..]);
             }
         }
+    }
+
+    #[test]
+    fn shared_prefix_custom_shape_is_token_exact_and_seeded() {
+        let mut a = args(WorkloadKind::SharedPrefix);
+        a.groups = Some(4);
+        a.users = Some(3);
+        a.shared_len = Some(100);
+        a.unique_len = Some(28);
+        a.output_len = Some(7);
+        a.seed = 42;
+        let w = Workload::build(&a).unwrap();
+        assert_eq!(w.prompts.len(), 12);
+        for (i, p) in w.prompts.iter().enumerate() {
+            assert_eq!(p.tokens.len(), 128, "prompt {i}");
+            assert_eq!(p.max_tokens, 7);
+            assert_eq!(p.group, i / 3);
+        }
+        // Within a group exactly the first 100 tokens are shared; across groups none
+        // of the first block is (ids are drawn from 31,000 values).
+        for g in 0..4 {
+            let first = &w.prompts[g * 3].tokens;
+            for u in 1..3 {
+                let other = &w.prompts[g * 3 + u].tokens;
+                assert_eq!(first[..100], other[..100]);
+                assert_ne!(first[100..], other[100..]);
+            }
+            if g > 0 {
+                assert_ne!(first[..4], w.prompts[0].tokens[..4]);
+            }
+        }
+        // 100 is a multiple of the block size 4: the resident set is exactly 4
+        // shared contexts plus 12 unique tails.
+        assert_eq!(w.resident_tokens(4), 4 * 100 + 12 * 28);
+        assert_eq!(w.groups(), 4);
+        // Same seed: same prompts and the same request order; another seed: both change.
+        let again = Workload::build(&a).unwrap();
+        assert!(w
+            .prompts
+            .iter()
+            .zip(&again.prompts)
+            .all(|(x, y)| x.tokens == y.tokens));
+        assert_eq!(w.order(40, 0), again.order(40, 0));
+        a.seed = 43;
+        let other = Workload::build(&a).unwrap();
+        assert_ne!(w.prompts[0].tokens, other.prompts[0].tokens);
+        assert_ne!(w.order(40, 0), other.order(40, 0));
+    }
+
+    #[test]
+    fn random_without_range_is_exact_and_unshared() {
+        let mut a = args(WorkloadKind::Random);
+        a.num_prompts = 10;
+        a.unique_len = Some(33);
+        a.output_len = Some(5);
+        let w = Workload::build(&a).unwrap();
+        assert!(w
+            .prompts
+            .iter()
+            .all(|p| p.tokens.len() == 33 && p.max_tokens == 5));
+        // Independent prompts: every full 16-token block is distinct (2 per prompt).
+        assert_eq!(w.resident_tokens(16), 10 * 2 * 16);
+        let groups: Vec<usize> = w.prompts.iter().map(|p| p.group).collect();
+        assert_eq!(groups, (0..10).collect::<Vec<_>>());
     }
 
     #[test]
