@@ -67,7 +67,7 @@ fn main() {
     // Raw pool: allocate a 48-block table per sequence, release, repeat.
     let mut pool = BlockPool::new(80_000, block_size);
     let rounds = 200;
-    let mut tables: Vec<Vec<u32>> = vec![Vec::with_capacity(48); seqs];
+    let mut tables: Vec<Vec<u32>> = (0..seqs).map(|_| Vec::with_capacity(48)).collect();
     let t = Instant::now();
     for _ in 0..rounds {
         for table in tables.iter_mut() {

@@ -237,6 +237,9 @@ pub fn paged_attention(
         let kvh = h / group;
         let ctx = seq.start_pos + seq.n_new;
         let slot = |p: usize| seq.block_table[p / bs] as usize * bs + p % bs;
+        // Rebinding makes the closure capture the whole Send wrapper rather than its
+        // raw-pointer field (edition 2021 captures disjoint fields).
+        #[allow(clippy::redundant_locals)]
         let out_ptr = out_ptr;
         if seq.n_new >= GEMM_MIN_ROWS {
             // Gather this head's K/V contiguous so two GEMMs do the work.

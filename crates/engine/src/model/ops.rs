@@ -95,6 +95,7 @@ fn dot4_body<const FMA: bool>(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
 }
 
 /// Rows `o0..o1` of `out = x · wᵀ` for all `m` rows of `x`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn stream_body<const FMA: bool>(
     out: SyncPtr,
@@ -415,6 +416,9 @@ fn linear_stream(out: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: u
     (0..tasks).into_par_iter().for_each(|t| {
         let o0 = t * ROWS_PER_TASK;
         let o1 = (o0 + ROWS_PER_TASK).min(n);
+        // Rebinding makes the closure capture the whole Send wrapper rather than its
+        // raw-pointer field (edition 2021 captures disjoint fields).
+        #[allow(clippy::redundant_locals)]
         let ptr = ptr;
         match level {
             // SAFETY: the CPU supports the enabled features; columns o0..o1 are this task's.

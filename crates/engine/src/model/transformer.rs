@@ -5,10 +5,13 @@ use super::ops::{linear, rms_norm, rms_norm_inplace, rope_half, swiglu};
 use super::{ModelConfig, ModelError, SeqInput};
 use crate::attention::{paged_attention, AttnSeq, AttnShape, PagedKvCache};
 
+/// A tensor's shape and its f32 values.
+pub(crate) type NamedTensor = (Vec<usize>, Vec<f32>);
+
 /// Where weights come from: named f32 tensors in HF `[out, in]` layout.
 pub(crate) trait TensorSource {
     /// The tensor and its shape, or `None` when absent.
-    fn get(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError>;
+    fn get(&mut self, name: &str) -> Result<Option<NamedTensor>, ModelError>;
 }
 
 /// How a family's checkpoint names its tensors.
