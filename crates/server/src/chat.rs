@@ -41,21 +41,8 @@ pub async fn chat_completions(
     let max_tokens = resolve_max_tokens(opts.max_tokens, None, prompt.len(), state.max_model_len)?;
     opts.params.max_tokens = max_tokens;
     opts.params.logprobs = want_logprobs.then(|| top.unwrap_or(0));
-    let prompt_len = prompt.len();
-    let sub = state
-        .dispatcher
-        .submit(prompt, opts.params.clone(), opts.n, opts.cache_salt.clone())
-        .await?;
-    let worker = sub.worker;
-    let gen = Generation::new(
-        state.clone(),
-        sub,
-        opts.n,
-        prompt_len,
-        &opts.stop,
-        opts.skip_special_tokens,
-        want_logprobs,
-    );
+    let gen = Generation::start(&state, prompt, &opts, want_logprobs).await?;
+    let worker = gen.worker();
     let id = format!("chatcmpl-{}", crate::request_id());
     let model = state.served_model_name.clone();
     let created = crate::unix_now();

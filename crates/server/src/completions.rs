@@ -39,21 +39,8 @@ pub async fn completions(
     )?;
     opts.params.max_tokens = max_tokens;
     opts.params.logprobs = logprobs;
-    let prompt_len = prompt.len();
-    let sub = state
-        .dispatcher
-        .submit(prompt, opts.params.clone(), opts.n, opts.cache_salt.clone())
-        .await?;
-    let worker = sub.worker;
-    let gen = Generation::new(
-        state.clone(),
-        sub,
-        opts.n,
-        prompt_len,
-        &opts.stop,
-        opts.skip_special_tokens,
-        logprobs.is_some(),
-    );
+    let gen = Generation::start(&state, prompt, &opts, logprobs.is_some()).await?;
+    let worker = gen.worker();
     let id = format!("cmpl-{}", crate::request_id());
     let model = state.served_model_name.clone();
     let created = crate::unix_now();

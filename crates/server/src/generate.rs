@@ -5,6 +5,7 @@
 use crate::detok::{Detokenizer, StopMatcher, StopOutcome};
 use crate::dispatch::Submitted;
 use crate::errors::ApiError;
+use crate::params::GenOptions;
 use crate::state::AppState;
 use reprise_engine::worker::{FinishReason, TokenLogprob, WorkerEvent};
 use std::sync::atomic::Ordering;
@@ -79,8 +80,31 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Starts consuming `sub`'s events.
-    pub fn new(
+    /// Routes `prompt` with `opts` (its `max_tokens` and logprobs already resolved)
+    /// to a worker and starts consuming that worker's events.
+    pub async fn start(
+        state: &Arc<AppState>,
+        prompt: Vec<u32>,
+        opts: &GenOptions,
+        want_logprobs: bool,
+    ) -> Result<Self, ApiError> {
+        let prompt_tokens = prompt.len();
+        let sub = state
+            .dispatcher
+            .submit(prompt, opts.params.clone(), opts.n, opts.cache_salt.clone())
+            .await?;
+        Ok(Self::new(
+            state.clone(),
+            sub,
+            opts.n,
+            prompt_tokens,
+            &opts.stop,
+            opts.skip_special_tokens,
+            want_logprobs,
+        ))
+    }
+
+    fn new(
         state: Arc<AppState>,
         sub: Submitted,
         n: usize,
