@@ -15,7 +15,7 @@ import openai
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-GOLDEN = ROOT.parent / "shared" / "golden" / "smollm2_golden_public.json"
+GOLDEN = ROOT / "tests" / "data" / "golden" / "smollm2_golden_public.json"
 
 
 def _golden_case(case_id):

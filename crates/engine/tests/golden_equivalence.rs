@@ -22,7 +22,7 @@ fn load() -> (LoadedModel, Value) {
         assert!(ok.success());
     }
     let g = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/golden/smollm2_golden_public.json");
+        .join("../../tests/data/golden/smollm2_golden_public.json");
     let g: Value =
         serde_json::from_str(&std::fs::read_to_string(g).expect("golden")).expect("json");
     (model::load(path.to_str()).expect("load"), g)

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 fn golden() -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/golden/smollm2_golden_public.json");
+        .join("../../tests/data/golden/smollm2_golden_public.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("golden json")
 }

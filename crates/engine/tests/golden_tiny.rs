@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 fn dir(family: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/golden/tiny")
+        .join("../../tests/data/golden/tiny")
         .join(family)
 }
 
