@@ -53,7 +53,7 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/golden/smollm2_golden_public.json");
+        .join("../../tests/data/golden/smollm2_golden_public.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let v: Value = serde_json::from_str(&text).expect("golden json");
     let ids = |v: &Value| -> Vec<u32> {
@@ -128,6 +128,7 @@ fn collect(rx: flume::Receiver<WorkerEvent>) -> Output {
                 }
             }
             WorkerEvent::Error(e) => panic!("worker error: {e}"),
+            WorkerEvent::Scheduled { .. } => {}
         }
     }
     panic!("worker closed the stream without finishing");
