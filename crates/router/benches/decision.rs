@@ -89,6 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 parent: i.checked_sub(1).map(|p| keys[p]),
                 tokens: toks[i * BLOCK..(i + 1) * BLOCK].to_vec(),
                 tier: MemoryTier::Device,
+                extra: Vec::new(),
             });
         }
         router.apply_events(w, &seqs[w].drain())?;
@@ -271,6 +272,7 @@ fn throughput(
                             parent: i.checked_sub(1).map(|p| keys[p]),
                             tokens: toks[i * BLOCK..(i + 1) * BLOCK].to_vec(),
                             tier: MemoryTier::Device,
+                            extra: Vec::new(),
                         });
                     }
                     let _ = router.apply_events(w, &seqs[w].drain());

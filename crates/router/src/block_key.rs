@@ -55,6 +55,16 @@ impl std::str::FromStr for HashAlgo {
     }
 }
 
+impl HashAlgo {
+    /// The name used in configuration (`xxh3`, `sha256`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Xxh3 => "xxh3",
+            Self::Sha256 => "sha256",
+        }
+    }
+}
+
 /// Errors from building a [`BlockHasher`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BlockKeyError {
@@ -143,6 +153,20 @@ impl BlockHasher {
     }
 }
 
+/// The `extra` bytes of a request's block keys: its cache salt, and the LoRA adapter
+/// it runs under. One definition for the engine (which has no LoRA: the salt alone),
+/// the router hashing requests, and the router deriving keys from a remote engine's
+/// KV events, so all three land in the same key space.
+pub fn extra_bytes(cache_salt: Option<&str>, lora_name: Option<&str>) -> Vec<u8> {
+    let mut out = cache_salt.unwrap_or_default().as_bytes().to_vec();
+    if let Some(l) = lora_name.filter(|l| !l.is_empty()) {
+        // A NUL cannot occur in either string's JSON form, so the split is unambiguous.
+        out.extend_from_slice(b"\0lora:");
+        out.extend_from_slice(l.as_bytes());
+    }
+    out
+}
+
 /// Allocation-light batch hashing. Added beside the reference [`BlockHasher::hash_block`]
 /// and producing identical keys (a test checks it): xxh3's streaming digest equals the
 /// one-shot hash of the concatenated bytes, so one contiguous buffer per block replaces
@@ -228,6 +252,18 @@ mod tests {
             h.extend_keys(&mut keys, &toks[..n], b"s");
         }
         assert_eq!(keys, h.prompt_keys(&toks, b"s"));
+    }
+
+    #[test]
+    fn extra_bytes_separate_salt_and_adapter() {
+        assert_eq!(extra_bytes(None, None), b"");
+        assert_eq!(extra_bytes(Some("t"), None), b"t");
+        assert_eq!(extra_bytes(Some(""), Some("")), b"");
+        assert_ne!(extra_bytes(None, Some("a")), extra_bytes(Some("a"), None));
+        assert_ne!(
+            extra_bytes(Some("x"), Some("a")),
+            extra_bytes(None, Some("a"))
+        );
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum KvEventData {
         tokens: Vec<TokenId>,
         /// Memory tier holding it.
         tier: MemoryTier,
+        /// The extra bytes mixed into the chain's keys (cache salt), carried on a
+        /// chain's first block only (`parent: None`), as vLLM's `extra_keys` carry it.
+        extra: Vec<u8>,
     },
     /// The block was evicted (its memory reused); `key` no longer hits.
     BlockRemoved {

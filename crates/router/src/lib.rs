@@ -67,8 +67,11 @@ pub mod index;
 pub mod keymap;
 pub mod load;
 pub mod policy;
+pub mod remote;
 pub mod router;
 pub mod scorer;
+pub mod union;
+pub mod wire;
 
 pub use block_key::{BlockHasher, BlockKey, BlockKeyError, HashAlgo, TokenId, ROOT_PARENT};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -279,6 +279,7 @@ mod tests {
                 parent: (i > 0).then(|| keys[i - 1]),
                 tokens: tokens[i * 4..(i + 1) * 4].to_vec(),
                 tier: MemoryTier::Device,
+                extra: Vec::new(),
             });
         }
         let _ = ROOT_PARENT;

@@ -371,6 +371,7 @@ mod tests {
                 parent: None,
                 tokens: vec![0; BS],
                 tier,
+                extra: Vec::new(),
             },
         }
     }
@@ -553,7 +554,8 @@ mod tests {
                 key: key(k),
                 parent: None,
                 tokens: vec![0; BS],
-                tier
+                tier,
+                extra: Vec::new(),
             }),
             4 => (0u8..12, tier).prop_map(|(k, tier)| KvEventData::BlockRemoved { key: key(k), tier }),
             1 => Just(KvEventData::AllCleared),

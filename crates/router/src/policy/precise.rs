@@ -104,6 +104,7 @@ mod tests {
                     parent: None,
                     tokens: vec![0; 16],
                     tier: MemoryTier::Device,
+                    extra: Vec::new(),
                 },
             })
             .collect();
