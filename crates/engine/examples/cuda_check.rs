@@ -363,6 +363,7 @@ fn bench(args: &HashMap<String, String>) -> Res<()> {
                     WorkerEvent::Token { .. } => generated += 1,
                     WorkerEvent::Finished { .. } => break,
                     WorkerEvent::Error(e) => return Err(e),
+                    WorkerEvent::Scheduled { .. } => {}
                 }
             }
         }

@@ -96,7 +96,7 @@ fn ttft(w: &WorkerHandle, id: u64, p: Vec<u32>) -> f64 {
         match ev {
             WorkerEvent::Token { .. } => return t.elapsed().as_secs_f64(),
             WorkerEvent::Error(e) => panic!("{e}"),
-            WorkerEvent::Finished { .. } => {}
+            WorkerEvent::Finished { .. } | WorkerEvent::Scheduled { .. } => {}
         }
     }
     panic!("no token")

@@ -8,6 +8,30 @@ use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SeqId};
 use crate::worker::{FinishReason, GenerateRequest, WorkerEvent};
 use reprise_router::{KvEvent, TokenId, WorkerLoad};
 use std::collections::HashMap;
+use std::time::Instant;
+
+/// Upper bounds of the step-size histogram (tokens computed per step): vLLM's buckets
+/// of `vllm:iteration_tokens_total`.
+pub const STEP_TOKEN_BUCKETS: [usize; 13] = [
+    1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+];
+
+/// Histogram of tokens computed per engine step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepTokens {
+    /// Steps per bucket of [`STEP_TOKEN_BUCKETS`] (not cumulative), the last one above them all.
+    pub counts: [u64; STEP_TOKEN_BUCKETS.len() + 1],
+    /// Tokens over all steps.
+    pub sum: u64,
+}
+
+impl StepTokens {
+    fn observe(&mut self, tokens: usize) {
+        let i = STEP_TOKEN_BUCKETS.partition_point(|&b| b < tokens);
+        self.counts[i] += 1;
+        self.sum += tokens as u64;
+    }
+}
 
 /// Engine settings.
 #[derive(Clone, Debug)]
@@ -63,6 +87,8 @@ pub struct WorkerSnapshot {
     pub generation_tokens: u64,
     /// Preemptions.
     pub preemptions: u64,
+    /// Tokens computed per step.
+    pub step_tokens: StepTokens,
     /// False once the worker has died; it takes no more requests.
     pub alive: bool,
 }
@@ -76,6 +102,8 @@ struct Request {
     /// find its blocks in the prefix cache instead of computing them again.
     siblings_pending: bool,
     remaining: usize,
+    /// When the engine took it in; `None` once its first step was reported.
+    queued_at: Option<Instant>,
 }
 
 struct SeqState {
@@ -92,6 +120,9 @@ pub struct Engine<E: Executor> {
     seqs: HashMap<SeqId, SeqState>,
     prompt_tokens: u64,
     generation_tokens: u64,
+    step_tokens: StepTokens,
+    /// Live requests not yet scheduled (so a step need not look them up otherwise).
+    unscheduled: usize,
 }
 
 impl<E: Executor> Engine<E> {
@@ -105,6 +136,8 @@ impl<E: Executor> Engine<E> {
             seqs: HashMap::new(),
             prompt_tokens: 0,
             generation_tokens: 0,
+            step_tokens: StepTokens::default(),
+            unscheduled: 0,
         })
     }
 
@@ -169,14 +202,19 @@ impl<E: Executor> Engine<E> {
                 remaining: req.n,
                 seqs,
                 req,
+                queued_at: Some(Instant::now()),
             },
         );
+        self.unscheduled += 1;
         Ok(())
     }
 
     /// Cancel a request: its blocks are released now; nothing more is sent.
     pub fn cancel(&mut self, id: u64) {
         if let Some(r) = self.requests.remove(&id) {
+            if r.queued_at.is_some() {
+                self.unscheduled -= 1;
+            }
             for seq in r.seqs.into_iter().flatten() {
                 self.end_seq(seq);
             }
@@ -203,6 +241,10 @@ impl<E: Executor> Engine<E> {
         if plan.seqs.is_empty() {
             return Ok(());
         }
+        self.step_tokens.observe(plan.num_tokens());
+        if self.unscheduled > 0 {
+            self.report_scheduled(&plan);
+        }
         let sampled = {
             let inputs = self.sched.inputs(&plan);
             self.exec.execute(&inputs)?
@@ -212,6 +254,25 @@ impl<E: Executor> Engine<E> {
             self.on_token(s.seq, s.token, s.logprob);
         }
         Ok(())
+    }
+
+    /// Tell each request scheduled for the first time in `plan` when it was.
+    fn report_scheduled(&mut self, plan: &crate::scheduler::StepPlan) {
+        let now = Instant::now();
+        for s in &plan.seqs {
+            let Some(st) = self.seqs.get(&s.seq) else {
+                continue;
+            };
+            if let Some(r) = self.requests.get_mut(&st.request) {
+                if let Some(queued_at) = r.queued_at.take() {
+                    self.unscheduled -= 1;
+                    let _ = r.tx.send(WorkerEvent::Scheduled {
+                        queued_at,
+                        scheduled_at: now,
+                    });
+                }
+            }
+        }
     }
 
     /// KV events since the last call.
@@ -229,6 +290,7 @@ impl<E: Executor> Engine<E> {
             prompt_tokens: self.prompt_tokens,
             generation_tokens: self.generation_tokens,
             preemptions: st.preemptions,
+            step_tokens: self.step_tokens,
             alive: true,
         }
     }
@@ -415,7 +477,10 @@ mod tests {
         e.submit(req(1, 5, 3, 1), tx).unwrap();
         run(&mut e);
         // The cost model always "samples" 7, which is EOS here: one token, stop.
-        let ev: Vec<_> = rx.drain().collect();
+        let ev: Vec<_> = rx
+            .drain()
+            .filter(|e| !matches!(e, WorkerEvent::Scheduled { .. }))
+            .collect();
         assert!(matches!(ev[0], WorkerEvent::Token { token: 7, .. }));
         assert!(matches!(
             ev[1],
@@ -442,6 +507,41 @@ mod tests {
             }
         ));
         assert_eq!(e.scheduler().pool().num_in_use(), 0);
+    }
+
+    #[test]
+    fn scheduled_is_reported_once_before_the_tokens_and_steps_are_counted() {
+        let mut e = engine(32, 99);
+        let (tx, rx) = flume::unbounded();
+        e.submit(req(1, 13, 3, 2), tx).unwrap();
+        run(&mut e);
+        let ev: Vec<_> = rx.drain().collect();
+        let sched: Vec<usize> = ev
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| matches!(e, WorkerEvent::Scheduled { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(sched, [0], "once per request, first: {ev:?}");
+        if let WorkerEvent::Scheduled {
+            queued_at,
+            scheduled_at,
+        } = ev[0]
+        {
+            assert!(scheduled_at >= queued_at);
+        }
+        let st = e.snapshot().step_tokens;
+        let steps: u64 = st.counts.iter().sum();
+        assert!(steps >= 3, "{st:?}");
+        // The 13-token prompt in one step (bucket <= 16), then 1- and 2-token decode steps.
+        assert_eq!(st.counts[2], 1, "{st:?}");
+        assert!(st.sum >= 13 + 2, "prompt plus later decode tokens: {st:?}");
+        assert!(st.counts[0] + st.counts[1] >= 2, "{st:?}");
+        // A cancelled request that never ran leaves no one waiting to be reported.
+        let (tx, _rx) = flume::unbounded();
+        e.submit(req(2, 5, 3, 1), tx).unwrap();
+        e.cancel(2);
+        assert_eq!(e.unscheduled, 0);
     }
 
     #[test]

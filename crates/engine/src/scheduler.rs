@@ -431,7 +431,7 @@ impl Scheduler {
                     let parent = i.checked_sub(1).map(|j| s.keys[j]);
                     let tokens = &s.tokens[i * bs..(i + 1) * bs];
                     self.pool
-                        .register(s.block_table[i], s.keys[i], parent, tokens);
+                        .register(s.block_table[i], s.keys[i], parent, tokens, &s.extra);
                 }
                 s.num_registered = full;
             }

@@ -4,6 +4,7 @@
 use crate::sampler::SamplingParams;
 use reprise_router::TokenId;
 use serde::{Deserialize, Serialize};
+use std::time::Instant;
 
 /// A generation request, already tokenized.
 #[derive(Clone, Debug)]
@@ -66,6 +67,13 @@ pub enum WorkerEvent {
         /// Tokens generated for this sequence.
         completion_tokens: usize,
     },
+    /// The request was scheduled for the first time (sent once, before its tokens).
+    Scheduled {
+        /// When the worker took the request in.
+        queued_at: Instant,
+        /// When a step first computed any of it.
+        scheduled_at: Instant,
+    },
     /// The request failed; nothing more follows.
     Error(String),
 }
@@ -75,7 +83,7 @@ use crate::model::Model;
 use crate::model_executor::ModelExecutor;
 use crate::scheduler::SchedulerConfig;
 use parking_lot::Mutex;
-use reprise_router::KvEvent;
+use reprise_router::{KvEvent, KvEventData};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -126,7 +134,8 @@ pub struct WorkerHandle {
     snapshot: Arc<Mutex<WorkerSnapshot>>,
 }
 
-/// Called with every batch of KV events a worker emits.
+/// Called with every batch of KV events a worker emits. When the worker dies its
+/// cache is gone: the sink gets a last `AllCleared`, numbered after everything before.
 pub type EventSink = Box<dyn FnMut(Vec<KvEvent>) + Send>;
 
 impl WorkerHandle {
@@ -226,6 +235,8 @@ fn run(
 ) {
     let mut shutting_down = false;
     let mut steps = 0u64;
+    // Sequence number of the next KV event (for the `AllCleared` sent if the worker dies).
+    let mut next_seq = 0u64;
     let handle = |engine: &mut Engine<ModelExecutor>, msg: Msg, shutting_down: &mut bool| match msg
     {
         Msg::Submit(req, etx, ack) => {
@@ -266,12 +277,20 @@ fn run(
                 Err(_) => {
                     engine.fail_all("worker panicked; request aborted");
                     snapshot.lock().alive = false;
+                    let mut events = engine.drain_events();
+                    let seq = events.last().map_or(next_seq, |e| e.seq + 1);
+                    events.push(KvEvent {
+                        seq,
+                        data: KvEventData::AllCleared,
+                    });
+                    on_events(events);
                     return;
                 }
             }
         }
         let events = engine.drain_events();
-        if !events.is_empty() {
+        if let Some(last) = events.last() {
+            next_seq = last.seq + 1;
             on_events(events);
         }
         *snapshot.lock() = engine.snapshot();

@@ -160,15 +160,17 @@ impl BlockPool {
         }
     }
 
-    /// Make a full, computed block findable under `key`. Returns false (and
-    /// changes nothing) if the key is already cached in another block, as when
-    /// two requests with the same prompt computed it in the same step.
+    /// Make a full, computed block findable under `key` (`extra`: the bytes mixed
+    /// into its chain's keys). Returns false (and changes nothing) if the key is
+    /// already cached in another block, as when two requests with the same prompt
+    /// computed it in the same step.
     pub fn register(
         &mut self,
         id: BlockId,
         key: BlockKey,
         parent: Option<BlockKey>,
         tokens: &[TokenId],
+        extra: &[u8],
     ) -> bool {
         debug_assert_eq!(tokens.len(), self.block_size);
         if self.blocks[id as usize].key.is_some() || self.cache.get(key).is_some() {
@@ -181,6 +183,11 @@ impl BlockPool {
             parent,
             tokens: tokens.to_vec(),
             tier: MemoryTier::Device,
+            extra: if parent.is_none() {
+                extra.to_vec()
+            } else {
+                Vec::new()
+            },
         });
         true
     }
@@ -283,7 +290,7 @@ mod tests {
     fn reusing_a_cached_block_evicts_its_key_and_emits_removed() {
         let mut p = BlockPool::new(1, 2);
         let a = p.allocate().unwrap();
-        assert!(p.register(a, key(7), None, &[1, 2]));
+        assert!(p.register(a, key(7), None, &[1, 2], b""));
         p.release(&[a]);
         assert_eq!(p.lookup(key(7)), Some(a));
         let b = p.allocate().unwrap();
@@ -300,7 +307,7 @@ mod tests {
     fn hit_in_free_queue_is_touched_out_of_it() {
         let mut p = BlockPool::new(3, 1);
         let a = p.allocate().unwrap();
-        p.register(a, key(1), None, &[5]);
+        p.register(a, key(1), None, &[5], b"");
         p.release(&[a]);
         assert!(p.is_free(a));
         p.acquire(a);
@@ -317,8 +324,8 @@ mod tests {
         let mut p = BlockPool::new(2, 1);
         let a = p.allocate().unwrap();
         let b = p.allocate().unwrap();
-        assert!(p.register(a, key(1), None, &[3]));
-        assert!(!p.register(b, key(1), None, &[3]));
+        assert!(p.register(a, key(1), None, &[3], b""));
+        assert!(!p.register(b, key(1), None, &[3], b""));
         assert_eq!(p.key_of(b), None);
         assert_eq!(p.drain_events().len(), 1);
     }
@@ -327,7 +334,7 @@ mod tests {
     fn reset_only_when_idle() {
         let mut p = BlockPool::new(2, 1);
         let a = p.allocate().unwrap();
-        p.register(a, key(1), None, &[3]);
+        p.register(a, key(1), None, &[3], b"");
         assert!(!p.reset_prefix_cache());
         p.release(&[a]);
         assert!(p.reset_prefix_cache());
