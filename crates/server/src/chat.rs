@@ -6,6 +6,7 @@ use crate::body::JsonBody;
 use crate::errors::ApiError;
 use crate::generate::{finish_reason_str, Generation, Output, TokenInfo, Usage};
 use crate::params::{kind, logprobs_count, parse_common, resolve_max_tokens, Fields};
+use crate::server::Arrival;
 use crate::sse::{self, ChunkFormat};
 use crate::state::AppState;
 use axum::extract::State;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 /// The handler.
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    arrival: Arrival,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let f = Fields::new(&body)?;
@@ -41,7 +43,7 @@ pub async fn chat_completions(
     let max_tokens = resolve_max_tokens(opts.max_tokens, None, prompt.len(), state.max_model_len)?;
     opts.params.max_tokens = max_tokens;
     opts.params.logprobs = want_logprobs.then(|| top.unwrap_or(0));
-    let gen = Generation::start(&state, prompt, &opts, want_logprobs).await?;
+    let gen = Generation::start(&state, prompt, &opts, want_logprobs, arrival.0).await?;
     let worker = gen.worker();
     let id = format!("chatcmpl-{}", crate::request_id());
     let model = state.served_model_name.clone();

@@ -95,6 +95,30 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_timeout: f64,
 
+    /// Publish the KV events in vLLM's wire format on this ZMQ PUB endpoint (e.g.
+    /// `tcp://*:5557`): bound when it holds `*` or `::` or is `ipc://` / `inproc://`,
+    /// connected otherwise (to a central collector), as vLLM does.
+    #[arg(long, value_name = "ADDR")]
+    pub kv_events_endpoint: Option<String>,
+
+    /// ZMQ ROUTER endpoint answering replay requests for the last
+    /// --kv-events-buffer-steps batches (e.g. `tcp://*:5558`; always bound).
+    #[arg(long, value_name = "ADDR")]
+    pub kv_events_replay_endpoint: Option<String>,
+
+    /// Event encoding: `map` (tagged maps, vLLM 0.26+) or `array` (positional, older vLLM).
+    #[arg(long, default_value = "map")]
+    pub kv_events_format: String,
+
+    /// Topic frame of every KV-event message (default `kv@<advertised host:port>@<served
+    /// model name>`, llm-d's convention).
+    #[arg(long)]
+    pub kv_events_topic: Option<String>,
+
+    /// KV-event batches kept for replay.
+    #[arg(long, default_value_t = 10_000)]
+    pub kv_events_buffer_steps: usize,
+
     /// Fault injection for tests: `WORKER:STEP` makes that worker panic at that engine step.
     #[arg(long, hide = true)]
     pub inject_worker_panic: Option<String>,

@@ -4,6 +4,7 @@ use crate::body::JsonBody;
 use crate::errors::ApiError;
 use crate::generate::{finish_reason_str, Generation, Output, TokenInfo, Usage};
 use crate::params::{logprobs_count, parse_common, resolve_max_tokens, Fields};
+use crate::server::Arrival;
 use crate::sse::{self, ChunkFormat};
 use crate::state::AppState;
 use axum::extract::State;
@@ -18,6 +19,7 @@ const DEFAULT_MAX_TOKENS: usize = 16;
 /// The handler.
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    arrival: Arrival,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let f = Fields::new(&body)?;
@@ -39,7 +41,7 @@ pub async fn completions(
     )?;
     opts.params.max_tokens = max_tokens;
     opts.params.logprobs = logprobs;
-    let gen = Generation::start(&state, prompt, &opts, logprobs.is_some()).await?;
+    let gen = Generation::start(&state, prompt, &opts, logprobs.is_some(), arrival.0).await?;
     let worker = gen.worker();
     let id = format!("cmpl-{}", crate::request_id());
     let model = state.served_model_name.clone();
@@ -78,6 +80,36 @@ pub async fn completions(
 
 /// The prompt's token ids: a string, a list of token ids, or a one-element list of either.
 fn prompt_tokens(state: &AppState, v: Option<&Value>) -> Result<Vec<u32>, ApiError> {
+    let mut all = prompt_list(state, v)?;
+    if all.len() != 1 {
+        return Err(ApiError::bad(
+            "prompt",
+            format!(
+                "a list of {} prompts is not supported; send one request per prompt",
+                all.len()
+            ),
+        ));
+    }
+    Ok(all.remove(0))
+}
+
+/// Every prompt's token ids: a string, a list of token ids, or a list of either.
+pub fn prompt_list(state: &AppState, v: Option<&Value>) -> Result<Vec<Vec<u32>>, ApiError> {
+    let bad = |m: &str| ApiError::bad("prompt", m.to_string());
+    match v {
+        Some(Value::Array(a))
+            if !a.is_empty() && a.iter().all(|x| x.is_string() || x.is_array()) =>
+        {
+            a.iter().map(|p| one_prompt(state, Some(p))).collect()
+        }
+        Some(Value::Array(a)) if !a.iter().all(Value::is_number) => Err(bad(
+            "prompt must be a string, a list of token ids, or a list of either",
+        )),
+        other => Ok(vec![one_prompt(state, other)?]),
+    }
+}
+
+fn one_prompt(state: &AppState, v: Option<&Value>) -> Result<Vec<u32>, ApiError> {
     let bad = |m: &str| ApiError::bad("prompt", m.to_string());
     let ids = |a: &[Value]| -> Result<Vec<u32>, ApiError> {
         let ids: Vec<u32> = a
@@ -99,15 +131,8 @@ fn prompt_tokens(state: &AppState, v: Option<&Value>) -> Result<Vec<u32>, ApiErr
             .map_err(|e| ApiError::Internal(e.to_string())),
         Some(Value::Array(a)) if a.is_empty() => Err(bad("the prompt is empty")),
         Some(Value::Array(a)) if a.iter().all(Value::is_number) => ids(a),
-        Some(Value::Array(a)) if a.len() == 1 => prompt_tokens(state, a.first()),
-        Some(Value::Array(a)) if a.iter().all(|x| x.is_string() || x.is_array()) => {
-            Err(bad(&format!(
-                "a list of {} prompts is not supported; send one request per prompt",
-                a.len()
-            )))
-        }
         Some(_) => Err(bad(
-            "prompt must be a string, a list of token ids, or a one-element list of either",
+            "prompt must be a string, a list of token ids, or a list of either",
         )),
     }
 }

@@ -60,6 +60,54 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     /// Test-only fault injection: (worker, step).
     pub inject_worker_panic: Option<(usize, u64)>,
+    /// KV-event publishing, when asked for.
+    pub kv_events: Option<KvEventsConfig>,
+}
+
+/// `--kv-events-*`: where and how to publish the KV events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvEventsConfig {
+    /// PUB endpoint.
+    pub endpoint: String,
+    /// ROUTER endpoint for replays.
+    pub replay_endpoint: Option<String>,
+    /// Event encoding.
+    pub format: reprise_router::wire::EventFormat,
+    /// Topic (`None`: llm-d's default, built once the address and model are known).
+    pub topic: Option<String>,
+    /// Batches kept for replay.
+    pub buffer_steps: usize,
+}
+
+/// Checks a ZMQ endpoint: `tcp://HOST:PORT` (PORT a number or `*`), `ipc://PATH` or
+/// `inproc://NAME`.
+pub fn check_zmq_endpoint(option: &'static str, s: &str) -> Result<(), ConfigError> {
+    let bad = |why: String| {
+        err(
+            option,
+            format!("'{s}' {why} (expected tcp://HOST:PORT, e.g. tcp://*:5557, ipc://PATH or inproc://NAME)"),
+        )
+    };
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Err(bad("has no scheme".into()));
+    };
+    match scheme {
+        "tcp" => {
+            let Some((host, port)) = rest.rsplit_once(':') else {
+                return Err(bad("has no port".into()));
+            };
+            if host.is_empty() {
+                return Err(bad("has no host".into()));
+            }
+            if port != "*" && !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                return Err(bad(format!("has an invalid port '{port}'")));
+            }
+            Ok(())
+        }
+        "ipc" | "inproc" if !rest.is_empty() => Ok(()),
+        "ipc" | "inproc" => Err(bad("has an empty name".into())),
+        other => Err(bad(format!("uses the unsupported transport '{other}'"))),
+    }
 }
 
 /// KV cache size of one worker.
@@ -233,6 +281,43 @@ impl ServeConfig {
                 }
             }
         };
+        let kv_events = match &a.kv_events_endpoint {
+            None => {
+                if a.kv_events_replay_endpoint.is_some() || a.kv_events_topic.is_some() {
+                    return Err(err(
+                        "kv-events-endpoint",
+                        "is required by --kv-events-replay-endpoint and --kv-events-topic",
+                    ));
+                }
+                None
+            }
+            Some(ep) => {
+                check_zmq_endpoint("kv-events-endpoint", ep)?;
+                if let Some(r) = &a.kv_events_replay_endpoint {
+                    check_zmq_endpoint("kv-events-replay-endpoint", r)?;
+                    // Two wildcard ports (`tcp://*:*`) get different free ports.
+                    if r == ep && !r.ends_with(":*") {
+                        return Err(err(
+                            "kv-events-replay-endpoint",
+                            "must differ from --kv-events-endpoint",
+                        ));
+                    }
+                }
+                if a.kv_events_buffer_steps == 0 {
+                    return Err(err("kv-events-buffer-steps", "must be at least 1"));
+                }
+                Some(KvEventsConfig {
+                    endpoint: ep.clone(),
+                    replay_endpoint: a.kv_events_replay_endpoint.clone(),
+                    format: a
+                        .kv_events_format
+                        .parse()
+                        .map_err(|m: String| err("kv-events-format", m))?,
+                    topic: a.kv_events_topic.clone(),
+                    buffer_steps: a.kv_events_buffer_steps,
+                })
+            }
+        };
         Ok(Self {
             model: a.model.clone(),
             devices,
@@ -250,6 +335,7 @@ impl ServeConfig {
             max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
             shutdown_timeout: Duration::from_secs_f64(a.shutdown_timeout),
             inject_worker_panic,
+            kv_events,
         })
     }
 
@@ -349,6 +435,77 @@ mod tests {
         }
         let e = ServeConfig::from_args(&args(&["--devices", "cuda:0"])).unwrap_err();
         assert!(e.message.contains("without CUDA"));
+    }
+
+    #[test]
+    fn kv_event_options() {
+        let c = ServeConfig::from_args(&args(&[
+            "--kv-events-endpoint",
+            "tcp://*:5557",
+            "--kv-events-replay-endpoint",
+            "tcp://*:5558",
+            "--kv-events-format",
+            "array",
+        ]))
+        .unwrap();
+        let k = c.kv_events.unwrap();
+        assert_eq!(k.format, reprise_router::wire::EventFormat::Array);
+        assert_eq!((k.buffer_steps, k.topic), (10_000, None));
+        assert!(ServeConfig::from_args(&args(&[]))
+            .unwrap()
+            .kv_events
+            .is_none());
+        let cases: [(&[&str], &str); 9] = [
+            (&["--kv-events-endpoint", "5557"], "--kv-events-endpoint"),
+            (&["--kv-events-endpoint", "tcp://*"], "--kv-events-endpoint"),
+            (
+                &["--kv-events-endpoint", "tcp://:5557"],
+                "--kv-events-endpoint",
+            ),
+            (
+                &["--kv-events-endpoint", "tcp://*:99999"],
+                "--kv-events-endpoint",
+            ),
+            (
+                &["--kv-events-endpoint", "udp://*:5557"],
+                "--kv-events-endpoint",
+            ),
+            (
+                &["--kv-events-replay-endpoint", "tcp://*:5558"],
+                "--kv-events-endpoint",
+            ),
+            (
+                &[
+                    "--kv-events-endpoint",
+                    "tcp://*:1",
+                    "--kv-events-format",
+                    "json",
+                ],
+                "--kv-events-format",
+            ),
+            (
+                &[
+                    "--kv-events-endpoint",
+                    "tcp://*:1",
+                    "--kv-events-replay-endpoint",
+                    "tcp://*:1",
+                ],
+                "--kv-events-replay-endpoint",
+            ),
+            (&["--kv-events-endpoint", "ipc://"], "--kv-events-endpoint"),
+        ];
+        for (a, opt) in cases {
+            let e = ServeConfig::from_args(&args(a)).unwrap_err().to_string();
+            assert!(e.starts_with(opt), "{a:?}: {e}");
+        }
+        for ok in [
+            "tcp://127.0.0.1:*",
+            "tcp://[::1]:7",
+            "ipc:///tmp/kv",
+            "inproc://kv",
+        ] {
+            assert!(check_zmq_endpoint("x", ok).is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -74,8 +74,13 @@ pub struct Generation {
     cached_tokens: Option<usize>,
     engine_finished: usize,
     want_logprobs: bool,
-    started: Instant,
+    /// When the request arrived (before parsing and tokenization), as vLLM measures.
+    arrived: Instant,
+    /// The worker's intake and first step, from its `Scheduled` event.
+    scheduled: Option<(Instant, Instant)>,
+    first_token: Option<Instant>,
     last_token: Option<Instant>,
+    max_tokens: usize,
     usage: Option<Usage>,
 }
 
@@ -87,6 +92,7 @@ impl Generation {
         prompt: Vec<u32>,
         opts: &GenOptions,
         want_logprobs: bool,
+        arrived: Instant,
     ) -> Result<Self, ApiError> {
         let prompt_tokens = prompt.len();
         let sub = state
@@ -96,23 +102,22 @@ impl Generation {
         Ok(Self::new(
             state.clone(),
             sub,
-            opts.n,
+            opts,
             prompt_tokens,
-            &opts.stop,
-            opts.skip_special_tokens,
             want_logprobs,
+            arrived,
         ))
     }
 
     fn new(
         state: Arc<AppState>,
         sub: Submitted,
-        n: usize,
+        opts: &GenOptions,
         prompt_tokens: usize,
-        stop: &[String],
-        skip_special_tokens: bool,
         want_logprobs: bool,
+        arrived: Instant,
     ) -> Self {
+        let (n, stop, skip_special_tokens) = (opts.n, &opts.stop, opts.skip_special_tokens);
         Self {
             state,
             sub,
@@ -130,8 +135,11 @@ impl Generation {
             cached_tokens: None,
             engine_finished: 0,
             want_logprobs,
-            started: Instant::now(),
+            arrived,
+            scheduled: None,
+            first_token: None,
             last_token: None,
+            max_tokens: opts.params.max_tokens,
             usage: None,
         }
     }
@@ -156,6 +164,7 @@ impl Generation {
             Ok(ev) => ev,
             Err(_) => {
                 self.remaining = 0;
+                self.count_error();
                 let w = self.sub.worker;
                 if !self.state.dispatcher.is_alive(w) {
                     self.state.dispatcher.mark_dead(w);
@@ -208,8 +217,13 @@ impl Generation {
                     }
                 }
             }
+            WorkerEvent::Scheduled {
+                queued_at,
+                scheduled_at,
+            } => self.scheduled = Some((queued_at, scheduled_at)),
             WorkerEvent::Error(msg) => {
                 self.remaining = 0;
+                self.count_error();
                 let w = self.sub.worker;
                 if !self.state.dispatcher.is_alive(w) {
                     self.state.dispatcher.mark_dead(w);
@@ -233,10 +247,11 @@ impl Generation {
         let now = Instant::now();
         if let Some(m) = self.state.metrics.workers.get(self.sub.worker) {
             match self.last_token {
-                None => m.ttft.observe((now - self.started).as_secs_f64()),
+                None => m.ttft.observe((now - self.arrived).as_secs_f64()),
                 Some(t) => m.itl.observe((now - t).as_secs_f64()),
             }
         }
+        self.first_token.get_or_insert(now);
         self.last_token = Some(now);
         let tok = &self.state.tokenizer;
         let want_logprobs = self.want_logprobs;
@@ -304,10 +319,50 @@ impl Generation {
         }
     }
 
-    fn complete(&mut self) {
+    fn count_error(&self) {
         if let Some(m) = self.state.metrics.workers.get(self.sub.worker) {
-            m.e2e.observe(self.started.elapsed().as_secs_f64());
+            m.finished_error.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// vLLM's per-request histograms, once every choice is done.
+    fn observe_finished(&self, cached: usize) {
+        let Some(m) = self.state.metrics.workers.get(self.sub.worker) else {
+            return;
+        };
+        let now = Instant::now();
+        let secs = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64();
+        m.e2e.observe(secs(self.arrived, now));
+        if let Some((queued, scheduled)) = self.scheduled {
+            m.queue.observe(secs(queued, scheduled));
+            if let (Some(first), Some(last)) = (self.first_token, self.last_token) {
+                m.prefill.observe(secs(scheduled, first));
+                m.inference.observe(secs(scheduled, last));
+            }
+        }
+        let generated: usize = self.choices.iter().map(|c| c.tokens).sum();
+        if let (Some(first), Some(last)) = (self.first_token, self.last_token) {
+            let decode = secs(first, last);
+            m.decode.observe(decode);
+            // vLLM: decode time over the tokens after the first (0 for a single token).
+            let per = if generated > 1 {
+                decode / (generated - 1) as f64
+            } else {
+                0.0
+            };
+            m.tpot.observe(per);
+        }
+        m.prompt_tokens.observe(self.prompt_tokens as f64);
+        m.generation_tokens.observe(generated as f64);
+        let longest = self.choices.iter().map(|c| c.tokens).max().unwrap_or(0);
+        m.max_generation_tokens.observe(longest as f64);
+        m.max_tokens.observe(self.max_tokens as f64);
+        m.n.observe(self.choices.len() as f64);
+        m.cached_prompt_tokens
+            .fetch_add(cached as u64, Ordering::Relaxed);
+    }
+
+    fn complete(&mut self) {
         // When every choice ended on the worker's side there is nothing to cancel;
         // a choice ended by a stop string leaves the request live, so the guard cancels it.
         if self.engine_finished == self.choices.len() {
@@ -323,6 +378,7 @@ impl Generation {
             completion_tokens: self.choices.iter().map(|c| c.tokens).sum(),
             cached_tokens: cached,
         });
+        self.observe_finished(cached);
     }
 }
 

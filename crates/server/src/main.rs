@@ -12,12 +12,16 @@ mod chat;
 mod cli;
 mod completions;
 mod config;
+#[cfg(test)]
+mod deploy_check;
 mod detok;
 mod dispatch;
 mod errors;
 mod generate;
+mod kv_publisher;
 mod metrics;
 mod params;
+mod render;
 mod server;
 mod shutdown;
 mod sse;
@@ -41,6 +45,14 @@ pub(crate) fn request_id() -> String {
     format!("{:012x}{:06x}", t & 0xffff_ffff_ffff, n & 0xff_ffff)
 }
 
+/// Seconds since the Unix epoch, with fractions (KV-event batch timestamps).
+pub(crate) fn unix_now_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -51,19 +63,29 @@ pub(crate) fn unix_now() -> u64 {
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let cfg = config::ServeConfig::from_args(args)?;
+    // Listen before loading the model: a port in use is reported at once, and the
+    // KV-event topic can name the real port.
+    let listener = std::net::TcpListener::bind(cfg.addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.addr))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
     let loaded = startup::load_model(cfg.model.as_deref(), cfg.devices[0].model_device())?;
-    let started = startup::start(&cfg, loaded)?;
+    let started = startup::start(&cfg, loaded, addr)?;
     let state = started.state;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cfg.addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.addr))?;
-        let addr = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let events = match &state.kv_publisher {
+            None => String::new(),
+            Some(p) => match &p.replay_endpoint {
+                None => format!(", KV events on {}", p.endpoint),
+                Some(r) => format!(", KV events on {} (replay {r})", p.endpoint),
+            },
+        };
         let ready = format!(
-            "reprise: serving {} on http://{} with {} worker{} (policy {}, {} KV blocks of {} tokens each, context {})",
+            "reprise: serving {} on http://{} with {} worker{} (policy {}, {} KV blocks of {} tokens each, context {}{events})",
             state.served_model_name,
             addr,
             cfg.devices.len(),

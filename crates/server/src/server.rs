@@ -4,8 +4,9 @@
 use crate::errors::ApiError;
 use crate::shutdown::{signal, Shutdown};
 use crate::state::AppState;
-use crate::{chat, completions, tokenize};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use crate::{chat, completions, render, tokenize};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,13 +15,15 @@ use axum::{Json, Router};
 use serde_json::json;
 use std::future::IntoFuture;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The application: every route and layer.
 pub fn app(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions/render", post(render::completions_render))
+        .route("/v1/chat/completions/render", post(render::chat_render))
         .route("/v1/models", get(models))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
@@ -28,11 +31,36 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(protected)
         .route("/health", get(health))
+        .route("/ping", get(ping).post(ping))
+        .route("/version", get(version))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn(stamp_arrival))
         .with_state(state)
+}
+
+/// When a request arrived, before its body was read, parsed and tokenized: where
+/// vLLM starts its TTFT and end-to-end clocks.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival(pub Instant);
+
+async fn stamp_arrival(mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(Arrival(Instant::now()));
+    next.run(req).await
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Arrival {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Arrival>()
+            .copied()
+            .unwrap_or(Arrival(Instant::now())))
+    }
 }
 
 /// Checks `Authorization: Bearer <key>` when a key is configured.
@@ -67,6 +95,25 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     Json(json!({"status": "ok", "workers": snaps.len(), "workers_alive": alive})).into_response()
 }
 
+/// vLLM's `/ping` (GET or POST): 200 with an empty body while a worker is alive.
+async fn ping(State(state): State<Arc<AppState>>) -> Response {
+    let alive = state
+        .dispatcher
+        .snapshots()
+        .iter()
+        .any(|(s, r)| s.alive && *r);
+    if alive {
+        StatusCode::OK.into_response()
+    } else {
+        ApiError::Unavailable("no worker is alive".into()).into_response()
+    }
+}
+
+/// vLLM's `/version`.
+async fn version() -> Json<serde_json::Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
+}
+
 async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(json!({
         "object": "list",
@@ -84,7 +131,13 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let policy = state.dispatcher.router().policy().name();
-    let text = state.metrics.render(policy, &state.dispatcher.snapshots());
+    let publisher = state.kv_publisher.as_ref().map(|p| {
+        let (batches, dropped) = p.counts();
+        crate::metrics::PublisherCounts { batches, dropped }
+    });
+    let text = state
+        .metrics
+        .render(policy, &state.dispatcher.snapshots(), publisher);
     (
         StatusCode::OK,
         [(

@@ -3,7 +3,8 @@
 
 use crate::config::{Device, KvSize, ServeConfig};
 use crate::dispatch::Dispatcher;
-use crate::metrics::Metrics;
+use crate::kv_publisher::{KvPublisher, PublisherConfig};
+use crate::metrics::{Metrics, ProcessInfo};
 use crate::state::AppState;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -12,6 +13,7 @@ use reprise_engine::scheduler::SchedulerConfig;
 use reprise_engine::worker::{WorkerConfig, WorkerHandle};
 use reprise_router::{Router, RouterConfig};
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,8 +105,27 @@ pub struct Started {
     pub num_blocks: usize,
 }
 
-/// Builds the router and the workers and the state around them.
-pub fn start(cfg: &ServeConfig, loaded: LoadedModel) -> anyhow::Result<Started> {
+/// `host:port` as others should reach this server: the listen address, or for a
+/// wildcard one the pod's IP (`POD_IP`, as llm-d's manifests set it) or the host name.
+pub fn advertised(addr: SocketAddr) -> String {
+    if !addr.ip().is_unspecified() {
+        return addr.to_string();
+    }
+    let host = std::env::var("POD_IP")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| addr.ip().to_string());
+    if host.contains(':') {
+        format!("[{host}]:{}", addr.port())
+    } else {
+        format!("{host}:{}", addr.port())
+    }
+}
+
+/// Builds the router, the KV-event publisher and the workers, and the state around them.
+pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow::Result<Started> {
     let LoadedModel {
         model,
         tokenizer,
@@ -158,6 +179,24 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel) -> anyhow::Result<Started> 
         ..Default::default()
     };
     let n = cfg.devices.len();
+    let served_model_name = cfg
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| name.clone());
+    let kv_publisher = match &cfg.kv_events {
+        None => None,
+        Some(k) => Some(Arc::new(KvPublisher::start(&PublisherConfig {
+            endpoint: k.endpoint.clone(),
+            replay_endpoint: k.replay_endpoint.clone(),
+            format: k.format,
+            topic: k
+                .topic
+                .clone()
+                .unwrap_or_else(|| format!("kv@{}@{}", advertised(addr), served_model_name)),
+            buffer_steps: k.buffer_steps,
+            block_size: cfg.block_size,
+        })?)),
+    };
     let router = Arc::new(
         Router::new(router_cfg, n, num_blocks).map_err(|e| anyhow::anyhow!("router: {e}"))?,
     );
@@ -184,22 +223,36 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel) -> anyhow::Result<Started> 
                 .and_then(|(w, s)| (w == i).then_some(s)),
         };
         let r = router.clone();
+        let publisher = kv_publisher.clone();
         let sink = Box::new(move |evs: Vec<reprise_router::KvEvent>| {
             if let Err(e) = r.apply_events(i, &evs) {
                 tracing::warn!(worker = i, "KV events rejected by the router: {e}");
+            }
+            if let Some(p) = &publisher {
+                p.worker_events(i, &evs);
             }
         });
         let h = WorkerHandle::spawn(wcfg, worker_model, sink)
             .map_err(|e| anyhow::anyhow!("worker {i}: {e}"))?;
         workers.push(h);
     }
-    let metrics = Arc::new(Metrics::new(n));
+    let metrics = Arc::new(Metrics::new(
+        n,
+        max_model_len,
+        ProcessInfo {
+            model_name: served_model_name.clone(),
+            block_size: cfg.block_size,
+            cache_dtype: if cfg.devices.iter().any(|d| matches!(d, Device::Cuda(_))) {
+                "bfloat16".into()
+            } else {
+                "float32".into()
+            },
+            hash_algo: sched_defaults.hash_algo.name().into(),
+        },
+    ));
     let dispatcher = Dispatcher::new(router, workers, cfg.max_queue, metrics.clone());
     let state = AppState {
-        served_model_name: cfg
-            .served_model_name
-            .clone()
-            .unwrap_or_else(|| name.clone()),
+        served_model_name,
         model_name: name,
         tokenizer,
         chat_template,
@@ -210,6 +263,7 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel) -> anyhow::Result<Started> 
         api_key: cfg.api_key.clone(),
         max_body_bytes: cfg.max_body_bytes,
         created: crate::unix_now(),
+        kv_publisher,
     };
     Ok(Started {
         state: Arc::new(state),

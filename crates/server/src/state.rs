@@ -32,6 +32,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Unix time the server started (the model's `created`).
     pub created: u64,
+    /// The KV-event publisher, with `--kv-events-endpoint`.
+    pub kv_publisher: Option<Arc<crate::kv_publisher::KvPublisher>>,
 }
 
 impl AppState {

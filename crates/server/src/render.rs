@@ -1,0 +1,97 @@
+//! vLLM's render endpoints: the token ids a request would be served with, without
+//! generating, so an outside router (llm-d's token producer, `reprise route`) can
+//! tokenize with this server's own tokenizer and chat template.
+//!
+//! The shape is vLLM's `GenerateRequest`: `/v1/completions/render` answers a list (one
+//! per prompt), `/v1/chat/completions/render` one object; each carries `token_ids`
+//! and the resolved `sampling_params`. Requests are validated as the generating
+//! endpoints validate them.
+
+use crate::body::JsonBody;
+use crate::chat::{parse_messages, render_and_tokenize};
+use crate::completions::prompt_list;
+use crate::errors::ApiError;
+use crate::params::{parse_common, resolve_max_tokens, Fields, GenOptions};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// `POST /v1/completions/render`.
+pub async fn completions_render(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let f = Fields::new(&body)?;
+    let opts = parse_common(&f, &["max_tokens"], state.vocab_size)?;
+    state.check_model(opts.model.as_deref())?;
+    let prompts = prompt_list(&state, f.value("prompt"))?;
+    let out = prompts
+        .into_iter()
+        .map(|ids| generate_request(&state, "cmpl", &opts, ids, Some(16)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(Value::Array(out)))
+}
+
+/// `POST /v1/chat/completions/render`.
+pub async fn chat_render(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let f = Fields::new(&body)?;
+    let opts = parse_common(
+        &f,
+        &["max_completion_tokens", "max_tokens"],
+        state.vocab_size,
+    )?;
+    state.check_model(opts.model.as_deref())?;
+    let messages = parse_messages(f.value("messages"))?;
+    let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
+    let ids = render_and_tokenize(&state, &messages, add_generation_prompt)?;
+    Ok(Json(generate_request(
+        &state, "chatcmpl", &opts, ids, None,
+    )?))
+}
+
+fn generate_request(
+    state: &AppState,
+    prefix: &str,
+    opts: &GenOptions,
+    token_ids: Vec<u32>,
+    default_max_tokens: Option<usize>,
+) -> Result<Value, ApiError> {
+    let max_tokens = resolve_max_tokens(
+        opts.max_tokens,
+        default_max_tokens,
+        token_ids.len(),
+        state.max_model_len,
+    )?;
+    let p = &opts.params;
+    let salt = (!opts.cache_salt.is_empty())
+        .then(|| String::from_utf8_lossy(&opts.cache_salt).into_owned());
+    Ok(json!({
+        "request_id": format!("{prefix}-{}", crate::request_id()),
+        "token_ids": token_ids,
+        "features": null,
+        "sampling_params": {
+            "n": opts.n,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "top_k": if p.top_k == 0 { -1 } else { p.top_k as i64 },
+            "seed": p.seed,
+            "stop": opts.stop,
+            "stop_token_ids": p.stop_token_ids,
+            "ignore_eos": p.ignore_eos,
+            "max_tokens": max_tokens,
+            "logprobs": p.logprobs,
+            "skip_special_tokens": opts.skip_special_tokens,
+        },
+        "model": state.served_model_name,
+        "stream": opts.stream,
+        "stream_options": if opts.stream { json!({"include_usage": opts.include_usage}) } else { Value::Null },
+        "cache_salt": salt,
+        "priority": 0,
+        "kv_transfer_params": null,
+    }))
+}
