@@ -24,7 +24,7 @@ if [ ! -x "$PY" ]; then
     python3 -m virtualenv --quiet .venv
   fi
 fi
-"$PY" -m pip install --quiet --disable-pip-version-check openai pytest
+"$PY" -m pip install --quiet --disable-pip-version-check openai pytest pyzmq msgpack
 
 step "build (release, all targets)"
 cargo build --release --workspace --all-targets

@@ -98,22 +98,6 @@ impl Sub {
     }
 }
 
-/// `(PUB, replay)` endpoints from the ready line, made dialable on loopback.
-fn endpoints(srv: &Server) -> (String, Option<String>) {
-    let line = srv.ready_line();
-    let after = line
-        .split("KV events on ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no KV events in the ready line: {line}"));
-    let fix = |s: &str| s.replace("0.0.0.0", "127.0.0.1");
-    let pub_ep = fix(after.split([' ', ')', ',']).next().expect("endpoint"));
-    let replay = after
-        .split("(replay ")
-        .nth(1)
-        .map(|r| fix(r.split(')').next().expect("replay endpoint")));
-    (pub_ep, replay)
-}
-
 /// Every batch the replay socket holds from `start`, as a DEALER (vLLM's framing).
 fn replay(endpoint: &str, start: u64) -> Vec<Frame> {
     let ctx = zmq::Context::new();
@@ -206,7 +190,7 @@ fn kv_events_stream_union_replay_and_a_dying_worker() {
         "--inject-worker-panic",
         "1:3",
     ]);
-    let (pub_ep, replay_ep) = endpoints(&srv);
+    let (pub_ep, replay_ep) = kv_endpoints(&srv);
     let replay_ep = replay_ep.expect("replay endpoint in the ready line");
     let sub = Sub::connect(&pub_ep);
     let wait = Duration::from_secs(20);
@@ -309,7 +293,7 @@ fn kv_events_in_the_array_encoding_and_a_cache_salt() {
         "--kv-events-topic",
         "custom-topic",
     ]);
-    let (pub_ep, replay_ep) = endpoints(&srv);
+    let (pub_ep, replay_ep) = kv_endpoints(&srv);
     assert_eq!(replay_ep, None);
     let sub = Sub::connect(&pub_ep);
     let p = prompt(7000);

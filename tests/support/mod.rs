@@ -69,8 +69,11 @@ impl Server {
             c.stdin(Stdio::null());
             c
         };
-        cmd.args([subcommand, "--port", "0"])
-            .args(args)
+        cmd.arg(subcommand);
+        if !args.contains(&"--port") {
+            cmd.args(["--port", "0"]);
+        }
+        cmd.args(args)
             .env("RUST_LOG", "warn,reprise=info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -450,4 +453,20 @@ pub fn long_text(tag: &str, words: usize) -> String {
         }
     }
     s
+}
+
+/// `(PUB, replay)` endpoints from the ready line, made dialable on loopback.
+pub fn kv_endpoints(srv: &Server) -> (String, Option<String>) {
+    let line = srv.ready_line();
+    let after = line
+        .split("KV events on ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no KV events in the ready line: {line}"));
+    let fix = |s: &str| s.replace("0.0.0.0", "127.0.0.1");
+    let pub_ep = fix(after.split([' ', ')', ',']).next().expect("endpoint"));
+    let replay = after
+        .split("(replay ")
+        .nth(1)
+        .map(|r| fix(r.split(')').next().expect("replay endpoint")));
+    (pub_ep, replay)
 }

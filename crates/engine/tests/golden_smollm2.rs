@@ -161,3 +161,33 @@ fn greedy_and_logits_match_transformers() {
     }
     eprintln!("max |logit diff| over top-10s: {worst:.2e}");
 }
+
+/// `reprise route` loads only the tokenizer side: it must be the very same one.
+#[test]
+fn metadata_only_load_tokenizes_and_renders_like_the_full_load() {
+    let g = golden();
+    let full = model();
+    let t0 = std::time::Instant::now();
+    let meta = model::load_meta(model::default_model_path().to_str()).expect("load_meta");
+    let meta_secs = t0.elapsed().as_secs_f64();
+    assert_eq!(meta.name, full.name);
+    assert_eq!(meta.eos_token_ids, full.eos_token_ids);
+    assert_eq!(meta.bos_token_id, full.bos_token_id);
+    assert_eq!(meta.max_model_len, full.max_model_len);
+    assert_eq!(meta.vocab_size, full.model.config().vocab_size);
+    for case in g["cases"].as_array().expect("cases") {
+        let prompt = case["rendered_prompt"].as_str().expect("prompt");
+        assert_eq!(
+            meta.tokenizer.encode(prompt, false).expect("encode"),
+            ids(&case["prompt_token_ids"])
+        );
+        if case["kind"] == "chat" {
+            let msgs: Vec<ChatMessage> =
+                serde_json::from_value(case["messages"].clone()).expect("messages");
+            let tmpl = meta.chat_template.as_ref().expect("template");
+            assert_eq!(tmpl.render(&msgs, true).expect("render"), prompt);
+        }
+    }
+    // Only the header and metadata are read: no weights (a few ms, not seconds).
+    assert!(meta_secs < 5.0, "metadata load took {meta_secs:.2} s");
+}

@@ -124,3 +124,42 @@ fn malformed_sources_are_errors() {
     ));
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+/// The tokenizer side alone (what `reprise route` loads) equals the full load's,
+/// and needs no weights: a directory holding only the tokenizer and config files works.
+#[test]
+fn metadata_only_load_needs_no_weights() {
+    for family in ["llama", "qwen2", "qwen3"] {
+        let d = dir(family);
+        let full = model::load(d.to_str()).expect("load");
+        let tmp =
+            std::env::temp_dir().join(format!("reprise-meta-{family}-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).expect("tmp dir");
+        for f in [
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+        ] {
+            std::fs::copy(d.join(f), tmp.join(f)).expect("copy");
+        }
+        let meta = model::load_meta(tmp.to_str()).expect("load_meta without weights");
+        assert!(
+            model::load(tmp.to_str()).is_err(),
+            "the full load needs the weights"
+        );
+        assert_eq!(meta.eos_token_ids, full.eos_token_ids, "{family}");
+        assert_eq!(meta.max_model_len, full.max_model_len, "{family}");
+        assert_eq!(meta.vocab_size, full.model.config().vocab_size, "{family}");
+        let text = "Hello, world! 12345 caches";
+        assert_eq!(
+            meta.tokenizer.encode(text, true).unwrap(),
+            full.tokenizer.encode(text, true).unwrap()
+        );
+        assert_eq!(
+            meta.chat_template.map(|t| t.source().to_string()),
+            full.chat_template.map(|t| t.source().to_string())
+        );
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+}

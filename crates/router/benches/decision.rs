@@ -9,6 +9,10 @@
 //! breakdown of hashing vs index walk, and decisions per second from 2 threads while
 //! a third streams KV events. Set `DECISION_BENCH_QUICK=1` for a short run.
 
+use reprise_router::remote::RemoteStream;
+use reprise_router::wire::{
+    encode_batch, EngineHash, EventFormat, StoredBlocks, WireBatch, WireEvent,
+};
 use reprise_router::{
     BlockHasher, BlockKey, EventSequencer, KvEventData, MemoryTier, PolicyKind, Router,
     RouterConfig, WorkerLoad,
@@ -193,6 +197,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report(&format!("route_keys (no hashing), {}K hit", len / 1024), rk);
     }
 
+    remote_fed(&hit_prompts, iters)?;
+
     // ---- throughput: 2 routing threads while events stream in ----
     let secs = if quick { 0.5 } else { 3.0 };
     println!("\n-- throughput: 2 routing threads + 1 event thread, {secs} s each --");
@@ -209,6 +215,97 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 epoch,
             );
         }
+    }
+    Ok(())
+}
+
+/// `reprise route`'s case: the same 1M blocks reach the index as vLLM wire batches
+/// (map encoding, 32-byte hashes of a foreign scheme, blocks of 64 tokens) decoded
+/// and translated to the router's own keys by [`RemoteStream`]; the decision is the
+/// call `reprise route` makes, `Router::route_excluding`.
+fn remote_fed(hit_prompts: &[Vec<u32>], iters: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let config = RouterConfig {
+        policy: PolicyKind::Precise,
+        block_size: BLOCK,
+        ..Default::default()
+    };
+    let router = Router::new(config, WORKERS, 200_000)?;
+    let engine_block = 64;
+    let t0 = Instant::now();
+    let chains = INDEXED_BLOCKS.div_ceil(CHAIN_TOKENS / BLOCK);
+    let mut streams: Vec<RemoteStream> = (0..WORKERS)
+        .map(|_| RemoteStream::new(router.hasher()))
+        .collect();
+    let mut seqs = [0u64; WORKERS];
+    let mut out = Vec::new();
+    for c in 0..chains {
+        let w = c % WORKERS;
+        let toks = chain_tokens(c as u64, CHAIN_TOKENS);
+        let hashes: Vec<EngineHash> = (0..CHAIN_TOKENS / engine_block)
+            .map(|i| {
+                let mut b = [0u8; 32];
+                b[..8].copy_from_slice(&(c as u64).to_le_bytes());
+                b[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+                EngineHash::Bytes(Box::new(b))
+            })
+            .collect();
+        let batch = WireBatch {
+            ts: 1.0,
+            events: vec![WireEvent::BlockStored(StoredBlocks {
+                block_hashes: hashes,
+                parent_block_hash: None,
+                token_ids: toks,
+                block_size: engine_block,
+                lora_id: None,
+                medium: Some("GPU".into()),
+                lora_name: None,
+                extra_keys: None,
+            })],
+            data_parallel_rank: Some(0),
+        };
+        let payload = encode_batch(&batch, EventFormat::Map);
+        out.clear();
+        streams[w].offer(seqs[w], &payload, false, &mut out)?;
+        seqs[w] += 1;
+        router.apply_events(w, &out)?;
+    }
+    println!(
+        "\n-- reprise route: the index fed by vLLM wire batches through RemoteStream ({} keys, {:.2} s) --",
+        router.index().len(),
+        t0.elapsed().as_secs_f64()
+    );
+    for w in 0..WORKERS {
+        router.update_load(w, load())?;
+    }
+    let mut now = Duration::ZERO;
+    let mut fresh = 30_000_000u64;
+    for (name, len, hit) in [
+        ("route: 1K tokens, hit", 1024, true),
+        ("route: 8K tokens, hit", 8192, true),
+        ("route: 1K tokens, miss", 1024, false),
+        ("route: 8K tokens, miss", 8192, false),
+    ] {
+        let mut samples = Vec::with_capacity(iters);
+        for i in 0..iters + 1000 {
+            let miss;
+            let p: &[u32] = if hit {
+                &hit_prompts[i % hit_prompts.len()][..len]
+            } else {
+                fresh += 1;
+                miss = chain_tokens(fresh, len);
+                &miss
+            };
+            now += Duration::from_millis(10);
+            let t = Instant::now();
+            let d = router.route_excluding(p, b"", now, 0)?;
+            let dt = t.elapsed();
+            std::hint::black_box(&d);
+            router.update_load(d.worker, load())?;
+            if i >= 1000 {
+                samples.push(dt);
+            }
+        }
+        report(name, samples);
     }
     Ok(())
 }

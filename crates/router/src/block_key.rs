@@ -39,8 +39,10 @@ pub const ROOT_PARENT: BlockKey = BlockKey(0x7265_7072_6973_655f_726f_6f74_5f6b_
 pub enum HashAlgo {
     /// xxh3, 64-bit: fast, not collision resistant against a chosen-prompt attacker.
     #[default]
+    #[serde(alias = "xxh3")]
     Xxh3,
     /// SHA-256 truncated to 128 bits: slower, collision resistant.
+    #[serde(alias = "sha256")]
     Sha256,
 }
 

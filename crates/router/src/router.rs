@@ -5,7 +5,7 @@ use crate::config::{ConfigError, RouterConfig};
 use crate::error::RouteError;
 use crate::events::KvEvent;
 use crate::index::precise::{ApplyOutcome, PreciseIndex, StreamStats};
-use crate::index::MAX_WORKERS;
+use crate::index::{bit, WorkerMask, MAX_WORKERS};
 use crate::load::WorkerLoad;
 use crate::policy::{self, Decision, PolicyKind, RouteRequest, RoutingPolicy};
 use crate::scorer::WorkerView;
@@ -130,16 +130,28 @@ impl Router {
         extra: &[u8],
         now: Duration,
     ) -> Result<Decision, RouteError> {
+        self.route_excluding(tokens, extra, now, 0)
+    }
+
+    /// [`Router::route`] with the workers in `exclude` treated as unavailable (a
+    /// retry after a worker failed this request picks the next best).
+    pub fn route_excluding(
+        &self,
+        tokens: &[TokenId],
+        extra: &[u8],
+        now: Duration,
+        exclude: WorkerMask,
+    ) -> Result<Decision, RouteError> {
         KEYS.with(|cell| match cell.try_borrow_mut() {
             Ok(mut keys) => {
                 self.hasher.prompt_keys_into(tokens, extra, &mut keys);
-                self.route_keys(&keys, now)
+                self.route_keys_excluding(&keys, now, exclude)
             }
             // Unreachable unless a policy re-enters the router; stay correct anyway.
             Err(_) => {
                 let mut keys = Vec::new();
                 self.hasher.prompt_keys_into(tokens, extra, &mut keys);
-                self.route_keys(&keys, now)
+                self.route_keys_excluding(&keys, now, exclude)
             }
         })
     }
@@ -147,7 +159,23 @@ impl Router {
     /// Route a prompt whose block keys the caller already computed with
     /// [`Router::hasher`] (so the engine can reuse the same keys).
     pub fn route_keys(&self, keys: &[BlockKey], now: Duration) -> Result<Decision, RouteError> {
-        let views: Vec<WorkerView> = self.slots.iter().map(Slot::view).collect();
+        self.route_keys_excluding(keys, now, 0)
+    }
+
+    fn route_keys_excluding(
+        &self,
+        keys: &[BlockKey],
+        now: Duration,
+        exclude: WorkerMask,
+    ) -> Result<Decision, RouteError> {
+        let mut views: Vec<WorkerView> = self.slots.iter().map(Slot::view).collect();
+        if exclude != 0 {
+            for (w, v) in views.iter_mut().enumerate() {
+                if exclude & bit(w) != 0 {
+                    v.available = false;
+                }
+            }
+        }
         let seq = self.decisions.fetch_add(1, Ordering::Relaxed);
         let d = self.policy.route(&RouteRequest {
             keys,
@@ -185,6 +213,22 @@ impl Router {
         let slot = self.slot(worker)?;
         slot.store(load);
         slot.inflight.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether `worker` publishes KV events (default yes); cache-aware policies guess
+    /// the caches of those that do not from their own decisions.
+    pub fn set_has_events(&self, worker: usize, has_events: bool) -> Result<(), RouteError> {
+        self.slot(worker)?;
+        self.policy.set_has_events(worker, has_events);
+        Ok(())
+    }
+
+    /// `worker`'s KV pool in blocks of the router's size (its load reports carry it
+    /// too); bounds the caches guessed for it.
+    pub fn set_pool_blocks(&self, worker: usize, blocks: usize) -> Result<(), RouteError> {
+        self.slot(worker)?;
+        self.policy.set_pool_blocks(worker, blocks);
         Ok(())
     }
 
@@ -335,6 +379,21 @@ mod tests {
             Err(RouteError::UnknownWorker { .. })
         ));
         assert!(r.update_load(5, WorkerLoad::default()).is_err());
+    }
+
+    #[test]
+    fn excluded_workers_are_passed_over() {
+        let r = router(PolicyKind::Precise, 3);
+        let prompt: Vec<u32> = (0..8).collect();
+        let mut s = EventSequencer::default();
+        r.apply_events(2, &cache(&r, &mut s, &prompt)).unwrap();
+        assert_eq!(r.route(&prompt, b"", ms(0)).unwrap().worker, 2);
+        let d = r.route_excluding(&prompt, b"", ms(1), 1 << 2).unwrap();
+        assert_ne!(d.worker, 2);
+        assert_eq!(
+            r.route_excluding(&prompt, b"", ms(2), 0b111),
+            Err(RouteError::NoWorkerAvailable)
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! each as an OpenAI-shaped error instead of axum's plain-text rejections.
 
 use crate::errors::ApiError;
-use crate::state::AppState;
+use crate::state::HttpLimits;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header::CONTENT_LENGTH;
@@ -12,11 +12,30 @@ use std::sync::Arc;
 /// A JSON request body, parsed into a [`Value`] (fields are read by `params.rs`).
 pub struct JsonBody(pub Value);
 
-impl FromRequest<Arc<AppState>> for JsonBody {
+impl<S: HttpLimits + Send + Sync> FromRequest<Arc<S>> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let limit = state.max_body_bytes;
+    async fn from_request(req: Request, state: &Arc<S>) -> Result<Self, ApiError> {
+        RawJson::from_request(req, state)
+            .await
+            .map(|r| JsonBody(r.value))
+    }
+}
+
+/// A JSON request body kept both as sent (`reprise route` forwards it unchanged) and
+/// parsed.
+pub struct RawJson {
+    /// The body's bytes.
+    pub bytes: Bytes,
+    /// The body parsed.
+    pub value: Value,
+}
+
+impl<S: HttpLimits + Send + Sync> FromRequest<Arc<S>> for RawJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<S>) -> Result<Self, ApiError> {
+        let limit = state.max_body_bytes();
         let declared = req
             .headers()
             .get(CONTENT_LENGTH)
@@ -32,7 +51,8 @@ impl FromRequest<Arc<AppState>> for JsonBody {
                 ApiError::bad_request(format!("cannot read the request body: {}", r.body_text()))
             }
         })?;
-        parse_json(&bytes).map(JsonBody)
+        let value = parse_json(&bytes)?;
+        Ok(RawJson { bytes, value })
     }
 }
 

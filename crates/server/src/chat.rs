@@ -8,7 +8,7 @@ use crate::generate::{finish_reason_str, Generation, Output, TokenInfo, Usage};
 use crate::params::{kind, logprobs_count, parse_common, resolve_max_tokens, Fields};
 use crate::server::Arrival;
 use crate::sse::{self, ChunkFormat};
-use crate::state::AppState;
+use crate::state::{AppState, ModelInfo};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -26,9 +26,9 @@ pub async fn chat_completions(
     let mut opts = parse_common(
         &f,
         &["max_completion_tokens", "max_tokens"],
-        state.vocab_size,
+        state.model.vocab_size,
     )?;
-    state.check_model(opts.model.as_deref())?;
+    state.model.check_model(opts.model.as_deref())?;
     let want_logprobs = f.bool("logprobs")?.unwrap_or(false);
     let top = logprobs_count(f.int("top_logprobs")?, "top_logprobs")?;
     if top.is_some_and(|k| k > 0) && !want_logprobs {
@@ -39,14 +39,19 @@ pub async fn chat_completions(
     }
     let messages = parse_messages(f.value("messages"))?;
     let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
-    let prompt = render_and_tokenize(&state, &messages, add_generation_prompt)?;
-    let max_tokens = resolve_max_tokens(opts.max_tokens, None, prompt.len(), state.max_model_len)?;
+    let prompt = render_and_tokenize(&state.model, &messages, add_generation_prompt)?;
+    let max_tokens = resolve_max_tokens(
+        opts.max_tokens,
+        None,
+        prompt.len(),
+        state.model.max_model_len,
+    )?;
     opts.params.max_tokens = max_tokens;
     opts.params.logprobs = want_logprobs.then(|| top.unwrap_or(0));
     let gen = Generation::start(&state, prompt, &opts, want_logprobs, arrival.0).await?;
     let worker = gen.worker();
     let id = format!("chatcmpl-{}", crate::request_id());
-    let model = state.served_model_name.clone();
+    let model = state.model.served_model_name.clone();
     let created = crate::unix_now();
     if opts.stream {
         let fmt = ChatChunks {
@@ -137,17 +142,17 @@ pub fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
 /// Renders the messages with the model's template and tokenizes the result
 /// (the template writes the special tokens itself).
 pub fn render_and_tokenize(
-    state: &AppState,
+    model: &ModelInfo,
     messages: &[ChatMessage],
     add_generation_prompt: bool,
 ) -> Result<Vec<u32>, ApiError> {
-    let template = state.chat_template.as_ref().ok_or_else(|| {
+    let template = model.chat_template.as_ref().ok_or_else(|| {
         ApiError::bad_request("this model has no chat template; use /v1/completions")
     })?;
     let text = template
         .render(messages, add_generation_prompt)
         .map_err(|e| ApiError::bad("messages", e.to_string()))?;
-    state
+    model
         .tokenizer
         .encode(&text, false)
         .map_err(|e| ApiError::Internal(e.to_string()))

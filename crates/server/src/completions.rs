@@ -6,7 +6,7 @@ use crate::generate::{finish_reason_str, Generation, Output, TokenInfo, Usage};
 use crate::params::{logprobs_count, parse_common, resolve_max_tokens, Fields};
 use crate::server::Arrival;
 use crate::sse::{self, ChunkFormat};
-use crate::state::AppState;
+use crate::state::{AppState, ModelInfo};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,8 +23,8 @@ pub async fn completions(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let f = Fields::new(&body)?;
-    let mut opts = parse_common(&f, &["max_tokens"], state.vocab_size)?;
-    state.check_model(opts.model.as_deref())?;
+    let mut opts = parse_common(&f, &["max_tokens"], state.model.vocab_size)?;
+    state.model.check_model(opts.model.as_deref())?;
     if f.bool("echo")?.unwrap_or(false) {
         return Err(ApiError::bad("echo", "echo is not supported"));
     }
@@ -32,19 +32,19 @@ pub async fn completions(
         return Err(ApiError::bad("suffix", "suffix is not supported"));
     }
     let logprobs = logprobs_count(f.int("logprobs")?, "logprobs")?;
-    let prompt = prompt_tokens(&state, f.value("prompt"))?;
+    let prompt = prompt_tokens(&state.model, f.value("prompt"))?;
     let max_tokens = resolve_max_tokens(
         opts.max_tokens,
         Some(DEFAULT_MAX_TOKENS),
         prompt.len(),
-        state.max_model_len,
+        state.model.max_model_len,
     )?;
     opts.params.max_tokens = max_tokens;
     opts.params.logprobs = logprobs;
     let gen = Generation::start(&state, prompt, &opts, logprobs.is_some(), arrival.0).await?;
     let worker = gen.worker();
     let id = format!("cmpl-{}", crate::request_id());
-    let model = state.served_model_name.clone();
+    let model = state.model.served_model_name.clone();
     let created = crate::unix_now();
     if opts.stream {
         let fmt = CompletionChunks {
@@ -79,8 +79,8 @@ pub async fn completions(
 }
 
 /// The prompt's token ids: a string, a list of token ids, or a one-element list of either.
-fn prompt_tokens(state: &AppState, v: Option<&Value>) -> Result<Vec<u32>, ApiError> {
-    let mut all = prompt_list(state, v)?;
+fn prompt_tokens(model: &ModelInfo, v: Option<&Value>) -> Result<Vec<u32>, ApiError> {
+    let mut all = prompt_list(model, v)?;
     if all.len() != 1 {
         return Err(ApiError::bad(
             "prompt",
@@ -94,22 +94,22 @@ fn prompt_tokens(state: &AppState, v: Option<&Value>) -> Result<Vec<u32>, ApiErr
 }
 
 /// Every prompt's token ids: a string, a list of token ids, or a list of either.
-pub fn prompt_list(state: &AppState, v: Option<&Value>) -> Result<Vec<Vec<u32>>, ApiError> {
+pub fn prompt_list(model: &ModelInfo, v: Option<&Value>) -> Result<Vec<Vec<u32>>, ApiError> {
     let bad = |m: &str| ApiError::bad("prompt", m.to_string());
     match v {
         Some(Value::Array(a))
             if !a.is_empty() && a.iter().all(|x| x.is_string() || x.is_array()) =>
         {
-            a.iter().map(|p| one_prompt(state, Some(p))).collect()
+            a.iter().map(|p| one_prompt(model, Some(p))).collect()
         }
         Some(Value::Array(a)) if !a.iter().all(Value::is_number) => Err(bad(
             "prompt must be a string, a list of token ids, or a list of either",
         )),
-        other => Ok(vec![one_prompt(state, other)?]),
+        other => Ok(vec![one_prompt(model, other)?]),
     }
 }
 
-fn one_prompt(state: &AppState, v: Option<&Value>) -> Result<Vec<u32>, ApiError> {
+fn one_prompt(model: &ModelInfo, v: Option<&Value>) -> Result<Vec<u32>, ApiError> {
     let bad = |m: &str| ApiError::bad("prompt", m.to_string());
     let ids = |a: &[Value]| -> Result<Vec<u32>, ApiError> {
         let ids: Vec<u32> = a
@@ -120,12 +120,12 @@ fn one_prompt(state: &AppState, v: Option<&Value>) -> Result<Vec<u32>, ApiError>
                     .ok_or_else(|| bad("a token-id prompt must be a list of non-negative integers"))
             })
             .collect::<Result<_, _>>()?;
-        state.check_token_ids(&ids, "prompt")?;
+        model.check_token_ids(&ids, "prompt")?;
         Ok(ids)
     };
     match v {
         None => Err(bad("prompt is required")),
-        Some(Value::String(s)) => state
+        Some(Value::String(s)) => model
             .tokenizer
             .encode(s, true)
             .map_err(|e| ApiError::Internal(e.to_string())),

@@ -129,7 +129,8 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn err(option: &'static str, message: impl Into<String>) -> ConfigError {
+/// A [`ConfigError`] about `option`.
+pub fn err(option: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         option,
         message: message.into(),
@@ -197,6 +198,46 @@ fn parse_devices(s: &str) -> Result<Vec<Device>, ConfigError> {
     Ok(out)
 }
 
+/// The address `--host` and `--port` name.
+pub fn listen_addr(host: &str, port: u16) -> Result<SocketAddr, ConfigError> {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, port)),
+        Err(_) => (host, port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut it| it.next())
+            .ok_or_else(|| err("host", format!("cannot resolve '{host}'"))),
+    }
+}
+
+/// `--served-model-name` must not be blank.
+pub fn check_served_name(name: Option<&str>) -> Result<(), ConfigError> {
+    match name {
+        Some(n) if n.trim().is_empty() => Err(err("served-model-name", "must not be empty")),
+        _ => Ok(()),
+    }
+}
+
+/// `--max-body-bytes` in bytes (at least 1 KiB).
+pub fn max_body_bytes(s: &str) -> Result<usize, ConfigError> {
+    let max_body = parse_size(s).map_err(|m| err("max-body-bytes", m))?;
+    if max_body < 1024 {
+        return Err(err("max-body-bytes", "must be at least 1KiB"));
+    }
+    Ok(usize::try_from(max_body).unwrap_or(usize::MAX))
+}
+
+/// A duration option in seconds within `min..=max`.
+pub fn seconds(option: &'static str, v: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
+    if !v.is_finite() || v < min || v > max {
+        return Err(err(
+            option,
+            format!("must be between {min} and {max} seconds, got {v}"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
 impl ServeConfig {
     /// Checks every option; the first problem is the error.
     pub fn from_args(a: &ServeArgs) -> Result<Self, ConfigError> {
@@ -236,36 +277,14 @@ impl ServeConfig {
         if a.max_model_len == Some(0) {
             return Err(err("max-model-len", "must be at least 2"));
         }
-        let addr = match a.host.parse::<IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, a.port),
-            Err(_) => (a.host.as_str(), a.port)
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut it| it.next())
-                .ok_or_else(|| err("host", format!("cannot resolve '{}'", a.host)))?,
-        };
+        let addr = listen_addr(&a.host, a.port)?;
         let api_key = a.api_key.clone().filter(|k| !k.is_empty());
-        if let Some(name) = &a.served_model_name {
-            if name.trim().is_empty() {
-                return Err(err("served-model-name", "must not be empty"));
-            }
-        }
+        check_served_name(a.served_model_name.as_deref())?;
         if a.max_queue == 0 {
             return Err(err("max-queue", "must be at least 1"));
         }
-        let max_body = parse_size(&a.max_body_bytes).map_err(|m| err("max-body-bytes", m))?;
-        if max_body < 1024 {
-            return Err(err("max-body-bytes", "must be at least 1KiB"));
-        }
-        if !a.shutdown_timeout.is_finite()
-            || a.shutdown_timeout < 0.0
-            || a.shutdown_timeout > 86400.0
-        {
-            return Err(err(
-                "shutdown-timeout",
-                "must be between 0 and 86400 seconds",
-            ));
-        }
+        let max_body = max_body_bytes(&a.max_body_bytes)?;
+        seconds("shutdown-timeout", a.shutdown_timeout, 0.0, 86400.0)?;
         let inject_worker_panic = match &a.inject_worker_panic {
             None => None,
             Some(s) => {
@@ -332,7 +351,7 @@ impl ServeConfig {
             api_key,
             served_model_name: a.served_model_name.clone(),
             max_queue: a.max_queue,
-            max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
+            max_body_bytes: max_body,
             shutdown_timeout: Duration::from_secs_f64(a.shutdown_timeout),
             inject_worker_panic,
             kv_events,
@@ -392,7 +411,7 @@ mod tests {
         v.extend_from_slice(extra);
         match Cli::try_parse_from(v).expect("parse").command {
             Command::Serve(a) => a,
-            Command::Bench(_) => unreachable!("parsed `serve`"),
+            other => unreachable!("parsed `serve`, got {other:?}"),
         }
     }
 

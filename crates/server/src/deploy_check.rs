@@ -66,6 +66,44 @@ fn port_of(endpoint: &str) -> Option<u16> {
     endpoint.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
 }
 
+/// Every `mountPath/key` a Deployment mounts from a ConfigMap, written to a temp file
+/// with the ConfigMap's text.
+fn mounted_files(docs: &[(String, Value)]) -> BTreeMap<String, PathBuf> {
+    let maps: BTreeMap<&str, &Value> = docs
+        .iter()
+        .filter(|(_, d)| d["kind"] == "ConfigMap")
+        .filter_map(|(_, d)| Some((d["metadata"]["name"].as_str()?, &d["data"])))
+        .collect();
+    let mut out = BTreeMap::new();
+    for (_, d) in docs.iter().filter(|(_, d)| d["kind"] == "Deployment") {
+        let spec = &d["spec"]["template"]["spec"];
+        for v in spec["volumes"].as_array().into_iter().flatten() {
+            let (Some(vol), Some(map)) = (v["name"].as_str(), v["configMap"]["name"].as_str())
+            else {
+                continue;
+            };
+            let Some(data) = maps.get(map).and_then(|d| d.as_object()) else {
+                panic!("volume {vol} mounts the missing ConfigMap {map}");
+            };
+            for c in spec["containers"].as_array().into_iter().flatten() {
+                for m in c["volumeMounts"].as_array().into_iter().flatten() {
+                    if m["name"] != vol {
+                        continue;
+                    }
+                    let dir = m["mountPath"].as_str().expect("mountPath");
+                    for (key, text) in data {
+                        let tmp = std::env::temp_dir()
+                            .join(format!("reprise-deploy-{}-{map}-{key}", std::process::id()));
+                        std::fs::write(&tmp, text.as_str().unwrap_or_default()).expect("temp file");
+                        out.insert(format!("{dir}/{key}"), tmp);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn every_manifest_parses_and_its_reprise_arguments_are_valid() {
     let docs = documents();
@@ -77,6 +115,7 @@ fn every_manifest_parses_and_its_reprise_arguments_are_valid() {
         assert!(kinds.contains(&want), "deploy/ has no {want}: {kinds:?}");
     }
     let mut serve_pods: Vec<(BTreeMap<String, String>, u16)> = Vec::new();
+    let mounted = mounted_files(&docs);
     for (file, d) in &docs {
         assert!(
             d["apiVersion"].is_string() && d["kind"].is_string(),
@@ -103,7 +142,16 @@ fn every_manifest_parses_and_its_reprise_arguments_are_valid() {
                 .as_array()
                 .expect("args")
                 .iter()
-                .map(|a| expand(a.as_str().expect("string arg"), &env))
+                .map(|a| {
+                    let a = expand(a.as_str().expect("string arg"), &env);
+                    // A file the pod mounts from a ConfigMap is the ConfigMap's text.
+                    match a.split_once('=') {
+                        Some((k, path)) if mounted.contains_key(path) => {
+                            format!("{k}={}", mounted[path].display())
+                        }
+                        _ => a,
+                    }
+                })
                 .collect();
             let argv = std::iter::once("reprise".to_string()).chain(args);
             let cli = Cli::try_parse_from(argv)
@@ -138,6 +186,19 @@ fn every_manifest_parses_and_its_reprise_arguments_are_valid() {
                     }
                     serve_pods.push((labels.clone(), a.port));
                 }
+                Command::Route(a) => {
+                    let cfg = crate::route::config::RouteConfig::from_args(&a)
+                        .unwrap_or_else(|e| panic!("{file}: reprise route refuses: {e}"));
+                    assert!(
+                        ports.contains(&a.port),
+                        "{file}: HTTP port {} not exposed",
+                        a.port
+                    );
+                    assert!(
+                        !cfg.workers.is_empty() || cfg.workers_file.is_some(),
+                        "{file}: no workers"
+                    );
+                }
                 other => panic!("{file}: unexpected subcommand {other:?}"),
             }
         }
@@ -159,7 +220,10 @@ fn every_manifest_parses_and_its_reprise_arguments_are_valid() {
         );
     }
     // The picker's configuration is YAML too, with reprise's block size.
-    for (file, d) in docs.iter().filter(|(_, d)| d["kind"] == "ConfigMap") {
+    for (file, d) in docs
+        .iter()
+        .filter(|(_, d)| d["data"]["epp-config.yaml"].is_string())
+    {
         for (_, text) in d["data"].as_object().expect("data").iter() {
             let cfg: Value = serde_yaml_ng::from_str(text.as_str().expect("text"))
                 .unwrap_or_else(|e| panic!("{file}: embedded config: {e}"));

@@ -40,6 +40,9 @@ pub enum ApiError {
     /// 500: a worker failed the request.
     #[error("internal error: {0}")]
     Internal(String),
+    /// 502: `reprise route` could not get an answer from any worker.
+    #[error("{0}")]
+    Upstream(String),
 }
 
 impl ApiError {
@@ -70,6 +73,7 @@ impl ApiError {
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -85,6 +89,7 @@ impl ApiError {
             ApiError::Overloaded(_) => ("rate_limit_error", "rate_limit_exceeded"),
             ApiError::Unavailable(_) => ("server_error", "service_unavailable"),
             ApiError::Internal(_) => ("server_error", "internal_error"),
+            ApiError::Upstream(_) => ("server_error", "upstream_error"),
         }
     }
 
@@ -137,9 +142,10 @@ mod tests {
             ApiError::Overloaded(3),
             ApiError::Unavailable("no worker".into()),
             ApiError::Internal("boom".into()),
+            ApiError::Upstream("worker 1 refused".into()),
         ];
         let statuses: Vec<u16> = all.iter().map(|e| e.status().as_u16()).collect();
-        assert_eq!(statuses, [400, 401, 404, 404, 405, 413, 429, 503, 500]);
+        assert_eq!(statuses, [400, 401, 404, 404, 405, 413, 429, 503, 500, 502]);
         for e in &all {
             let b = e.body();
             let err = b["error"].as_object().expect("error object");

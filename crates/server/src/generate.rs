@@ -253,7 +253,7 @@ impl Generation {
         }
         self.first_token.get_or_insert(now);
         self.last_token = Some(now);
-        let tok = &self.state.tokenizer;
+        let tok = &self.state.model.tokenizer;
         let want_logprobs = self.want_logprobs;
         let Some(c) = self.choices.get_mut(index) else {
             return Ok(());

@@ -22,6 +22,7 @@ mod kv_publisher;
 mod metrics;
 mod params;
 mod render;
+mod route;
 mod server;
 mod shutdown;
 mod sse;
@@ -86,14 +87,14 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         };
         let ready = format!(
             "reprise: serving {} on http://{} with {} worker{} (policy {}, {} KV blocks of {} tokens each, context {}{events})",
-            state.served_model_name,
+            state.model.served_model_name,
             addr,
             cfg.devices.len(),
             if cfg.devices.len() == 1 { "" } else { "s" },
             cfg.policy,
             started.num_blocks,
             cfg.block_size,
-            state.max_model_len,
+            state.model.max_model_len,
         );
         server::serve(state, listener, cfg.shutdown_timeout, ready).await?;
         anyhow::Ok(())
@@ -122,6 +123,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Route(args) => route::run(&args),
         Command::Bench(args) => bench_main(args),
     };
     match result {

@@ -12,7 +12,7 @@ use crate::chat::{parse_messages, render_and_tokenize};
 use crate::completions::prompt_list;
 use crate::errors::ApiError;
 use crate::params::{parse_common, resolve_max_tokens, Fields, GenOptions};
-use crate::state::AppState;
+use crate::state::{AppState, ModelInfo};
 use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
@@ -24,12 +24,12 @@ pub async fn completions_render(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let f = Fields::new(&body)?;
-    let opts = parse_common(&f, &["max_tokens"], state.vocab_size)?;
-    state.check_model(opts.model.as_deref())?;
-    let prompts = prompt_list(&state, f.value("prompt"))?;
+    let opts = parse_common(&f, &["max_tokens"], state.model.vocab_size)?;
+    state.model.check_model(opts.model.as_deref())?;
+    let prompts = prompt_list(&state.model, f.value("prompt"))?;
     let out = prompts
         .into_iter()
-        .map(|ids| generate_request(&state, "cmpl", &opts, ids, Some(16)))
+        .map(|ids| generate_request(&state.model, "cmpl", &opts, ids, Some(16)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(Value::Array(out)))
 }
@@ -43,19 +43,23 @@ pub async fn chat_render(
     let opts = parse_common(
         &f,
         &["max_completion_tokens", "max_tokens"],
-        state.vocab_size,
+        state.model.vocab_size,
     )?;
-    state.check_model(opts.model.as_deref())?;
+    state.model.check_model(opts.model.as_deref())?;
     let messages = parse_messages(f.value("messages"))?;
     let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
-    let ids = render_and_tokenize(&state, &messages, add_generation_prompt)?;
+    let ids = render_and_tokenize(&state.model, &messages, add_generation_prompt)?;
     Ok(Json(generate_request(
-        &state, "chatcmpl", &opts, ids, None,
+        &state.model,
+        "chatcmpl",
+        &opts,
+        ids,
+        None,
     )?))
 }
 
 fn generate_request(
-    state: &AppState,
+    model: &ModelInfo,
     prefix: &str,
     opts: &GenOptions,
     token_ids: Vec<u32>,
@@ -65,7 +69,7 @@ fn generate_request(
         opts.max_tokens,
         default_max_tokens,
         token_ids.len(),
-        state.max_model_len,
+        model.max_model_len,
     )?;
     let p = &opts.params;
     let salt = (!opts.cache_salt.is_empty())
@@ -87,7 +91,7 @@ fn generate_request(
             "logprobs": p.logprobs,
             "skip_special_tokens": opts.skip_special_tokens,
         },
-        "model": state.served_model_name,
+        "model": model.served_model_name,
         "stream": opts.stream,
         "stream_options": if opts.stream { json!({"include_usage": opts.include_usage}) } else { Value::Null },
         "cache_salt": salt,

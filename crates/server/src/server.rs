@@ -3,7 +3,7 @@
 
 use crate::errors::ApiError;
 use crate::shutdown::{signal, Shutdown};
-use crate::state::AppState;
+use crate::state::{AppState, HttpLimits};
 use crate::{chat, completions, render, tokenize};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -46,7 +46,8 @@ pub fn app(state: Arc<AppState>) -> Router {
 #[derive(Clone, Copy, Debug)]
 pub struct Arrival(pub Instant);
 
-async fn stamp_arrival(mut req: Request, next: Next) -> Response {
+/// Stamps [`Arrival`] on every request.
+pub async fn stamp_arrival(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(Arrival(Instant::now()));
     next.run(req).await
 }
@@ -64,8 +65,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Arrival {
 }
 
 /// Checks `Authorization: Bearer <key>` when a key is configured.
-async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &state.api_key {
+pub async fn auth<S: HttpLimits>(
+    State(state): State<Arc<S>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = state.api_key() {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -110,23 +115,12 @@ async fn ping(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// vLLM's `/version`.
-async fn version() -> Json<serde_json::Value> {
+pub async fn version() -> Json<serde_json::Value> {
     Json(json!({"version": env!("CARGO_PKG_VERSION")}))
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.served_model_name,
-            "object": "model",
-            "created": state.created,
-            "owned_by": "reprise",
-            "root": state.model_name,
-            "parent": null,
-            "max_model_len": state.max_model_len,
-        }],
-    }))
+    Json(state.model.models_json())
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -149,11 +143,13 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn not_found(uri: Uri) -> ApiError {
+/// 404 for an unknown route.
+pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::RouteNotFound(uri.path().to_string())
 }
 
-async fn method_not_allowed(uri: Uri) -> ApiError {
+/// 405 for a known route with another method.
+pub async fn method_not_allowed(uri: Uri) -> ApiError {
     ApiError::MethodNotAllowed(uri.path().to_string())
 }
 
@@ -165,17 +161,45 @@ pub async fn serve(
     timeout: Duration,
     ready_line: String,
 ) -> std::io::Result<()> {
-    let (trigger, shutdown) = Shutdown::new();
     let refresher = tokio::spawn(crate::dispatch::refresh_loop(state.clone()));
     let drain_state = state.clone();
+    serve_until_signal(
+        app(state.clone()),
+        listener,
+        timeout,
+        ready_line,
+        move || {
+            drain_state.dispatcher.drain();
+            drain_state.dispatcher.in_flight()
+        },
+    )
+    .await?;
+    refresher.abort();
+    state.dispatcher.shutdown_workers();
+    Ok(())
+}
+
+/// Prints the ready line, serves `app` until SIGTERM / ctrl-c, then stops accepting,
+/// calls `drain` (which stops admission and returns the requests in flight) and
+/// gives those requests `timeout` to finish. Shared by `serve` and `route`.
+pub async fn serve_until_signal(
+    app: Router,
+    listener: tokio::net::TcpListener,
+    timeout: Duration,
+    ready_line: String,
+    drain: impl Fn() -> usize + Send + Sync + 'static,
+) -> std::io::Result<()> {
+    let drain = Arc::new(drain);
+    let (trigger, shutdown) = Shutdown::new();
     let signalled = signal();
-    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
+    let d = drain.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         signalled.await;
+        let in_flight = d();
         tracing::info!(
-            in_flight = drain_state.dispatcher.in_flight(),
+            in_flight,
             "shutting down: no new requests; waiting for in-flight ones"
         );
-        drain_state.dispatcher.drain();
         let _ = trigger.send(true);
     });
     println!("{ready_line}");
@@ -189,12 +213,10 @@ pub async fn serve(
         r = server.into_future() => r?,
         _ = deadline => {
             tracing::warn!(
-                in_flight = state.dispatcher.in_flight(),
+                in_flight = drain(),
                 "shutdown deadline passed; dropping the remaining requests"
             );
         }
     }
-    refresher.abort();
-    state.dispatcher.shutdown_workers();
     Ok(())
 }

@@ -5,10 +5,10 @@ use crate::config::{Device, KvSize, ServeConfig};
 use crate::dispatch::Dispatcher;
 use crate::kv_publisher::{KvPublisher, PublisherConfig};
 use crate::metrics::{Metrics, ProcessInfo};
-use crate::state::AppState;
+use crate::state::{AppState, ModelInfo};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use reprise_engine::model::{self, LoadedModel, Model, ModelDevice, ModelError};
+use reprise_engine::model::{self, LoadedModel, Model, ModelDevice, ModelError, ModelMeta};
 use reprise_engine::scheduler::SchedulerConfig;
 use reprise_engine::worker::{WorkerConfig, WorkerHandle};
 use reprise_router::{Router, RouterConfig};
@@ -79,22 +79,36 @@ fn fetch_default_model() -> anyhow::Result<String> {
 
 /// Loads `source` (or the default model, fetching it first if it is missing).
 pub fn load_model(source: Option<&str>, device: ModelDevice) -> anyhow::Result<LoadedModel> {
+    load_fetching(source, |s| model::load_on(s, device))
+}
+
+/// Loads only `source`'s tokenizer side (for `reprise route`), fetching the default
+/// model first if it is missing.
+pub fn load_meta(source: Option<&str>) -> anyhow::Result<ModelMeta> {
+    load_fetching(source, model::load_meta)
+}
+
+/// Runs `load` on `source` with a spinner; the default model is fetched first when
+/// it is not in the cache.
+fn load_fetching<T>(
+    source: Option<&str>,
+    load: impl Fn(Option<&str>) -> Result<T, ModelError>,
+) -> anyhow::Result<T> {
     let what = source.unwrap_or("the default model").to_string();
     let pb = spinner(format!("loading {what}"));
-    let first = model::load_on(source, device);
+    let first = load(source);
     pb.finish_and_clear();
-    let loaded = match first {
-        Ok(m) => m,
+    match first {
+        Ok(m) => Ok(m),
         Err(ModelError::DefaultModelMissing(_)) => {
             let path = fetch_default_model()?;
             let pb = spinner(format!("loading {path}"));
-            let m = model::load_on(Some(&path), device);
+            let m = load(Some(&path));
             pb.finish_and_clear();
-            m.map_err(|e| anyhow::anyhow!("{e}"))?
+            m.map_err(|e| anyhow::anyhow!("{e}"))
         }
-        Err(e) => return Err(anyhow::anyhow!("{e}")),
-    };
-    Ok(loaded)
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
 }
 
 /// What the ready line reports.
@@ -252,17 +266,19 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
     ));
     let dispatcher = Dispatcher::new(router, workers, cfg.max_queue, metrics.clone());
     let state = AppState {
-        served_model_name,
-        model_name: name,
-        tokenizer,
-        chat_template,
-        max_model_len,
-        vocab_size,
+        model: ModelInfo {
+            served_model_name,
+            model_name: name,
+            tokenizer,
+            chat_template,
+            max_model_len,
+            vocab_size,
+            created: crate::unix_now(),
+        },
         dispatcher,
         metrics,
         api_key: cfg.api_key.clone(),
         max_body_bytes: cfg.max_body_bytes,
-        created: crate::unix_now(),
         kv_publisher,
     };
     Ok(Started {

@@ -8,8 +8,9 @@ use reprise_engine::chat_template::ChatTemplate;
 use reprise_engine::tokenizer::Tokenizer;
 use std::sync::Arc;
 
-/// Shared server state.
-pub struct AppState {
+/// What the HTTP layer knows about the served model, shared by `reprise serve` and
+/// `reprise route` (which has the tokenizer and template but no weights).
+pub struct ModelInfo {
     /// Name reported by /v1/models and accepted in `model`.
     pub served_model_name: String,
     /// The model's own name (also accepted).
@@ -22,28 +23,22 @@ pub struct AppState {
     pub max_model_len: usize,
     /// Rows of the embedding: token ids must be below this.
     pub vocab_size: usize,
-    /// Routing and submission.
-    pub dispatcher: Dispatcher,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Required bearer token.
-    pub api_key: Option<String>,
-    /// Body limit.
-    pub max_body_bytes: usize,
     /// Unix time the server started (the model's `created`).
     pub created: u64,
-    /// The KV-event publisher, with `--kv-events-endpoint`.
-    pub kv_publisher: Option<Arc<crate::kv_publisher::KvPublisher>>,
 }
 
-impl AppState {
+impl ModelInfo {
+    /// Whether `model` (absent, or a name) names the served model.
+    pub fn is_served(&self, model: Option<&str>) -> bool {
+        model.is_none_or(|m| m == self.served_model_name || m == self.model_name)
+    }
+
     /// 404 unless `model` is absent or names the served model.
     pub fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
         match model {
-            None => Ok(()),
-            Some(m) if m == self.served_model_name || m == self.model_name => Ok(()),
-            Some(m) => Err(ApiError::ModelNotFound(
-                m.to_string(),
+            m if self.is_served(m) => Ok(()),
+            m => Err(ApiError::ModelNotFound(
+                m.unwrap_or_default().to_string(),
                 self.served_model_name.clone(),
             )),
         }
@@ -61,5 +56,55 @@ impl AppState {
             )),
             None => Ok(()),
         }
+    }
+
+    /// The `/v1/models` answer.
+    pub fn models_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "object": "list",
+            "data": [{
+                "id": self.served_model_name,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "reprise",
+                "root": self.model_name,
+                "parent": null,
+                "max_model_len": self.max_model_len,
+            }],
+        })
+    }
+}
+
+/// The limits the HTTP layers (`serve`'s and `route`'s) read from their state.
+pub trait HttpLimits {
+    /// Largest accepted request body in bytes.
+    fn max_body_bytes(&self) -> usize;
+    /// The bearer token requests must carry, if any.
+    fn api_key(&self) -> Option<&str>;
+}
+
+/// Shared server state.
+pub struct AppState {
+    /// The served model's tokenizer side.
+    pub model: ModelInfo,
+    /// Routing and submission.
+    pub dispatcher: Dispatcher,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Required bearer token.
+    pub api_key: Option<String>,
+    /// Body limit.
+    pub max_body_bytes: usize,
+    /// The KV-event publisher, with `--kv-events-endpoint`.
+    pub kv_publisher: Option<Arc<crate::kv_publisher::KvPublisher>>,
+}
+
+impl HttpLimits for AppState {
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
     }
 }

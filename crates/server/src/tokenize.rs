@@ -1,10 +1,12 @@
-//! `POST /tokenize` and `POST /detokenize` in vLLM's shape.
+//! `POST /tokenize` and `POST /detokenize` in vLLM's shape. The bodies are handled
+//! by functions of the model's tokenizer side alone, so `reprise route` serves the
+//! same endpoints without weights.
 
 use crate::body::JsonBody;
 use crate::chat::{parse_messages, render_and_tokenize};
 use crate::errors::ApiError;
 use crate::params::{kind, Fields};
-use crate::state::AppState;
+use crate::state::{AppState, ModelInfo};
 use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
@@ -15,25 +17,7 @@ pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    let f = Fields::new(&body)?;
-    state.check_model(f.str("model")?)?;
-    let tokens = if f.value("messages").is_some() {
-        let messages = parse_messages(f.value("messages"))?;
-        let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
-        render_and_tokenize(&state, &messages, add_generation_prompt)?
-    } else {
-        let prompt = f
-            .str("prompt")?
-            .ok_or_else(|| ApiError::bad("prompt", "prompt (a string) or messages is required"))?;
-        let add_special = f.bool("add_special_tokens")?.unwrap_or(true);
-        state
-            .tokenizer
-            .encode(prompt, add_special)
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-    };
-    Ok(Json(
-        json!({"count": tokens.len(), "max_model_len": state.max_model_len, "tokens": tokens}),
-    ))
+    tokenize_body(&state.model, &body).map(Json)
 }
 
 /// `{"model", "tokens"}` → `{"prompt"}`.
@@ -41,8 +25,34 @@ pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    let f = Fields::new(&body)?;
-    state.check_model(f.str("model")?)?;
+    detokenize_body(&state.model, &body).map(Json)
+}
+
+/// The answer of `/tokenize` to `body`.
+pub fn tokenize_body(model: &ModelInfo, body: &Value) -> Result<Value, ApiError> {
+    let f = Fields::new(body)?;
+    model.check_model(f.str("model")?)?;
+    let tokens = if f.value("messages").is_some() {
+        let messages = parse_messages(f.value("messages"))?;
+        let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
+        render_and_tokenize(model, &messages, add_generation_prompt)?
+    } else {
+        let prompt = f
+            .str("prompt")?
+            .ok_or_else(|| ApiError::bad("prompt", "prompt (a string) or messages is required"))?;
+        let add_special = f.bool("add_special_tokens")?.unwrap_or(true);
+        model
+            .tokenizer
+            .encode(prompt, add_special)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+    };
+    Ok(json!({"count": tokens.len(), "max_model_len": model.max_model_len, "tokens": tokens}))
+}
+
+/// The answer of `/detokenize` to `body`.
+pub fn detokenize_body(model: &ModelInfo, body: &Value) -> Result<Value, ApiError> {
+    let f = Fields::new(body)?;
+    model.check_model(f.str("model")?)?;
     let ids: Vec<u32> = match f.value("tokens") {
         Some(Value::Array(a)) => a
             .iter()
@@ -62,10 +72,10 @@ pub async fn detokenize(
         }
         None => return Err(ApiError::bad("tokens", "tokens is required")),
     };
-    state.check_token_ids(&ids, "tokens")?;
-    let prompt = state
+    model.check_token_ids(&ids, "tokens")?;
+    let prompt = model
         .tokenizer
         .decode(&ids, false)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Json(json!({"prompt": prompt})))
+    Ok(json!({"prompt": prompt}))
 }

@@ -72,31 +72,78 @@ pub fn load(source: Option<&str>) -> Result<LoadedModel, ModelError> {
 }
 
 fn load_with(source: Option<&str>, place: &mut Place) -> Result<LoadedModel, ModelError> {
+    match resolve(source, "config.json")? {
+        Source::Gguf(path) => gguf_with(&path, place),
+        Source::HfDir(dir, name) => hf_dir_with(&dir, &name, place),
+    }
+}
+
+/// Where a model source's files are.
+enum Source {
+    Gguf(PathBuf),
+    /// A directory in the HF layout, with the name to report.
+    HfDir(PathBuf, String),
+}
+
+/// Finds `source`: the default model, a GGUF file, a directory, or a repo id whose
+/// snapshot in the local hf-hub cache has `needed` (no network).
+fn resolve(source: Option<&str>, needed: &str) -> Result<Source, ModelError> {
     let source = source.map(str::trim).filter(|s| !s.is_empty());
     let Some(src) = source else {
         let path = default_model_path();
         if !path.is_file() {
             return Err(ModelError::DefaultModelMissing(path));
         }
-        return gguf_with(&path, place);
+        return Ok(Source::Gguf(path));
     };
     let path = Path::new(src);
     if path.is_file() {
-        return gguf_with(path, place);
+        return Ok(Source::Gguf(path.to_path_buf()));
     }
     if path.is_dir() {
-        return hf_dir_with(path, src, place);
+        return Ok(Source::HfDir(path.to_path_buf(), src.to_string()));
     }
-    // A repo id: look for its snapshot in the hf-hub cache (no network).
     if src.contains('/') && !src.starts_with('/') && !src.starts_with('.') {
         let repo = hf_hub::Cache::from_env().model(src.to_string());
-        if let Some(cfg) = repo.get("config.json") {
-            if let Some(dir) = cfg.parent() {
-                return hf_dir_with(dir, src, place);
-            }
+        if let Some(dir) = repo.get(needed).as_deref().and_then(Path::parent) {
+            return Ok(Source::HfDir(dir.to_path_buf(), src.to_string()));
         }
     }
     Err(ModelError::SourceNotFound(src.to_string()))
+}
+
+/// What serving a model needs besides its weights: tokenizer, chat template, special
+/// tokens, context length and name. `reprise route` loads only this.
+pub struct ModelMeta {
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The chat template, when the model ships one.
+    pub chat_template: Option<ChatTemplate>,
+    /// Token ids that end generation.
+    pub eos_token_ids: Vec<u32>,
+    /// Beginning-of-sequence token, when the model has one.
+    pub bos_token_id: Option<u32>,
+    /// Longest context (prompt + generated) the model supports.
+    pub max_model_len: usize,
+    /// Rows of the embedding (token ids must be below it).
+    pub vocab_size: usize,
+    /// Display name (file stem or repo id).
+    pub name: String,
+}
+
+/// Loads only the tokenizer side of `source` (same forms as [`load`]), never the
+/// weights: a GGUF's metadata, or an HF directory's `tokenizer.json`,
+/// `tokenizer_config.json`, `config.json` and `generation_config.json`.
+pub fn load_meta(source: Option<&str>) -> Result<ModelMeta, ModelError> {
+    match resolve(source, "tokenizer.json")? {
+        Source::Gguf(path) => {
+            let file = File::open(&path).map_err(io_err(&path))?;
+            let mut reader = BufReader::new(file);
+            let content = gguf_file::Content::read(&mut reader).map_err(|e| malformed(&path, e))?;
+            Ok(gguf_meta(&path, &content)?.1)
+        }
+        Source::HfDir(dir, name) => Ok(hf_meta(&dir, &name)?.1),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
@@ -205,6 +252,31 @@ fn gguf_with(path: &Path, place: &mut Place) -> Result<LoadedModel, ModelError> 
     let file = File::open(path).map_err(io_err(path))?;
     let mut reader = BufReader::new(file);
     let content = gguf_file::Content::read(&mut reader).map_err(|e| malformed(path, e))?;
+    let (cfg, meta) = gguf_meta(path, &content)?;
+    let family = cfg.family;
+    let rope_freqs = content.tensor_infos.contains_key("rope_freqs.weight");
+    let mut src = GgufSource {
+        path,
+        content: &content,
+        reader,
+    };
+    let rope_freq_factors = if rope_freqs {
+        src.get("rope_freqs.weight")?.map(|(_, d)| d)
+    } else {
+        None
+    };
+    // llama.cpp permutes llama-arch q/k rows for its interleaved rotary; qwen archs use NeoX.
+    let unpermute = family == Family::Llama;
+    let model =
+        Transformer::from_source(cfg, &mut src, Naming::Gguf, unpermute, rope_freq_factors)?;
+    Ok(LoadedModel::new(place(model)?, meta))
+}
+
+/// The config and the tokenizer side of a GGUF, from its metadata alone.
+fn gguf_meta(
+    path: &Path,
+    content: &gguf_file::Content,
+) -> Result<(ModelConfig, ModelMeta), ModelError> {
     let md = Md(&content.metadata);
     let arch = md
         .str("general.architecture")
@@ -282,37 +354,19 @@ fn gguf_with(path: &Path, place: &mut Place) -> Result<LoadedModel, ModelError> 
         Some(t) => Some(ChatTemplate::new(t, tok_str(bos), tok_str(eos))?),
         None => None,
     };
-
-    let rope_freqs = content.tensor_infos.contains_key("rope_freqs.weight");
-    let mut src = GgufSource {
-        path,
-        content: &content,
-        reader,
-    };
-    let rope_freq_factors = if rope_freqs {
-        src.get("rope_freqs.weight")?.map(|(_, d)| d)
-    } else {
-        None
-    };
-    // llama.cpp permutes llama-arch q/k rows for its interleaved rotary; qwen archs use NeoX.
-    let unpermute = family == Family::Llama;
-    let max_model_len = cfg.max_position_embeddings;
-    let eos_token_ids = cfg.eos_token_ids.clone();
-    let model =
-        Transformer::from_source(cfg, &mut src, Naming::Gguf, unpermute, rope_freq_factors)?;
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    Ok(LoadedModel {
-        model: place(model)?,
+    let meta = ModelMeta {
         tokenizer,
         chat_template,
-        eos_token_ids,
+        eos_token_ids: cfg.eos_token_ids.clone(),
         bos_token_id: bos,
-        max_model_len,
-        name,
-    })
+        max_model_len: cfg.max_position_embeddings,
+        vocab_size: cfg.vocab_size,
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into()),
+    };
+    Ok((cfg, meta))
 }
 
 struct SafetensorsSource {
@@ -372,6 +426,32 @@ pub fn load_hf_dir(dir: &Path, name: &str) -> Result<LoadedModel, ModelError> {
 }
 
 fn hf_dir_with(dir: &Path, name: &str, place: &mut Place) -> Result<LoadedModel, ModelError> {
+    let (cfg, meta) = hf_meta(dir, name)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(malformed(dir, "no *.safetensors files"));
+    }
+    let mut tensors = HashMap::new();
+    for f in &files {
+        let bytes = std::fs::read(f).map_err(io_err(f))?;
+        let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .map_err(|e| malformed(f, e))?;
+        for (k, v) in map {
+            tensors.insert(k, (f.clone(), v));
+        }
+    }
+    let mut src = SafetensorsSource { tensors };
+    let model = Transformer::from_source(cfg, &mut src, Naming::Hf, false, None)?;
+    Ok(LoadedModel::new(place(model)?, meta))
+}
+
+/// The config and the tokenizer side of an HF layout directory (no weights read).
+fn hf_meta(dir: &Path, name: &str) -> Result<(ModelConfig, ModelMeta), ModelError> {
     let cfg_json = read_json(&dir.join("config.json"))?;
     let mut cfg = ModelConfig::from_hf_json(&cfg_json)?;
     let gen_path = dir.join("generation_config.json");
@@ -400,37 +480,14 @@ fn hf_dir_with(dir: &Path, name: &str, place: &mut Place) -> Result<LoadedModel,
         Some(t) => Some(ChatTemplate::new(&t, bos_tok, eos_tok)?),
         None => None,
     };
-
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(malformed(dir, "no *.safetensors files"));
-    }
-    let mut tensors = HashMap::new();
-    for f in &files {
-        let bytes = std::fs::read(f).map_err(io_err(f))?;
-        let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .map_err(|e| malformed(f, e))?;
-        for (k, v) in map {
-            tensors.insert(k, (f.clone(), v));
-        }
-    }
-    let mut src = SafetensorsSource { tensors };
-    let bos_token_id = cfg.bos_token_id;
-    let eos_token_ids = cfg.eos_token_ids.clone();
-    let max_model_len = cfg.max_position_embeddings;
-    let model = Transformer::from_source(cfg, &mut src, Naming::Hf, false, None)?;
-    Ok(LoadedModel {
-        model: place(model)?,
+    let meta = ModelMeta {
         tokenizer,
         chat_template,
-        eos_token_ids,
-        bos_token_id,
-        max_model_len,
+        eos_token_ids: cfg.eos_token_ids.clone(),
+        bos_token_id: cfg.bos_token_id,
+        max_model_len: cfg.max_position_embeddings,
+        vocab_size: cfg.vocab_size,
         name: name.trim_end_matches('/').to_string(),
-    })
+    };
+    Ok((cfg, meta))
 }

@@ -10,7 +10,9 @@ pub mod ops;
 mod transformer;
 
 pub use config::{Family, ModelConfig, RopeScaling};
-pub use loader::{default_model_path, load, load_gguf, load_hf_dir, load_on, ModelDevice};
+pub use loader::{
+    default_model_path, load, load_gguf, load_hf_dir, load_meta, load_on, ModelDevice, ModelMeta,
+};
 pub use transformer::Transformer;
 
 use crate::attention::PagedKvCache;
@@ -231,6 +233,21 @@ pub struct LoadedModel {
     pub max_model_len: usize,
     /// Display name (file stem or repo id).
     pub name: String,
+}
+
+impl LoadedModel {
+    /// The weights `model` with the tokenizer side `meta`.
+    pub fn new(model: Box<dyn Model>, meta: ModelMeta) -> Self {
+        Self {
+            model,
+            tokenizer: meta.tokenizer,
+            chat_template: meta.chat_template,
+            eos_token_ids: meta.eos_token_ids,
+            bos_token_id: meta.bos_token_id,
+            max_model_len: meta.max_model_len,
+            name: meta.name,
+        }
+    }
 }
 
 impl std::fmt::Debug for LoadedModel {

@@ -172,6 +172,35 @@ impl ApproximateIndex {
         }
     }
 
+    /// Resize `worker`'s LRU to `capacity_blocks` keys (its KV pool, once known),
+    /// evicting the least recently used beyond it.
+    pub fn set_capacity(&self, worker: usize, capacity_blocks: usize) {
+        let b = bit(worker);
+        let mut g = self.inner.write();
+        let Inner { lrus, owners } = &mut *g;
+        let Some(lru) = lrus.get_mut(worker) else {
+            return;
+        };
+        lru.cap = capacity_blocks.min(NIL as usize - 1);
+        while lru.map.len() > lru.cap && lru.tail != NIL {
+            let i = lru.tail;
+            lru.unlink(i);
+            let old = lru.nodes[i as usize].key;
+            lru.map.remove(&old);
+            if let Some(m) = owners.get_mut(&old) {
+                *m &= !b;
+                if *m == 0 {
+                    owners.remove(&old);
+                }
+            }
+        }
+        // Freed slab slots are dropped with the nodes past the live ones only when
+        // the LRU empties; a shrunk LRU keeps its slab (it is reused on insert).
+        if lru.map.is_empty() {
+            lru.clear();
+        }
+    }
+
     /// Forget everything recorded for `worker`.
     pub fn forget_worker(&self, worker: usize) {
         let b = bit(worker);
@@ -225,6 +254,26 @@ mod tests {
 
     fn k(i: u128) -> BlockKey {
         BlockKey(i)
+    }
+
+    #[test]
+    fn shrinking_evicts_least_recently_used_first() {
+        let idx = ApproximateIndex::new(2, 10);
+        let keys: Vec<BlockKey> = (0..8).map(k).collect();
+        idx.record(0, &keys);
+        idx.record(1, &keys[..2]);
+        idx.set_capacity(0, 3);
+        // Block 0 is most recently used (recorded last block first): 0, 1, 2 stay.
+        assert_eq!(idx.keys_of(0), keys[..3].to_vec());
+        let mut out = [0usize; 2];
+        idx.match_prefix(&keys, 0b11, &mut out);
+        assert_eq!(out, [3, 2]);
+        idx.set_capacity(0, 0);
+        idx.match_prefix(&keys, 0b11, &mut out);
+        assert_eq!(out, [0, 2], "worker 1 keeps its own guesses");
+        idx.set_capacity(0, 5);
+        idx.record(0, &keys);
+        assert_eq!(idx.len_of(0), 5);
     }
 
     #[test]

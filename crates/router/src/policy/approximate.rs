@@ -52,6 +52,10 @@ impl RoutingPolicy for ApproximatePolicy {
     fn forget_worker(&self, worker: usize) {
         self.index.forget_worker(worker);
     }
+
+    fn set_pool_blocks(&self, worker: usize, blocks: usize) {
+        self.index.set_capacity(worker, blocks);
+    }
 }
 
 #[cfg(test)]

@@ -143,6 +143,11 @@ pub trait RoutingPolicy: Send + Sync {
     fn route(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError>;
     /// Forget what the policy itself learnt about `worker` (restart, failure).
     fn forget_worker(&self, _worker: usize) {}
+    /// Whether `worker` publishes KV events; a cache-aware policy guesses the caches
+    /// of workers that do not from its own decisions (default: every worker does).
+    fn set_has_events(&self, _worker: usize, _has_events: bool) {}
+    /// `worker`'s KV pool in blocks, once known (sizes guessed caches).
+    fn set_pool_blocks(&self, _worker: usize, _blocks: usize) {}
 }
 
 /// Build the policy `config.policy` names. `index` is the router's precise index
@@ -160,10 +165,12 @@ pub fn build(
         seed: config.seed,
     };
     Ok(match config.policy {
-        PolicyKind::Precise => Box::new(precise::PrecisePolicy::new(
+        PolicyKind::Precise => Box::new(precise::PrecisePolicy::with_fallback(
             index,
             scorer,
             config.speculative_ttl(),
+            num_workers,
+            blocks_per_worker,
         )),
         PolicyKind::Approximate => Box::new(approximate::ApproximatePolicy::new(
             num_workers,

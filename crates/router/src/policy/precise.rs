@@ -3,27 +3,48 @@
 
 use super::{Decision, PolicyKind, RouteRequest, RoutingPolicy};
 use crate::error::RouteError;
+use crate::index::approximate::ApproximateIndex;
 use crate::index::precise::PreciseIndex;
 use crate::index::speculative::SpeculativeIndex;
-use crate::index::MAX_WORKERS;
+use crate::index::{bit, WorkerMask, MAX_WORKERS};
 use crate::scorer::Scorer;
+use parking_lot::RwLock;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Cache-aware routing from KV events.
+/// Cache-aware routing from KV events; workers that publish none (a remote engine
+/// without `--kv-events-config`) are guessed from the policy's own decisions, as the
+/// approximate policy does.
 pub struct PrecisePolicy {
     index: Arc<PreciseIndex>,
     speculative: SpeculativeIndex,
     scorer: Scorer,
+    /// Workers without events, and their guessed caches.
+    guessed: RwLock<WorkerMask>,
+    fallback: ApproximateIndex,
 }
 
 impl PrecisePolicy {
     /// A precise policy over `index`, crediting chosen workers for `ttl`.
     pub fn new(index: Arc<PreciseIndex>, scorer: Scorer, ttl: Duration) -> Self {
+        Self::with_fallback(index, scorer, ttl, 0, 0)
+    }
+
+    /// Like [`PrecisePolicy::new`], able to guess the caches of `num_workers` workers of
+    /// `blocks_per_worker` blocks that publish no events.
+    pub fn with_fallback(
+        index: Arc<PreciseIndex>,
+        scorer: Scorer,
+        ttl: Duration,
+        num_workers: usize,
+        blocks_per_worker: usize,
+    ) -> Self {
         Self {
             index,
             speculative: SpeculativeIndex::new(ttl),
             scorer,
+            guessed: RwLock::new(0),
+            fallback: ApproximateIndex::new(num_workers, blocks_per_worker),
         }
     }
 
@@ -41,7 +62,16 @@ impl RoutingPolicy for PrecisePolicy {
     fn route(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError> {
         let n = req.workers.len();
         let mut matched = vec![0; n];
-        self.index.match_prefix(req.keys, req.all(), &mut matched);
+        let guessed = *self.guessed.read();
+        self.index
+            .match_prefix(req.keys, req.all() & !guessed, &mut matched);
+        if guessed != 0 {
+            let mut guess = vec![0; n];
+            self.fallback.match_prefix(req.keys, guessed, &mut guess);
+            for (m, g) in matched.iter_mut().zip(&guess) {
+                *m = (*m).max(*g);
+            }
+        }
         // Runs vouched for by speculative credits count too (see index::speculative).
         let mut spec = [0usize; MAX_WORKERS];
         let spec = &mut spec[..n.min(MAX_WORKERS)];
@@ -55,6 +85,9 @@ impl RoutingPolicy for PrecisePolicy {
         let pick = self
             .scorer
             .pick(req.workers, &combined, req.keys.len(), req.tie_value())?;
+        if guessed & bit(pick.worker) != 0 {
+            self.fallback.record(pick.worker, req.keys);
+        }
         // Credit the chosen worker unless its events already confirm the whole prompt.
         if confirmed(pick.worker) < req.keys.len() {
             self.speculative.credit(pick.worker, req.keys, req.now);
@@ -72,6 +105,21 @@ impl RoutingPolicy for PrecisePolicy {
 
     fn forget_worker(&self, worker: usize) {
         self.speculative.forget_worker(worker);
+        self.fallback.forget_worker(worker);
+    }
+
+    fn set_has_events(&self, worker: usize, has_events: bool) {
+        let mut g = self.guessed.write();
+        if has_events {
+            *g &= !bit(worker);
+            self.fallback.forget_worker(worker);
+        } else {
+            *g |= bit(worker);
+        }
+    }
+
+    fn set_pool_blocks(&self, worker: usize, blocks: usize) {
+        self.fallback.set_capacity(worker, blocks);
     }
 }
 
@@ -169,6 +217,46 @@ mod tests {
         let d = p.route(&req(&keys, &views, 0)).unwrap();
         assert_ne!(d.worker, 0);
         assert!(d.overload_diverted);
+    }
+
+    #[test]
+    fn workers_without_events_are_guessed_from_decisions() {
+        let idx = Arc::new(PreciseIndex::new(2, 16));
+        let scorer = Scorer {
+            weights: ScoreWeights::default(),
+            guard: OverloadGuard::default(),
+            seed: 9,
+        };
+        let p = PrecisePolicy::with_fallback(idx.clone(), scorer, Duration::ZERO, 2, 1000);
+        p.set_has_events(1, false);
+        // Worker 1 publishes nothing: once a prompt went there, repeats follow it.
+        let keys = prompt(11);
+        let views = idle(2);
+        let mut first = None;
+        for ms in 0..20 {
+            let d = p
+                .route(&req(&prompt(100 + ms), &views, u64::from(ms)))
+                .unwrap();
+            if d.worker == 1 {
+                first = Some(100 + ms);
+                break;
+            }
+        }
+        let first = prompt(first.expect("some prompt goes to worker 1"));
+        let d = p.route(&req(&first, &views, 50)).unwrap();
+        assert_eq!((d.worker, d.chosen_matched()), (1, first.len()));
+        // Worker 0 has events: a guess never stands in for them.
+        store(&idx, 0, &keys);
+        let d = p.route(&req(&keys, &views, 60)).unwrap();
+        assert_eq!(d.worker, 0);
+        // The guess is bounded by the pool size once known.
+        p.set_pool_blocks(1, 1);
+        let d = p.route(&req(&first, &views, 70)).unwrap();
+        assert!(d.matched_blocks[1] <= 1, "{d:?}");
+        // Events again: the guesses are dropped.
+        p.set_has_events(1, true);
+        let d = p.route(&req(&first, &views, 80)).unwrap();
+        assert_eq!(d.matched_blocks[1], 0);
     }
 
     #[test]

@@ -104,6 +104,11 @@ pub struct CompareArgs {
     /// Seconds to wait for each server's /health.
     #[arg(long, default_value_t = 300.0)]
     pub startup_timeout_s: f64,
+    /// `in-process`: one `reprise serve` with a worker per `--devices` entry, routed by
+    /// its own router; `route`: one single-worker `reprise serve` per entry (KV events
+    /// and replay on), behind a `reprise route` with the policy.
+    #[arg(long, default_value = "in-process")]
+    pub deployment: String,
     /// Load and workload.
     #[command(flatten)]
     pub load: LoadArgs,
@@ -637,10 +642,8 @@ fn server_exe(a: &CompareArgs) -> Result<PathBuf> {
 }
 
 async fn start_server(a: &CompareArgs, policy: &str, log: PathBuf) -> Result<(Server, Endpoint)> {
-    let exe = server_exe(a)?;
     let port = free_port()?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args([
+    let mut args: Vec<String> = [
         "serve",
         "--host",
         "127.0.0.1",
@@ -650,20 +653,104 @@ async fn start_server(a: &CompareArgs, policy: &str, log: PathBuf) -> Result<(Se
         policy,
         "--devices",
         &a.devices,
-    ]);
+    ]
+    .map(String::from)
+    .to_vec();
+    serve_extras(a, &mut args);
+    let what = format!("reprise serve --policy {policy}");
+    spawn_and_wait(a, &args, port, &what, log).await
+}
+
+fn serve_extras(a: &CompareArgs, args: &mut Vec<String>) {
     if let Some(m) = &a.model {
-        cmd.args(["--model", m]);
+        args.extend(["--model".to_string(), m.clone()]);
     }
     if let Some(extra) = &a.serve_args {
-        cmd.args(extra.split_whitespace());
+        args.extend(extra.split_whitespace().map(String::from));
     }
+}
+
+/// One single-worker `reprise serve` per `--devices` entry, publishing KV events,
+/// behind a `reprise route --policy POLICY`: the processes (all killed on drop) and
+/// the router's endpoint.
+async fn start_route_deployment(
+    a: &CompareArgs,
+    policy: &str,
+    logs: &std::path::Path,
+) -> Result<(Vec<Server>, Endpoint)> {
+    let mut servers = Vec::new();
+    let mut route_args: Vec<String> = ["route", "--host", "127.0.0.1", "--policy", policy]
+        .map(String::from)
+        .to_vec();
+    for (i, device) in a.devices.split(',').map(str::trim).enumerate() {
+        let (port, events, replay) = (free_port()?, free_port()?, free_port()?);
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--devices".into(),
+            device.to_string(),
+            "--kv-events-endpoint".into(),
+            format!("tcp://*:{events}"),
+            "--kv-events-replay-endpoint".into(),
+            format!("tcp://*:{replay}"),
+        ];
+        serve_extras(a, &mut args);
+        let log = logs.join(format!("serve-{policy}-worker{i}.log"));
+        let (s, _) = spawn_and_wait(
+            a,
+            &args,
+            port,
+            &format!("worker {i} of the {policy} deployment"),
+            log,
+        )
+        .await?;
+        servers.push(s);
+        route_args.push("--worker".into());
+        route_args.push(format!(
+            "http://127.0.0.1:{port},events=tcp://127.0.0.1:{events},replay=tcp://127.0.0.1:{replay}"
+        ));
+    }
+    if let Some(m) = &a.model {
+        route_args.extend(["--model".to_string(), m.clone()]);
+    }
+    let port = free_port()?;
+    route_args.extend(["--port".to_string(), port.to_string()]);
+    let log = logs.join(format!("route-{policy}.log"));
+    let (r, ep) = spawn_and_wait(
+        a,
+        &route_args,
+        port,
+        &format!("reprise route --policy {policy}"),
+        log,
+    )
+    .await?;
+    servers.push(r);
+    Ok((servers, ep))
+}
+
+/// Starts `reprise ARGS` (logging to `log`) and waits for `/health` on `port`.
+async fn spawn_and_wait(
+    a: &CompareArgs,
+    args: &[String],
+    port: u16,
+    what: &str,
+    log: PathBuf,
+) -> Result<(Server, Endpoint)> {
+    let exe = server_exe(a)?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args);
     let f =
         std::fs::File::create(&log).with_context(|| format!("cannot write {}", log.display()))?;
     cmd.stdout(f.try_clone()?)
         .stderr(f)
         .stdin(std::process::Stdio::null());
     let mut server = Server {
-        child: cmd.spawn().context("cannot start reprise serve")?,
+        child: cmd
+            .spawn()
+            .with_context(|| format!("cannot start {what}"))?,
     };
     let ep = Endpoint {
         host: "127.0.0.1".into(),
@@ -676,7 +763,7 @@ async fn start_server(a: &CompareArgs, policy: &str, log: PathBuf) -> Result<(Se
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(5).collect();
             bail!(
-                "reprise serve --policy {policy} exited ({status}): {}",
+                "{what} exited ({status}): {}",
                 tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
             );
         }
@@ -686,7 +773,7 @@ async fn start_server(a: &CompareArgs, policy: &str, log: PathBuf) -> Result<(Se
         if Instant::now() > deadline {
             let _ = server.child.kill();
             bail!(
-                "reprise serve --policy {policy} not ready after {:.0} s (log: {})",
+                "{what} not ready after {:.0} s (log: {})",
                 a.startup_timeout_s,
                 log.display()
             );
@@ -698,6 +785,11 @@ async fn start_server(a: &CompareArgs, policy: &str, log: PathBuf) -> Result<(Se
 /// `reprise bench compare`.
 pub async fn compare(a: CompareArgs) -> Result<()> {
     let policies = super::parse_policies(&a.policies)?;
+    let route = match a.deployment.as_str() {
+        "in-process" => false,
+        "route" => true,
+        other => bail!("--deployment: '{other}' is not in-process or route"),
+    };
     let wl = Arc::new(Workload::build(&a.load.workload)?);
     super::ensure_dir(&a.load.out)?;
     let mut runs = Vec::new();
@@ -705,15 +797,30 @@ pub async fn compare(a: CompareArgs) -> Result<()> {
     // A policy that fails (server did not start, benchmark error) is reported at the
     // end; the others still run and are written.
     for p in policies {
-        eprintln!("starting reprise serve --policy {p}");
-        let log = a.load.out.join(format!("serve-{p}.log"));
-        let r = match start_server(&a, p.name(), log).await {
-            Ok((server, ep)) => {
-                let r = bench_label(ep, None, None, p.name(), &a.load, &wl).await;
-                drop(server);
-                r
+        let r = if route {
+            eprintln!(
+                "starting {} reprise serve processes behind reprise route --policy {p}",
+                a.devices.split(',').count()
+            );
+            match start_route_deployment(&a, p.name(), &a.load.out).await {
+                Ok((servers, ep)) => {
+                    let r = bench_label(ep, None, None, p.name(), &a.load, &wl).await;
+                    drop(servers);
+                    r
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
+        } else {
+            eprintln!("starting reprise serve --policy {p}");
+            let log = a.load.out.join(format!("serve-{p}.log"));
+            match start_server(&a, p.name(), log).await {
+                Ok((server, ep)) => {
+                    let r = bench_label(ep, None, None, p.name(), &a.load, &wl).await;
+                    drop(server);
+                    r
+                }
+                Err(e) => Err(e),
+            }
         };
         match r {
             Ok(r) => runs.push((p.name().to_string(), r)),
@@ -731,6 +838,7 @@ pub async fn compare(a: CompareArgs) -> Result<()> {
             json!({
                 "model": a.model,
                 "devices": a.devices,
+                "deployment": a.deployment,
                 "serve_args": a.serve_args,
                 "failed_policies": failures,
             }),

@@ -1,0 +1,305 @@
+//! End-to-end tests of `reprise route` in front of real `reprise serve` processes
+//! (one CPU worker each, KV events and replay on ports picked at run time): prefixes
+//! follow the worker that holds them, SSE passes through, a killed worker costs no
+//! request and comes back with its old blocks forgotten.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::*;
+
+fn worker() -> Server {
+    Server::start(&[
+        "--devices",
+        "cpu",
+        "--kv-events-endpoint",
+        "tcp://*:*",
+        "--kv-events-replay-endpoint",
+        "tcp://*:*",
+    ])
+}
+
+/// `--worker` spec of a running server.
+fn spec(w: &Server) -> String {
+    let (events, replay) = kv_endpoints(w);
+    format!(
+        "http://{},events={events},replay={}",
+        w.addr,
+        replay.expect("replay endpoint")
+    )
+}
+
+fn route(workers: &[&Server]) -> Server {
+    let specs: Vec<String> = workers.iter().map(|w| spec(w)).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for s in &specs {
+        args.extend(["--worker", s.as_str()]);
+    }
+    Server::spawn_cmd("route", &args, false)
+}
+
+/// The value of `series` (name and labels) in `srv`'s /metrics.
+fn metric(srv: &Server, series: &str) -> f64 {
+    let m = srv.get("/metrics");
+    assert_eq!(m.status, 200);
+    m.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{}", m.text()))
+        .trim()
+        .parse()
+        .expect("number")
+}
+
+/// Waits up to `within` for `cond`.
+fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn cached(v: &Value) -> u64 {
+    v["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .expect("cached_tokens")
+}
+
+#[test]
+fn prefixes_follow_the_worker_that_holds_them_and_sse_passes_through() {
+    let (w0, w1) = (worker(), worker());
+    // A prefix warmed straight on worker 1, before the router exists: its replay brings it.
+    let warm = long_text("warmed directly", 120);
+    let (_, v) = w1.ok(
+        "/v1/completions",
+        &json!({"prompt": format!("{warm} first"), "max_tokens": 2, "temperature": 0}),
+    );
+    let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    let r = route(&[&w0, &w1]);
+    eventually(
+        Duration::from_secs(15),
+        "worker 1's replayed blocks",
+        || metric(&r, "reprise:worker_engine_blocks{worker=\"1\"}") > 0.0,
+    );
+    let (resp, v) = r.ok(
+        "/v1/completions",
+        &json!({"prompt": format!("{warm} second"), "max_tokens": 2, "temperature": 0}),
+    );
+    assert_eq!(resp.worker(), 1, "{v}");
+    assert!(
+        cached(&v) >= 16 * ((prompt_tokens - 2) / 16).saturating_sub(1),
+        "cached_tokens from worker 1's cache: {v} (warm prompt {prompt_tokens} tokens)"
+    );
+
+    // Groups of follow-ups stick to their first request's worker.
+    let mut used = std::collections::HashSet::new();
+    for g in 0..4 {
+        let shared = long_text(&format!("group {g} shares this context"), 70);
+        let first = r.post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": format!("{shared} Q0")}], "max_tokens": 2, "temperature": 0}),
+        );
+        assert_eq!(first.status, 200, "{}", first.text());
+        let home = first.worker();
+        used.insert(home);
+        for q in 1..4 {
+            let (resp, v) = r.ok(
+                "/v1/chat/completions",
+                &json!({"messages": [{"role": "user", "content": format!("{shared} Q{q}")}], "max_tokens": 2, "temperature": 0}),
+            );
+            assert_eq!(resp.worker(), home, "group {g} follow-up {q}");
+            assert!(
+                cached(&v) >= 64,
+                "group {g} follow-up {q} hit the cache: {v}"
+            );
+        }
+    }
+
+    // SSE with usage through the router: chunks as the worker sends them, then [DONE].
+    let resp = r.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 6,
+                "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(resp
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/event-stream")));
+    resp.worker();
+    let chunks = resp.chunks();
+    let usage = chunks.last().expect("chunks")["usage"].clone();
+    assert_eq!(usage["completion_tokens"], 6, "{usage}");
+    assert!(chunks.len() >= 7, "role, tokens, finish, usage: {chunks:?}");
+
+    // The router serves models, health, tokenize and metrics itself.
+    let (_, m) = r.ok_get("/v1/models");
+    assert_eq!(m["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
+    let (_, t) = r.ok("/tokenize", &json!({"prompt": "hello world"}));
+    let (_, t1) = w0.ok("/tokenize", &json!({"prompt": "hello world"}));
+    assert_eq!(t["tokens"], t1["tokens"]);
+    let (_, h) = r.ok_get("/health");
+    assert_eq!(h["workers_healthy"], 2);
+    assert!(
+        metric(
+            &r,
+            "reprise:router_decisions_total{policy=\"precise\",worker=\"1\"}"
+        ) >= 2.0
+    );
+    // Bad input is the router's own 400, OpenAI-shaped; nothing is forwarded.
+    assert_error(
+        &r.post("/v1/chat/completions", &json!({"messages": 5})),
+        400,
+        "messages",
+    );
+    assert_error(
+        &r.post("/v1/completions", &json!({"prompt": [1, -2]})),
+        400,
+        "prompt",
+    );
+    let _ = used;
+    drop(r);
+
+    // A workers file, re-read when it changes: one worker, then both.
+    let file = std::env::temp_dir().join(format!("reprise-workers-{}.yaml", std::process::id()));
+    let entry = |w: &Server| {
+        let (events, replay) = kv_endpoints(w);
+        format!(
+            "- url: http://{}\n  events: {events}\n  replay: {}\n",
+            w.addr,
+            replay.unwrap()
+        )
+    };
+    std::fs::write(&file, entry(&w0)).unwrap();
+    let r = Server::spawn_cmd("route", &["--workers-file", file.to_str().unwrap()], false);
+    assert_eq!(r.ok_get("/health").1["workers"], 1);
+    // Rewritten (the modification time must move on coarse file systems).
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(&file, entry(&w0) + &entry(&w1)).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the second worker from the file",
+        || r.ok_get("/health").1["workers_healthy"] == 2,
+    );
+    // The rebuilt index replays worker 1's stream: the warmed prefix still goes there.
+    eventually(
+        Duration::from_secs(10),
+        "worker 1's replayed blocks after the rebuild",
+        || metric(&r, "reprise:worker_engine_blocks{worker=\"1\"}") > 0.0,
+    );
+    let (resp, _) = r.ok(
+        "/v1/completions",
+        &json!({"prompt": format!("{warm} third"), "max_tokens": 2, "temperature": 0}),
+    );
+    assert_eq!(resp.worker(), 1);
+    // A broken rewrite keeps the current workers.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(&file, "- url: not-a-url\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(r.ok_get("/health").1["workers"], 2);
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn a_killed_worker_costs_no_request_and_returns_with_its_blocks_forgotten() {
+    let w0 = worker();
+    let mut w1 = worker();
+    let (events, replay) = kv_endpoints(&w1);
+    let replay = replay.expect("replay");
+    let port_of = |ep: &str| ep.rsplit(':').next().expect("port").to_string();
+    let (http_port, ev_port, rp_port) = (
+        w1.addr.rsplit(':').next().unwrap().to_string(),
+        port_of(&events),
+        port_of(&replay),
+    );
+    let r = route(&[&w0, &w1]);
+    // Worker 1 caches a prefix through the router.
+    let mut on_one = None;
+    for i in 0..12 {
+        let p = long_text(&format!("kill test prompt {i}"), 60);
+        let resp = r.post(
+            "/v1/completions",
+            &json!({"prompt": p, "max_tokens": 2, "temperature": 0}),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        if resp.worker() == 1 {
+            on_one = Some(p);
+            break;
+        }
+    }
+    let on_one = on_one.expect("some request reached worker 1");
+    eventually(
+        Duration::from_secs(10),
+        "worker 1's blocks in the index",
+        || metric(&r, "reprise:worker_engine_blocks{worker=\"1\"}") > 0.0,
+    );
+
+    // Requests in flight while worker 1 is SIGKILLed, and after: none fails.
+    let inflight: Vec<_> = (0..6)
+        .map(|i| {
+            let addr = r.addr.clone();
+            std::thread::spawn(move || {
+                let body = json!({"prompt": long_text(&format!("in flight {i}"), 40), "max_tokens": 24, "temperature": 0});
+                request(&addr, "POST", "/v1/completions", &[], body.to_string().as_bytes())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = w1.child.kill();
+    let _ = w1.child.wait();
+    for h in inflight {
+        let resp = h.join().expect("request thread");
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    for i in 0..4 {
+        let (resp, _) = r.ok(
+            "/v1/completions",
+            &json!({"prompt": format!("after the kill {i}"), "max_tokens": 2}),
+        );
+        assert_eq!(resp.worker(), 0);
+    }
+    eventually(Duration::from_secs(2), "worker 1 out of routing", || {
+        r.ok_get("/health").1["workers_healthy"] == 1
+    });
+
+    // Restarted on the same ports (its KV-event numbers back at 0): it comes back,
+    // its old blocks forgotten, and gets traffic again.
+    let ev = format!("tcp://*:{ev_port}");
+    let rp = format!("tcp://*:{rp_port}");
+    let w1 = Server::start(&[
+        "--devices",
+        "cpu",
+        "--port",
+        &http_port,
+        "--kv-events-endpoint",
+        &ev,
+        "--kv-events-replay-endpoint",
+        &rp,
+    ]);
+    eventually(Duration::from_secs(20), "worker 1 back in routing", || {
+        r.ok_get("/health").1["workers_healthy"] == 2
+    });
+    eventually(
+        Duration::from_secs(5),
+        "worker 1's old blocks forgotten",
+        || metric(&r, "reprise:worker_engine_blocks{worker=\"1\"}") == 0.0,
+    );
+    let (resp, v) = r.ok(
+        "/v1/completions",
+        &json!({"prompt": on_one, "max_tokens": 2, "temperature": 0}),
+    );
+    if resp.worker() == 1 {
+        assert_eq!(cached(&v), 0, "a restarted worker has nothing cached");
+    }
+    let mut back = false;
+    for i in 0..10 {
+        let (resp, _) = r.ok(
+            "/v1/completions",
+            &json!({"prompt": long_text(&format!("after the restart {i}"), 30), "max_tokens": 2}),
+        );
+        back |= resp.worker() == 1;
+    }
+    assert!(back, "the restarted worker gets traffic again");
+    drop(w1);
+}
