@@ -2,11 +2,15 @@
 //! scheduler, block pool and prefix cache, with the CPU's own limits measured
 //! in the same run so every figure reads as a fraction of the hardware.
 //!
-//! `cargo run --release -p reprise-engine --example engine_bench [-- --model SRC]`
+//! `cargo run --release -p reprise-engine --example engine_bench [-- --model SRC]
+//!  [--llama-bench BIN [--llama-f32 F32.gguf]]`
 //!
 //! Prints prefill tokens/s at 512 and 2,048 tokens, decode tokens/s at batch
 //! 1, 8 and 32, TTFT of a 2,000-token prompt cold and warm (prefix cached),
-//! and the yardsticks: f32 matrix-product rate and memory copy bandwidth.
+//! and the yardsticks: f32 matrix-product rate and memory copy bandwidth. Given a
+//! `llama-bench` binary (`shared/tools/llama-cpp-yardstick.sh` builds one and the
+//! F32 form of the GGUF), it runs llama.cpp on the same GGUF (and its F32 form) with
+//! the same threads right after, and prints both engines side by side.
 
 use rayon::prelude::*;
 use reprise_engine::model::{self, ops, ModelConfig};
@@ -48,18 +52,73 @@ fn copy_gbps() -> f64 {
     2.0 * (len * 4) as f64 / best / 1e9
 }
 
-/// Weights read per decode step (f32), the floor of batch-1 decode.
-fn weight_bytes(c: &ModelConfig) -> f64 {
+/// Multiply-adds of the linear layers per token (the vocabulary head excluded).
+fn layer_params(c: &ModelConfig) -> f64 {
     let (h, hd) = (c.hidden_size, c.head_dim);
     let attn = h * c.num_heads * hd * 2 + h * c.num_kv_heads * hd * 2;
     let mlp = 3 * h * c.intermediate_size;
-    let per_layer = attn + mlp;
-    4.0 * (c.num_layers * per_layer + c.vocab_size * h) as f64
+    (c.num_layers * (attn + mlp)) as f64
 }
 
-/// Matmul FLOPs per prompt token (the linear layers and the head of the last token are ignored).
+/// Matmul FLOPs per prompt token (the linear layers; the head of the last token is ignored).
 fn flops_per_token(c: &ModelConfig) -> f64 {
-    2.0 * (weight_bytes(c) / 4.0 - (c.vocab_size * c.hidden_size) as f64)
+    2.0 * layer_params(c)
+}
+
+/// Matmul FLOPs per decoded token (the linear layers and the vocabulary head).
+fn flops_per_decoded_token(c: &ModelConfig) -> f64 {
+    2.0 * (layer_params(c) + (c.vocab_size * c.hidden_size) as f64)
+}
+
+/// What llama-bench measured: (model file, test, tokens/s).
+fn llama_bench(bin: &str, models: &[String], threads: usize) -> Vec<(String, String, f64)> {
+    let mut cmd = std::process::Command::new(bin);
+    for m in models {
+        cmd.args(["-m", m]);
+    }
+    cmd.args([
+        "-t",
+        &threads.to_string(),
+        "-p",
+        "512,2048",
+        "-n",
+        "128",
+        "-r",
+        "3",
+        "-o",
+        "json",
+    ]);
+    let out = match cmd.output() {
+        Ok(o) if o.status.success() => o.stdout,
+        Ok(o) => {
+            eprintln!("llama-bench failed: {}", String::from_utf8_lossy(&o.stderr));
+            return Vec::new();
+        }
+        Err(e) => {
+            eprintln!("cannot run {bin}: {e}");
+            return Vec::new();
+        }
+    };
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out).unwrap_or_default();
+    runs.iter()
+        .filter_map(|r| {
+            let (p, n) = (r["n_prompt"].as_u64()?, r["n_gen"].as_u64()?);
+            let test = if n > 0 {
+                format!("tg{n}")
+            } else {
+                format!("pp{p}")
+            };
+            let file = std::path::Path::new(r["model_filename"].as_str()?)
+                .file_name()?
+                .to_string_lossy()
+                .into_owned();
+            Some((file, test, r["avg_ts"].as_f64()?))
+        })
+        .collect()
+}
+
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
 }
 
 fn prompt(seed: u32, len: usize) -> Vec<u32> {
@@ -135,7 +194,7 @@ fn decode_rate(w: &WorkerHandle, first_id: u64, batch: usize, steps: usize) -> f
 }
 
 fn main() {
-    let src = std::env::args().skip_while(|a| a != "--model").nth(1);
+    let src = arg("--model");
     println!(
         "measuring yardsticks ({} threads)...",
         rayon::current_num_threads()
@@ -147,6 +206,7 @@ fn main() {
         std::process::exit(1)
     });
     let cfg = loaded.model.config().clone();
+    let (weight_bytes, formats) = loaded.model.weights();
     let model: Arc<dyn model::Model> = Arc::from(loaded.model);
     let worker_cfg = WorkerConfig {
         index: 0,
@@ -187,11 +247,14 @@ fn main() {
     let warm = ttft(&w, next(), long);
 
     let fpt = flops_per_token(&cfg);
-    let wb = weight_bytes(&cfg);
+    let wb = weight_bytes as f64;
     println!();
     println!(
-        "model: {} ({} layers, hidden {}, f32)",
-        loaded.name, cfg.num_layers, cfg.hidden_size
+        "model: {} ({} layers, hidden {}; weights {formats}, {:.1} MB)",
+        loaded.name,
+        cfg.num_layers,
+        cfg.hidden_size,
+        wb / 1e6
     );
     println!("yardsticks: f32 matmul {gflops:.1} GFLOP/s; memory copy {gbps:.1} GB/s");
     println!();
@@ -215,8 +278,9 @@ fn main() {
         d8 / d1
     );
     println!(
-        "| decode, batch 32 | {d32:.1} tok/s | {:.1}x batch 1 |",
-        d32 / d1
+        "| decode, batch 32 | {d32:.1} tok/s | {:.1}x batch 1; {:.0}% of matmul rate |",
+        d32 / d1,
+        100.0 * d32 * flops_per_decoded_token(&cfg) / (gflops * 1e9)
     );
     println!(
         "| TTFT, 2,000-token prompt, cold | {:.0} ms | |",
@@ -227,4 +291,59 @@ fn main() {
         warm * 1e3,
         cold / warm
     );
+
+    let Some(bin) = arg("--llama-bench") else {
+        return;
+    };
+    let gguf = src
+        .clone()
+        .unwrap_or_else(|| model::default_model_path().to_string_lossy().into_owned());
+    let mut models = vec![gguf.clone()];
+    models.extend(arg("--llama-f32"));
+    drop(w);
+    println!("\nrunning llama-bench on {} ...", models.join(" and "));
+    let runs = llama_bench(&bin, &models, rayon::current_num_threads());
+    if runs.is_empty() {
+        return;
+    }
+    let ours = [("pp512", p512), ("pp2048", p2048), ("tg128", d1)];
+    let files: Vec<String> = models
+        .iter()
+        .map(|m| {
+            std::path::Path::new(m)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    println!();
+    print!("| figure | reprise |");
+    for f in &files {
+        print!(" llama.cpp {f} |");
+    }
+    println!(" reprise ÷ llama.cpp's best |");
+    println!("|---|---:|{}---:|", "---:|".repeat(files.len()));
+    for (test, v) in ours {
+        let label = match test {
+            "pp512" => "prefill, 512",
+            "pp2048" => "prefill, 2,048",
+            _ => "decode, batch 1 (llama.cpp: tg128)",
+        };
+        print!("| {label} | {v:.1} tok/s |");
+        let mut best = 0.0f64;
+        for f in &files {
+            let r = runs
+                .iter()
+                .find(|(file, t, _)| file == f && t == test)
+                .map(|r| r.2);
+            match r {
+                Some(x) => {
+                    best = best.max(x);
+                    print!(" {x:.1} |");
+                }
+                None => print!(" – |"),
+            }
+        }
+        println!(" {:.2}x |", if best > 0.0 { v / best } else { 0.0 });
+    }
 }

@@ -8,7 +8,7 @@
 pub mod plan;
 pub mod reference;
 
-use crate::model::ops::{axpy, dot, gemm_f32};
+use crate::model::ops::{axpy, dot, exp_sub_sum, gemm_f32};
 use rayon::prelude::*;
 
 /// Per-layer K and V storage in blocks: host f32 vectors for the CPU model, or a
@@ -335,11 +335,7 @@ fn softmax_prefix(row: &mut [f32], visible: usize) {
     let (live, masked) = row.split_at_mut(visible);
     masked.fill(0.0);
     let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for x in live.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
+    let sum = exp_sub_sum(live, max);
     let inv = 1.0 / sum;
     live.iter_mut().for_each(|x| *x *= inv);
 }

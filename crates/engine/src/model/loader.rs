@@ -2,6 +2,7 @@
 //! through hf-hub's local cache, and the default model.
 
 use super::config::{id_list, parse_rope_scaling};
+use super::quant::{QMatrix, QType};
 use super::transformer::{Naming, TensorSource, Transformer};
 use super::{Family, LoadedModel, ModelConfig, ModelError};
 use crate::chat_template::ChatTemplate;
@@ -176,15 +177,48 @@ struct GgufSource<'a> {
     reader: BufReader<File>,
 }
 
-impl TensorSource for GgufSource<'_> {
-    fn get(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
+impl GgufSource<'_> {
+    fn read(&mut self, name: &str) -> Result<Option<candle_core::quantized::QTensor>, ModelError> {
         if !self.content.tensor_infos.contains_key(name) {
             return Ok(None);
         }
-        let t = self
-            .content
+        self.content
             .tensor(&mut self.reader, name, &Device::Cpu)
-            .and_then(|q| q.dequantize(&Device::Cpu))
+            .map(Some)
+            .map_err(|e| malformed(self.path, format!("tensor {name}: {e}")))
+    }
+}
+
+impl TensorSource for GgufSource<'_> {
+    fn matrix(&mut self, name: &str) -> Result<Option<(Vec<usize>, QMatrix)>, ModelError> {
+        let Some(q) = self.read(name)? else {
+            return Ok(None);
+        };
+        let dims = q.shape().dims().to_vec();
+        let bad = |e: String| malformed(self.path, format!("tensor {name}: {e}"));
+        let &[rows, cols] = dims.as_slice() else {
+            return Err(bad(format!("shape {dims:?} is not a matrix")));
+        };
+        // Kept in the file's format; a format without kernels is dequantized once.
+        let m = match QType::from_ggml(q.dtype()) {
+            Some(qt) => {
+                let raw = q.data().map_err(|e| bad(e.to_string()))?;
+                QMatrix::from_raw(qt, rows, cols, &raw).map_err(|e| bad(e.to_string()))?
+            }
+            None => {
+                let t = q.dequantize(&Device::Cpu).map_err(|e| bad(e.to_string()))?;
+                QMatrix::f32(rows, cols, tensor_to_f32(self.path, name, t)?.1)
+            }
+        };
+        Ok(Some((dims, m)))
+    }
+
+    fn vector(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
+        let Some(q) = self.read(name)? else {
+            return Ok(None);
+        };
+        let t = q
+            .dequantize(&Device::Cpu)
             .map_err(|e| malformed(self.path, format!("tensor {name}: {e}")))?;
         tensor_to_f32(self.path, name, t).map(Some)
     }
@@ -261,7 +295,7 @@ fn gguf_with(path: &Path, place: &mut Place) -> Result<LoadedModel, ModelError> 
         reader,
     };
     let rope_freq_factors = if rope_freqs {
-        src.get("rope_freqs.weight")?.map(|(_, d)| d)
+        src.vector("rope_freqs.weight")?.map(|(_, d)| d)
     } else {
         None
     };
@@ -374,7 +408,41 @@ struct SafetensorsSource {
 }
 
 impl TensorSource for SafetensorsSource {
-    fn get(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
+    fn matrix(&mut self, name: &str) -> Result<Option<(Vec<usize>, QMatrix)>, ModelError> {
+        let Some((path, t)) = self.tensors.remove(name) else {
+            return Ok(None);
+        };
+        let dims = t.dims().to_vec();
+        let bad = |e: String| malformed(&path, format!("tensor {name}: {e}"));
+        let &[rows, cols] = dims.as_slice() else {
+            return Err(bad(format!("shape {dims:?} is not a matrix")));
+        };
+        // bf16 and f16 checkpoints stay in their format (the conversion to f32 is exact).
+        let m = match t.dtype() {
+            DType::BF16 | DType::F16 => {
+                let qt = if t.dtype() == DType::BF16 {
+                    QType::BF16
+                } else {
+                    QType::F16
+                };
+                let bits: Vec<u8> = if qt == QType::BF16 {
+                    t.flatten_all()
+                        .and_then(|t| t.to_vec1::<half::bf16>())
+                        .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                } else {
+                    t.flatten_all()
+                        .and_then(|t| t.to_vec1::<half::f16>())
+                        .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
+                .map_err(|e| bad(e.to_string()))?;
+                QMatrix::from_raw(qt, rows, cols, &bits).map_err(|e| bad(e.to_string()))?
+            }
+            _ => QMatrix::f32(rows, cols, tensor_to_f32(&path, name, t)?.1),
+        };
+        Ok(Some((dims, m)))
+    }
+
+    fn vector(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
         match self.tensors.remove(name) {
             None => Ok(None),
             Some((path, t)) => tensor_to_f32(&path, name, t).map(Some),

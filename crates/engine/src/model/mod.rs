@@ -7,6 +7,7 @@
 mod config;
 mod loader;
 pub mod ops;
+pub mod quant;
 mod transformer;
 
 pub use config::{Family, ModelConfig, RopeScaling};
@@ -108,6 +109,11 @@ pub trait Model: Send + Sync {
     /// Scratch one worker needs beside its KV pool at these batch limits (device models).
     fn workspace_bytes(&self, _max_batched_tokens: usize, _max_seqs: usize) -> u64 {
         0
+    }
+    /// Bytes of weights one decode step reads (and the weights take in memory), with
+    /// the formats they are in, e.g. `"Q4_1 ×210, Q8_0 ×1"`.
+    fn weights(&self) -> (u64, String) {
+        (0, String::new())
     }
     /// Allocates a KV cache with this model's layer and head geometry.
     fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> PagedKvCache {

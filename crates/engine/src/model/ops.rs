@@ -3,6 +3,20 @@
 //! RMSNorm, rotary and SwiGLU.
 
 use gemm::Parallelism;
+use std::sync::OnceLock;
+
+/// The CPU compute pool: one thread per core, shared by every CPU worker of the
+/// process. A worker runs its whole forward step on it (`install`), so workers share
+/// the cores through one work-stealing scheduler instead of oversubscribing them.
+pub fn pool() -> &'static rayon::ThreadPool {
+    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("reprise-cpu-{i}"))
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start the CPU compute pool: {e}"))
+    })
+}
 
 /// Minimum multiply-adds before a GEMM is split across threads.
 const PAR_MIN_FLOPS: usize = 1 << 18;
@@ -310,6 +324,171 @@ mod simd {
         out
     }
 
+    // Cephes expf: exp(x) = 2^n · e^r with n = round(x / ln 2), |r| ≤ ln 2 / 2.
+    const EXP_HI: f32 = 88.376_26;
+    const EXP_LO: f32 = -87.336_55;
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const P: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_2e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ];
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp512(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(EXP_LO)),
+            _mm512_set1_ps(EXP_HI),
+        );
+        let n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)), 0);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(P[0]);
+        for c in &P[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+        }
+        let r2 = _mm512_mul_ps(r, r);
+        let y = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        _mm512_scalef_ps(y, n)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp256(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(
+            _mm256_max_ps(x, _mm256_set1_ps(EXP_LO)),
+            _mm256_set1_ps(EXP_HI),
+        );
+        let n = _mm256_round_ps(
+            _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let mut p = _mm256_set1_ps(P[0]);
+        for c in &P[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+        }
+        let r2 = _mm256_mul_ps(r, r);
+        let y = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        // 2^n through the exponent bits (n is within the normal range after the clamp).
+        let e = _mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+            23,
+        );
+        _mm256_mul_ps(y, _mm256_castsi256_ps(e))
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn exp_sub_sum512(row: &mut [f32], max: f32) -> f32 {
+        let (n, p) = (row.len(), row.as_mut_ptr());
+        let m = _mm512_set1_ps(max);
+        let mut acc = _mm512_setzero_ps();
+        let mut j = 0;
+        while j + 16 <= n {
+            let e = exp512(_mm512_sub_ps(_mm512_loadu_ps(p.add(j)), m));
+            _mm512_storeu_ps(p.add(j), e);
+            acc = _mm512_add_ps(acc, e);
+            j += 16;
+        }
+        if j < n {
+            let k = _cvtu32_mask16((1u32 << (n - j)) - 1);
+            let e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p.add(j)), m));
+            _mm512_mask_storeu_ps(p.add(j), k, e);
+            acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, e));
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_sub_sum256(row: &mut [f32], max: f32) -> f32 {
+        let (n, p) = (row.len(), row.as_mut_ptr());
+        let m = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let mut j = 0;
+        while j + 8 <= n {
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p.add(j)), m));
+            _mm256_storeu_ps(p.add(j), e);
+            acc = _mm256_add_ps(acc, e);
+            j += 8;
+        }
+        let mut s = hsum256(acc);
+        while j < n {
+            let mut tail = [0.0f32; 8];
+            tail[0] = *p.add(j) - max;
+            let e = exp256(_mm256_loadu_ps(tail.as_ptr()));
+            let mut out = [0.0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), e);
+            *p.add(j) = out[0];
+            s += out[0];
+            j += 1;
+        }
+        s
+    }
+
+    /// `sums[i][r] += x[i] · w[r]` over `len` values for `m` rows of `x` (row stride
+    /// `xs`) and four weight rows, with the widest register tile that fits.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn tile512(
+        x: *const f32,
+        xs: usize,
+        m: usize,
+        w: [*const f32; 4],
+        len: usize,
+        sums: &mut [[f32; 4]],
+    ) {
+        let mut i = 0;
+        while i + 4 <= m {
+            let rows = std::array::from_fn(|ii| x.add((i + ii) * xs));
+            let d = dot4xr_512::<4>(rows, w, len);
+            for (ii, row) in d.iter().enumerate() {
+                for r in 0..4 {
+                    sums[i + ii][r] += row[r];
+                }
+            }
+            i += 4;
+        }
+        while i + 2 <= m {
+            let rows = std::array::from_fn(|ii| x.add((i + ii) * xs));
+            let d = dot4xr_512::<2>(rows, w, len);
+            for (ii, row) in d.iter().enumerate() {
+                for r in 0..4 {
+                    sums[i + ii][r] += row[r];
+                }
+            }
+            i += 2;
+        }
+        while i < m {
+            let d = dot4_512(x.add(i * xs), w, len);
+            for r in 0..4 {
+                sums[i][r] += d[r];
+            }
+            i += 1;
+        }
+    }
+
+    /// [`tile512`] with AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile256(
+        x: *const f32,
+        xs: usize,
+        m: usize,
+        w: [*const f32; 4],
+        len: usize,
+        sums: &mut [[f32; 4]],
+    ) {
+        for (i, s) in sums.iter_mut().enumerate().take(m) {
+            let d = dot4_256(x.add(i * xs), w, len);
+            for r in 0..4 {
+                s[r] += d[r];
+            }
+        }
+    }
+
     /// Output columns `o0..o1` of `out[m, n] (+)= x[m, k] · w[n, k]ᵀ`.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
@@ -438,6 +617,57 @@ fn linear_stream(out: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: u
             _ => stream_body::<false>(ptr, x, w, m, k, n, o0, o1, acc),
         }
     });
+}
+
+/// `row[i] = exp(row[i] - max)` for every entry; returns their sum. The softmax of
+/// attention: vectorised (AVX-512 / AVX2, Cephes' single-precision `exp`, within 2
+/// ulp of the correctly rounded value) because a prefill of `n` tokens takes `n²/2`
+/// exponentials per head, which a scalar `expf` makes a large part of its time.
+pub fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    match simd_level() {
+        // SAFETY: the CPU has the features.
+        2 => return unsafe { simd::exp_sub_sum512(row, max) },
+        1 => return unsafe { simd::exp_sub_sum256(row, max) },
+        _ => {}
+    }
+    let mut sum = 0.0f32;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    sum
+}
+
+/// `sums[i][r] += x[i] · w[r]` over `len` values, for `m` rows of `x` (row stride
+/// `x_stride`) and four weight rows: the register-tile kernels of the streaming linear,
+/// for callers that unpack weights into a tile first (the quantized kernels).
+///
+/// # Safety
+/// `x` must be valid for `m` rows of `len` values at stride `x_stride`, every `w[r]`
+/// for `len` values, and `sums` must have `m` entries.
+pub unsafe fn tile_acc(
+    x: *const f32,
+    x_stride: usize,
+    m: usize,
+    w: [*const f32; 4],
+    len: usize,
+    sums: &mut [[f32; 4]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    match simd_level() {
+        2 => return simd::tile512(x, x_stride, m, w, len, sums),
+        1 => return simd::tile256(x, x_stride, m, w, len, sums),
+        _ => {}
+    }
+    let wr: [&[f32]; 4] = std::array::from_fn(|r| std::slice::from_raw_parts(w[r], len));
+    for (i, s) in sums.iter_mut().enumerate().take(m) {
+        let xi = std::slice::from_raw_parts(x.add(i * x_stride), len);
+        let d = dot4_body::<false>(xi, wr);
+        for r in 0..4 {
+            s[r] += d[r];
+        }
+    }
 }
 
 /// `out[m, n] (+)= x[m, k] · w[n, k]ᵀ` — a linear layer with an HF-layout weight.
@@ -629,5 +859,110 @@ mod tests {
         let a: Vec<f32> = (0..70).map(|i| i as f32 * 0.5).collect();
         let want: f32 = a.iter().map(|v| v * v).sum();
         assert!((dot(&a, &a) - want).abs() / want < 1e-6);
+    }
+}
+
+#[cfg(test)]
+mod tile_tests {
+    use super::*;
+
+    #[test]
+    fn every_tile_kernel_agrees() {
+        let (m, len) = (7, 37);
+        let x: Vec<f32> = (0..m * len)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let w: Vec<Vec<f32>> = (0..4)
+            .map(|r| {
+                (0..len)
+                    .map(|j| ((r * 13 + j * 7) % 17) as f32 / 17.0 - 0.5)
+                    .collect()
+            })
+            .collect();
+        let wp: [*const f32; 4] = std::array::from_fn(|r| w[r].as_ptr());
+        let mut want = vec![[0.0f32; 4]; m];
+        for (i, s) in want.iter_mut().enumerate() {
+            for r in 0..4 {
+                s[r] = (0..len).map(|j| x[i * len + j] * w[r][j]).sum();
+            }
+        }
+        let close = |a: &[[f32; 4]]| {
+            a.iter()
+                .zip(&want)
+                .all(|(p, q)| p.iter().zip(q).all(|(u, v)| (u - v).abs() < 1e-4))
+        };
+        let mut got = vec![[0.0f32; 4]; m];
+        // SAFETY: extents as allocated.
+        unsafe { tile_acc(x.as_ptr(), len, m, wp, len, &mut got) };
+        assert!(close(&got), "dispatched: {got:?} vs {want:?}");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && has_avx2() {
+                let mut got = vec![[0.0f32; 4]; m];
+                // SAFETY: features checked.
+                unsafe { simd::tile512(x.as_ptr(), len, m, wp, len, &mut got) };
+                assert!(close(&got), "avx512");
+            }
+            if has_avx2() {
+                let mut got = vec![[0.0f32; 4]; m];
+                // SAFETY: features checked.
+                unsafe { simd::tile256(x.as_ptr(), len, m, wp, len, &mut got) };
+                assert!(close(&got), "avx2");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod exp_tests {
+    use super::*;
+
+    /// Every exp kernel this CPU has: the dispatched one, then each level directly.
+    fn kernels() -> Vec<fn(&mut [f32], f32) -> f32> {
+        let mut k: Vec<fn(&mut [f32], f32) -> f32> = vec![exp_sub_sum];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: feature checked.
+                k.push(|r, m| unsafe { simd::exp_sub_sum512(r, m) });
+            }
+            if has_avx2() {
+                // SAFETY: feature checked.
+                k.push(|r, m| unsafe { simd::exp_sub_sum256(r, m) });
+            }
+        }
+        k
+    }
+
+    #[test]
+    fn vector_exp_is_within_two_ulp_and_sums() {
+        let xs: Vec<f32> = (0..4097).map(|i| -87.0 + i as f32 * 0.0215).collect();
+        for (kernel, len) in kernels()
+            .into_iter()
+            .flat_map(|k| [0usize, 1, 7, 16, 17, 4097].map(|l| (k, l)))
+        {
+            let mut row = xs[..len].to_vec();
+            let sum = kernel(&mut row, 0.5);
+            let mut want_sum = 0.0f64;
+            for (got, x) in row.iter().zip(&xs) {
+                let want = f64::from(x - 0.5).exp();
+                want_sum += want;
+                let ulp = f64::from(f32::EPSILON) * want.max(f64::from(f32::MIN_POSITIVE));
+                assert!(
+                    (f64::from(*got) - want).abs() <= 2.0 * ulp + 1e-38,
+                    "exp({x} - 0.5) = {got}, want {want}"
+                );
+            }
+            assert!(
+                (f64::from(sum) - want_sum).abs() <= 1e-5 * want_sum.max(1.0),
+                "len {len}"
+            );
+        }
+        let mut big = vec![200.0f32, -200.0];
+        exp_sub_sum(&mut big, 0.0);
+        assert!(
+            big[0].is_finite() && big[1] >= 0.0,
+            "clamped, never NaN: {big:?}"
+        );
     }
 }

@@ -1,17 +1,21 @@
 //! The decoder-only transformer shared by the Llama, Qwen2 and Qwen3 families,
-//! computing in f32 on the CPU through a [`PagedKvCache`].
+//! computing on the CPU through a [`PagedKvCache`]: f32 activations, weights in their
+//! file's format ([`QMatrix`]: GGUF blocks, bf16, f16 or f32).
 
-use super::ops::{linear, rms_norm, rms_norm_inplace, rope_half, swiglu};
+use super::ops::{self, rms_norm, rms_norm_inplace, rope_half, swiglu};
+use super::quant::{self, QMatrix};
 use super::{ModelConfig, ModelError, SeqInput};
 use crate::attention::{paged_attention, AttnSeq, AttnShape, PagedKvCache};
 
-/// A tensor's shape and its f32 values.
+/// A 1-D tensor's shape and its f32 values.
 pub(crate) type NamedTensor = (Vec<usize>, Vec<f32>);
 
-/// Where weights come from: named f32 tensors in HF `[out, in]` layout.
+/// Where weights come from: named tensors in HF `[out, in]` layout.
 pub(crate) trait TensorSource {
-    /// The tensor and its shape, or `None` when absent.
-    fn get(&mut self, name: &str) -> Result<Option<NamedTensor>, ModelError>;
+    /// A 2-D weight in its stored format, with its shape, or `None` when absent.
+    fn matrix(&mut self, name: &str) -> Result<Option<(Vec<usize>, QMatrix)>, ModelError>;
+    /// A 1-D tensor (norm weight, bias) as f32, or `None` when absent.
+    fn vector(&mut self, name: &str) -> Result<Option<NamedTensor>, ModelError>;
 }
 
 /// How a family's checkpoint names its tensors.
@@ -61,55 +65,69 @@ impl Naming {
 
 struct Layer {
     attn_norm: Vec<f32>,
-    /// Fused q, k, v rows: `[(n_heads + 2 n_kv) * head_dim, hidden]`.
-    wqkv: Vec<f32>,
+    /// q, k, v rows (`[(n_heads + 2 n_kv) * head_dim, hidden]`), one fused matrix when
+    /// their formats agree, else three.
+    wqkv: Vec<QMatrix>,
     bqkv: Option<Vec<f32>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
-    wo: Vec<f32>,
+    wo: QMatrix,
     mlp_norm: Vec<f32>,
-    /// Fused gate and up rows: `[2 * intermediate, hidden]`.
-    wgu: Vec<f32>,
-    wdown: Vec<f32>,
+    /// Gate and up rows (`[2 * intermediate, hidden]`), fused when their formats agree.
+    wgu: Vec<QMatrix>,
+    wdown: QMatrix,
 }
 
-/// A Llama / Qwen2 / Qwen3 decoder with f32 weights.
+/// A Llama / Qwen2 / Qwen3 decoder with weights in their file's format.
 pub struct Transformer {
     cfg: ModelConfig,
-    embed: Vec<f32>,
+    embed: QMatrix,
     layers: Vec<Layer>,
     final_norm: Vec<f32>,
     /// `None` when the head is tied to the embedding.
-    lm_head: Option<Vec<f32>>,
+    lm_head: Option<QMatrix>,
     inv_freq: Vec<f32>,
 }
 
-fn need(src: &mut dyn TensorSource, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-    let (got, data) = src.get(name)?.ok_or_else(|| ModelError::Tensor {
+fn missing(name: &str) -> ModelError {
+    ModelError::Tensor {
         name: name.to_string(),
         reason: "missing".into(),
-    })?;
-    check_shape(name, &got, &data, shape)?;
+    }
+}
+
+fn need(src: &mut dyn TensorSource, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    let (got, data) = src.vector(name)?.ok_or_else(|| missing(name))?;
+    check_shape(name, &got, &[len])?;
     Ok(data)
 }
 
-fn optional(
+fn need_matrix(
     src: &mut dyn TensorSource,
     name: &str,
-    shape: &[usize],
-) -> Result<Option<Vec<f32>>, ModelError> {
-    match src.get(name)? {
+    rows: usize,
+    cols: usize,
+) -> Result<QMatrix, ModelError> {
+    optional_matrix(src, name, rows, cols)?.ok_or_else(|| missing(name))
+}
+
+fn optional_matrix(
+    src: &mut dyn TensorSource,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<Option<QMatrix>, ModelError> {
+    match src.matrix(name)? {
         None => Ok(None),
-        Some((got, data)) => {
-            check_shape(name, &got, &data, shape)?;
-            Ok(Some(data))
+        Some((got, m)) => {
+            check_shape(name, &got, &[rows, cols])?;
+            Ok(Some(m))
         }
     }
 }
 
-fn check_shape(name: &str, got: &[usize], data: &[f32], want: &[usize]) -> Result<(), ModelError> {
-    let n: usize = want.iter().product();
-    if got != want || data.len() != n {
+fn check_shape(name: &str, got: &[usize], want: &[usize]) -> Result<(), ModelError> {
+    if got != want {
         return Err(ModelError::Tensor {
             name: name.to_string(),
             reason: format!("shape {got:?}, expected {want:?}"),
@@ -118,21 +136,33 @@ fn check_shape(name: &str, got: &[usize], data: &[f32], want: &[usize]) -> Resul
     Ok(())
 }
 
-/// Undoes llama.cpp's q/k row permutation (made for its interleaved rotary) so the
-/// half-split rotary applies: GGUF row `2i + j` of a head is HF row `j * d/2 + i`.
-fn unpermute_rows(w: &[f32], n_heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; w.len()];
+/// The row order that undoes llama.cpp's q/k permutation (made for its interleaved
+/// rotary) so the half-split rotary applies: HF row `j * d/2 + i` of a head is GGUF
+/// row `2i + j`.
+fn unpermuted_order(n_heads: usize, head_dim: usize) -> Vec<usize> {
+    let mut order = vec![0; n_heads * head_dim];
     let half = head_dim / 2;
     for h in 0..n_heads {
         for i in 0..half {
             for j in 0..2 {
-                let src = (h * head_dim + 2 * i + j) * cols;
-                let dst = (h * head_dim + j * half + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+                order[h * head_dim + j * half + i] = h * head_dim + 2 * i + j;
             }
         }
     }
-    out
+    order
+}
+
+fn reorder(v: &[f32], order: &[usize]) -> Vec<f32> {
+    order.iter().map(|&i| v[i]).collect()
+}
+
+/// One matrix when the parts' formats agree, else the parts as they are.
+fn fuse(parts: Vec<QMatrix>) -> Vec<QMatrix> {
+    let refs: Vec<&QMatrix> = parts.iter().collect();
+    match QMatrix::concat_rows(&refs) {
+        Some(m) => vec![m],
+        None => parts,
+    }
 }
 
 impl Transformer {
@@ -152,61 +182,59 @@ impl Transformer {
             cfg.num_kv_heads,
             cfg.intermediate_size,
         );
-        let embed = need(src, naming.global("embed"), &[cfg.vocab_size, h])?;
+        let embed = need_matrix(src, naming.global("embed"), cfg.vocab_size, h)?;
+        let (q_order, k_order) = (unpermuted_order(nh, hd), unpermuted_order(nkv, hd));
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let name = |w: &str| naming.layer(i, w);
-            let mut q = need(src, &name("q"), &[nh * hd, h])?;
-            let mut k = need(src, &name("k"), &[nkv * hd, h])?;
-            let v = need(src, &name("v"), &[nkv * hd, h])?;
+            let mut q = need_matrix(src, &name("q"), nh * hd, h)?;
+            let mut k = need_matrix(src, &name("k"), nkv * hd, h)?;
+            let v = need_matrix(src, &name("v"), nkv * hd, h)?;
             if unpermute_qk {
-                q = unpermute_rows(&q, nh, hd, h);
-                k = unpermute_rows(&k, nkv, hd, h);
+                q = q.reorder_rows(&q_order);
+                k = k.reorder_rows(&k_order);
             }
-            let mut wqkv = q;
-            wqkv.extend_from_slice(&k);
-            wqkv.extend_from_slice(&v);
             let bqkv = if cfg.attention_bias {
-                let mut qb = need(src, &name("qb"), &[nh * hd])?;
-                let mut kb = need(src, &name("kb"), &[nkv * hd])?;
+                let mut qb = need(src, &name("qb"), nh * hd)?;
+                let mut kb = need(src, &name("kb"), nkv * hd)?;
                 if unpermute_qk {
-                    qb = unpermute_rows(&qb, nh, hd, 1);
-                    kb = unpermute_rows(&kb, nkv, hd, 1);
+                    qb = reorder(&qb, &q_order);
+                    kb = reorder(&kb, &k_order);
                 }
                 qb.extend_from_slice(&kb);
-                qb.extend(need(src, &name("vb"), &[nkv * hd])?);
+                qb.extend(need(src, &name("vb"), nkv * hd)?);
                 Some(qb)
             } else {
                 None
             };
             let (q_norm, k_norm) = if cfg.qk_norm {
                 (
-                    Some(need(src, &name("q_norm"), &[hd])?),
-                    Some(need(src, &name("k_norm"), &[hd])?),
+                    Some(need(src, &name("q_norm"), hd)?),
+                    Some(need(src, &name("k_norm"), hd)?),
                 )
             } else {
                 (None, None)
             };
-            let mut wgu = need(src, &name("gate"), &[inter, h])?;
-            wgu.extend(need(src, &name("up"), &[inter, h])?);
+            let gate = need_matrix(src, &name("gate"), inter, h)?;
+            let up = need_matrix(src, &name("up"), inter, h)?;
             layers.push(Layer {
-                attn_norm: need(src, &name("attn_norm"), &[h])?,
-                wqkv,
+                attn_norm: need(src, &name("attn_norm"), h)?,
+                wqkv: fuse(vec![q, k, v]),
                 bqkv,
                 q_norm,
                 k_norm,
-                wo: need(src, &name("o"), &[h, nh * hd])?,
-                mlp_norm: need(src, &name("mlp_norm"), &[h])?,
-                wgu,
-                wdown: need(src, &name("down"), &[h, inter])?,
+                wo: need_matrix(src, &name("o"), h, nh * hd)?,
+                mlp_norm: need(src, &name("mlp_norm"), h)?,
+                wgu: fuse(vec![gate, up]),
+                wdown: need_matrix(src, &name("down"), h, inter)?,
             });
         }
-        let final_norm = need(src, naming.global("norm"), &[h])?;
+        let final_norm = need(src, naming.global("norm"), h)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
             // Some GGUF files omit output.weight even when untied in spirit; fall back to the embedding.
-            optional(src, naming.global("head"), &[cfg.vocab_size, h])?
+            optional_matrix(src, naming.global("head"), cfg.vocab_size, h)?
         };
         let mut inv_freq = cfg.inv_freqs();
         if let Some(f) = rope_freq_factors {
@@ -243,26 +271,29 @@ impl Transformer {
         self,
         ctx: std::sync::Arc<cudarc::driver::CudaContext>,
     ) -> Result<crate::cuda::CudaModel, ModelError> {
-        let layers = self.layers.into_iter().map(|l| {
+        // The GPU path computes in bf16 from f32 host copies, made a layer at a time.
+        let rows_f32 =
+            |parts: &[QMatrix]| -> Vec<f32> { parts.iter().flat_map(|p| p.to_f32()).collect() };
+        let layers = self.layers.into_iter().map(move |l| {
             Ok(crate::cuda::HostLayer {
                 attn_norm: l.attn_norm,
-                wqkv: l.wqkv,
+                wqkv: rows_f32(&l.wqkv),
                 bqkv: l.bqkv,
                 q_norm: l.q_norm,
                 k_norm: l.k_norm,
-                wo: l.wo,
+                wo: l.wo.to_f32(),
                 mlp_norm: l.mlp_norm,
-                wgu: l.wgu,
-                wdown: l.wdown,
+                wgu: rows_f32(&l.wgu),
+                wdown: l.wdown.to_f32(),
             })
         });
         crate::cuda::CudaModel::upload(
             self.cfg,
             ctx,
-            self.embed,
+            self.embed.to_f32(),
             layers,
             self.final_norm,
-            self.lm_head,
+            self.lm_head.map(|h| h.to_f32()),
             self.inv_freq,
         )
     }
@@ -271,6 +302,34 @@ impl Transformer {
 impl super::Model for Transformer {
     fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    fn weights(&self) -> (u64, String) {
+        let mut mats: Vec<&QMatrix> = vec![&self.embed];
+        mats.extend(self.lm_head.as_ref());
+        let mut vec_bytes = 4 * self.final_norm.len();
+        for l in &self.layers {
+            mats.extend(l.wqkv.iter().chain(&l.wgu).chain([&l.wo, &l.wdown]));
+            vec_bytes += 4 * (l.attn_norm.len() + l.mlp_norm.len());
+            for v in [&l.bqkv, &l.q_norm, &l.k_norm].into_iter().flatten() {
+                vec_bytes += 4 * v.len();
+            }
+        }
+        let bytes = mats.iter().map(|m| m.nbytes() as u64).sum::<u64>() + vec_bytes as u64;
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for m in &mats {
+            let name = m.qtype().name();
+            match counts.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((name, 1)),
+            }
+        }
+        let formats = counts
+            .iter()
+            .map(|(n, c)| format!("{n} ×{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (bytes, formats)
     }
 
     fn forward(
@@ -282,6 +341,19 @@ impl super::Model for Transformer {
             return Ok(Vec::new());
         }
         self.check_batch(batch, cache)?;
+        // The whole step runs on the compute pool, so its ~150 parallel sections are
+        // forked and joined inside the pool instead of each one waking a pool thread
+        // from this (outside) thread and putting this thread to sleep until it ends.
+        ops::pool().install(|| self.forward_in_pool(batch, cache))
+    }
+}
+
+impl Transformer {
+    fn forward_in_pool(
+        &self,
+        batch: &[SeqInput],
+        cache: &mut PagedKvCache,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.cfg;
         let (h, hd, nh, nkv, inter) = (
             c.hidden_size,
@@ -318,8 +390,9 @@ impl super::Model for Transformer {
                     cos.push(a.cos() as f32);
                     sin.push(a.sin() as f32);
                 }
-                let e = tok as usize * h;
-                x.extend_from_slice(&self.embed[e..e + h]);
+                let at = x.len();
+                x.resize(at + h, 0.0);
+                self.embed.dequant_row_chunk(tok as usize, 0, &mut x[at..]);
             }
             row += s.tokens.len();
         }
@@ -338,7 +411,7 @@ impl super::Model for Transformer {
 
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&mut xn, &x, &layer.attn_norm, c.rms_norm_eps);
-            linear(&mut qkv, &xn, &layer.wqkv, t, h, qkv_w, false);
+            quant::linear(&mut qkv, &xn, &layer.wqkv, t, false);
             for r in 0..t {
                 let row = &mut qkv[r * qkv_w..(r + 1) * qkv_w];
                 if let Some(b) = &layer.bqkv {
@@ -362,12 +435,12 @@ impl super::Model for Transformer {
             let (kc, vc) = cache.layer(li);
             paged_attention(&mut attn, &qkv, qkv_w, &seqs, kc, vc, shape);
             // Residual add fused into the output projection.
-            linear(&mut x, &attn, &layer.wo, t, nh * hd, h, true);
+            quant::linear(&mut x, &attn, std::slice::from_ref(&layer.wo), t, true);
 
             rms_norm(&mut xn, &x, &layer.mlp_norm, c.rms_norm_eps);
-            linear(&mut gu, &xn, &layer.wgu, t, h, 2 * inter, false);
+            quant::linear(&mut gu, &xn, &layer.wgu, t, false);
             swiglu(&mut act, &gu, inter);
-            linear(&mut x, &act, &layer.wdown, t, inter, h, true);
+            quant::linear(&mut x, &act, std::slice::from_ref(&layer.wdown), t, true);
         }
 
         // Only each sequence's last token needs the (large) vocabulary projection.
@@ -379,9 +452,9 @@ impl super::Model for Transformer {
         }
         let mut lastn = vec![0.0f32; b * h];
         rms_norm(&mut lastn, &last, &self.final_norm, c.rms_norm_eps);
-        let head = self.lm_head.as_deref().unwrap_or(&self.embed);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let mut logits = vec![0.0f32; b * c.vocab_size];
-        linear(&mut logits, &lastn, head, b, h, c.vocab_size, false);
+        quant::linear(&mut logits, &lastn, std::slice::from_ref(head), b, false);
         Ok(logits
             .chunks_exact(c.vocab_size)
             .map(<[f32]>::to_vec)

@@ -1,0 +1,66 @@
+//! The quantized linear kernels alone: time of `out = x · wᵀ` for the default model's
+//! shapes and formats at decode and prefill batch sizes, as weight bandwidth
+//! (decode) and GFLOP/s (prefill).
+//! `cargo run --release -p reprise-engine --example quant_bench`
+
+use reprise_engine::model::quant::{linear, QMatrix, QType};
+use std::time::Instant;
+
+fn matrix(q: QType, rows: usize, cols: usize) -> QMatrix {
+    let f: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 2654435761usize) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    match q {
+        QType::F32 => QMatrix::f32(rows, cols, f),
+        _ => {
+            // Valid blocks: scales of 1/64 (f16 0x2400) and arbitrary values.
+            let bb = q.block_bytes();
+            let nb = rows * cols / q.block_elems();
+            let mut raw: Vec<u8> = (0..nb * bb).map(|i| (i * 131 % 251) as u8).collect();
+            let scales: &[usize] = match q {
+                QType::Q4_1 => &[0, 2],
+                _ => &[0],
+            };
+            for b in 0..nb {
+                for &s in scales {
+                    raw[b * bb + s..b * bb + s + 2].copy_from_slice(&0x2400u16.to_le_bytes());
+                }
+            }
+            QMatrix::from_raw(q, rows, cols, &raw).expect("raw")
+        }
+    }
+}
+
+fn main() {
+    let shapes = [
+        ("qkv 960×576", 960, 576),
+        ("gate+up 3072×576", 3072, 576),
+        ("down 576×1536", 576, 1536),
+        ("head 49152×576", 49152, 576),
+    ];
+    println!("| shape | format | m | time | weight GB/s | GFLOP/s |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (name, rows, cols) in shapes {
+        for q in [QType::Q4_1, QType::Q8_0, QType::F32] {
+            let w = [matrix(q, rows, cols)];
+            for m in [1usize, 8, 32, 512] {
+                let x: Vec<f32> = (0..m * cols).map(|i| (i % 7) as f32 * 0.1).collect();
+                let mut out = vec![0.0f32; m * rows];
+                let reps = (2_000_000_000 / (rows * cols * m).max(1)).clamp(3, 2000);
+                linear(&mut out, &x, &w, m, false);
+                let t = Instant::now();
+                for _ in 0..reps {
+                    linear(&mut out, &x, &w, m, false);
+                }
+                let s = t.elapsed().as_secs_f64() / reps as f64;
+                println!(
+                    "| {name} | {} | {m} | {:.1} µs | {:.1} | {:.1} |",
+                    q.name(),
+                    s * 1e6,
+                    w[0].nbytes() as f64 / s / 1e9,
+                    2.0 * (rows * cols * m) as f64 / s / 1e9
+                );
+            }
+        }
+    }
+}
