@@ -606,11 +606,17 @@ fn malformed_requests_get_openai_errors() {
     );
     assert_error(&srv.get("/v1/completions"), 405, "GET on a POST route");
 
-    // Unknown fields are tolerated, as OpenAI does.
-    let (_, v) = srv.ok(
-        c,
-        &json!({"prompt": "hi", "max_tokens": 1, "user": "x", "whatever": {"a": [1]}}),
+    // Unknown fields are refused by name, as OpenAI does; metadata fields are kept.
+    let e = assert_error(
+        &srv.post(
+            c,
+            &json!({"prompt": "hi", "max_tokens": 1, "user": "x", "whatever": {"a": [1]}}),
+        ),
+        400,
+        "unknown field",
     );
+    assert_eq!(e["param"], "whatever");
+    let (_, v) = srv.ok(c, &json!({"prompt": "hi", "max_tokens": 1, "user": "x"}));
     assert_eq!(v["usage"]["completion_tokens"], 1);
 
     // The server is still healthy after all of that.
@@ -681,7 +687,7 @@ fn api_key_body_limit_and_admission_queue() {
     let _ = writer.join();
     assert_error(&parse_response(&raw), 413, "chunked body over the limit");
     // Just under the limit is fine.
-    let ok = json!({"prompt": "Hi", "max_tokens": 1, "padding": "x".repeat(15 * 1024)}).to_string();
+    let ok = json!({"prompt": "Hi", "max_tokens": 1, "user": "x".repeat(15 * 1024)}).to_string();
     assert!(ok.len() < 16 * 1024);
     let r = post(&good, ok.as_bytes());
     assert_eq!(r.status, 200, "{}", r.text());

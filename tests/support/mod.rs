@@ -178,6 +178,21 @@ impl Server {
     }
 }
 
+/// The sum over every series of metric `name` (all label sets) in `/metrics`.
+pub fn metric_total(srv: &Server, name: &str) -> f64 {
+    let m = srv.get("/metrics");
+    assert_eq!(m.status, 200);
+    m.text()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let base = series.split('{').next()?;
+            (base == name).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// The default server (`cpu,cpu`, `precise`), shared by the tests that only
 /// send ordinary requests.
 pub fn shared() -> &'static Server {

@@ -147,7 +147,7 @@ fn logits(args: &HashMap<String, String>) -> Res<()> {
         .forward(&batch, &mut cache)
         .map_err(|e| e.to_string())?;
     let mut tokens: Vec<Vec<u32>> = first.iter().map(|l| vec![argmax(l)]).collect();
-    let mut step_logits: Vec<Vec<Vec<f32>>> = first.iter().map(|l| vec![l.clone()]).collect();
+    let mut step_logits: Vec<Vec<Vec<f32>>> = first.iter().map(|l| vec![l.to_vec()]).collect();
     for step in 1..steps {
         let last: Vec<[u32; 1]> = tokens.iter().map(|t| [t[step - 1]]).collect();
         let batch: Vec<SeqInput> = prompts
@@ -167,7 +167,7 @@ fn logits(args: &HashMap<String, String>) -> Res<()> {
             tokens[i].push(argmax(l));
             // Keep a few full logit rows per prompt for the relative-error comparison.
             if step < 4 {
-                step_logits[i].push(l.clone());
+                step_logits[i].push(l.to_vec());
             }
         }
     }
@@ -329,7 +329,9 @@ fn bench(args: &HashMap<String, String>) -> Res<()> {
             },
             max_model_len: plen + max_tokens + 1,
             eos_token_ids: Vec::new(),
-            panic_at_step: None,
+            tokenizer: None,
+            step_timeout: None,
+            fault: None,
         };
         let w = WorkerHandle::spawn(
             cfg,
@@ -343,6 +345,7 @@ fn bench(args: &HashMap<String, String>) -> Res<()> {
                 let prompt: Vec<u32> = (0..plen).map(|j| tok(j * 31 + i * 1009 + 3)).collect();
                 w.submit(GenerateRequest {
                     id: i as u64,
+                    request_id: "test".into(),
                     prompt,
                     params: SamplingParams {
                         max_tokens,

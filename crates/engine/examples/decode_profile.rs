@@ -23,7 +23,7 @@ fn main() {
         block_table: &table,
     }];
     let mut tok =
-        reprise_engine::sampler::argmax(&model.forward(&batch, &mut cache).expect("prefill")[0]);
+        reprise_engine::sampler::argmax(model.forward(&batch, &mut cache).expect("prefill").row(0));
     let t = Instant::now();
     for s in 0..steps {
         let toks = [tok];
@@ -32,7 +32,8 @@ fn main() {
             start_pos: 128 + s,
             block_table: &table,
         }];
-        tok = reprise_engine::sampler::argmax(&model.forward(&b, &mut cache).expect("decode")[0]);
+        tok =
+            reprise_engine::sampler::argmax(model.forward(&b, &mut cache).expect("decode").row(0));
     }
     let el = t.elapsed().as_secs_f64();
     println!(

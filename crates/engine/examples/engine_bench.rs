@@ -6,7 +6,8 @@
 //!  [--llama-bench BIN [--llama-f32 F32.gguf]]`
 //!
 //! Prints prefill tokens/s at 512 and 2,048 tokens, decode tokens/s at batch
-//! 1, 8 and 32, TTFT of a 2,000-token prompt cold and warm (prefix cached),
+//! 1, 8 and 32 (and at batch 8 sampled with `top_p = 0.9` against greedy, runs
+//! interleaved), TTFT of a 2,000-token prompt cold and warm (prefix cached),
 //! and the yardsticks: f32 matrix-product rate and memory copy bandwidth. Given a
 //! `llama-bench` binary (`shared/tools/llama-cpp-yardstick.sh` builds one and the
 //! F32 form of the GGUF), it runs llama.cpp on the same GGUF (and its F32 form) with
@@ -132,15 +133,31 @@ fn prompt(seed: u32, len: usize) -> Vec<u32> {
         .collect()
 }
 
+fn greedy() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
 fn request(id: u64, prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    request_with(id, prompt, max_tokens, greedy())
+}
+
+fn request_with(
+    id: u64,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    params: SamplingParams,
+) -> GenerateRequest {
     GenerateRequest {
         id,
+        request_id: "bench".into(),
         prompt,
         params: SamplingParams {
-            temperature: 0.0,
             max_tokens,
-            ignore_eos: true,
-            ..Default::default()
+            ..params
         },
         n: 1,
         cache_salt: Vec::new(),
@@ -163,12 +180,24 @@ fn ttft(w: &WorkerHandle, id: u64, p: Vec<u32>) -> f64 {
 
 /// Decode tokens/s with `batch` concurrent sequences, after all have prefilled.
 fn decode_rate(w: &WorkerHandle, first_id: u64, batch: usize, steps: usize) -> f64 {
+    decode_rate_with(w, first_id, batch, steps, greedy())
+}
+
+/// [`decode_rate`] sampling under `params`.
+fn decode_rate_with(
+    w: &WorkerHandle,
+    first_id: u64,
+    batch: usize,
+    steps: usize,
+    params: SamplingParams,
+) -> f64 {
     let rxs: Vec<_> = (0..batch)
         .map(|b| {
-            w.submit(request(
+            w.submit(request_with(
                 first_id + b as u64,
                 prompt(9000 + first_id as u32 + b as u32, 128),
                 steps,
+                params.clone(),
             ))
             .expect("submit")
         })
@@ -219,7 +248,9 @@ fn main() {
         },
         max_model_len: loaded.max_model_len,
         eos_token_ids: loaded.eos_token_ids.clone(),
-        panic_at_step: None,
+        tokenizer: None,
+        step_timeout: None,
+        fault: None,
     };
     let w = WorkerHandle::spawn(worker_cfg, model, Box::new(|_| {})).expect("spawn worker");
     let mut id = 0u64;
@@ -241,6 +272,26 @@ fn main() {
     let d1 = decode_rate(&w, 10_000, 1, 64);
     let d8 = decode_rate(&w, 20_000, 8, 64);
     let d32 = decode_rate(&w, 30_000, 32, 64);
+    // Sampling cost: batch 8 greedy against temperature 1 / top_p 0.9, interleaved
+    // runs on the same prompts, best of three each.
+    let nucleus = SamplingParams {
+        temperature: 1.0,
+        top_p: 0.9,
+        seed: Some(1),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let (mut g8, mut p8) = (0.0f64, 0.0f64);
+    for r in 0..3u64 {
+        g8 = g8.max(decode_rate(&w, 40_000 + 100 * r, 8, 64));
+        p8 = p8.max(decode_rate_with(
+            &w,
+            40_000 + 100 * r,
+            8,
+            64,
+            nucleus.clone(),
+        ));
+    }
     let long = prompt(777, 2000);
     let cold = ttft(&w, next(), long.clone());
     std::thread::sleep(Duration::from_millis(10));
@@ -281,6 +332,10 @@ fn main() {
         "| decode, batch 32 | {d32:.1} tok/s | {:.1}x batch 1; {:.0}% of matmul rate |",
         d32 / d1,
         100.0 * d32 * flops_per_decoded_token(&cfg) / (gflops * 1e9)
+    );
+    println!(
+        "| decode, batch 8, top_p 0.9 (greedy {g8:.1} in the same runs) | {p8:.1} tok/s | {:.1}% of greedy |",
+        100.0 * p8 / g8
     );
     println!(
         "| TTFT, 2,000-token prompt, cold | {:.0} ms | |",

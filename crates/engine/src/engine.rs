@@ -3,11 +3,14 @@
 //! Single-threaded and synchronous, so it is tested directly; `worker.rs` puts
 //! it on a thread behind a channel.
 
+use crate::detok::{Detokenizer, StopMatcher, StopOutcome};
 use crate::executor::{Executor, ExecutorError};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SeqId};
-use crate::worker::{FinishReason, GenerateRequest, WorkerEvent};
+use crate::tokenizer::Tokenizer;
+use crate::worker::{FinishReason, GenerateRequest, StopReason, WorkerEvent};
 use reprise_router::{KvEvent, TokenId, WorkerLoad};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Upper bounds of the step-size histogram (tokens computed per step): vLLM's buckets
@@ -42,6 +45,8 @@ pub struct EngineConfig {
     pub max_model_len: usize,
     /// Tokens that end generation unless `ignore_eos`.
     pub eos_token_ids: Vec<TokenId>,
+    /// Detokenizes outputs to find stop strings (requests with stop strings need it).
+    pub tokenizer: Option<Arc<Tokenizer>>,
 }
 
 /// Why a request was refused at submission.
@@ -67,6 +72,9 @@ pub enum SubmitError {
     /// The worker is shutting down and takes no new requests.
     #[error("the worker is shutting down")]
     ShuttingDown,
+    /// Stop strings need a tokenizer, and this engine has none.
+    #[error("stop strings need a tokenizer, and this engine has none")]
+    NoTokenizer,
     /// The scheduler refused the prompt.
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
@@ -89,6 +97,9 @@ pub struct WorkerSnapshot {
     pub preemptions: u64,
     /// Tokens computed per step.
     pub step_tokens: StepTokens,
+    /// Requests taken in so far: the load above counts every one of them, so a
+    /// router may stop counting those it sent before as unreported.
+    pub intake: u64,
     /// False once the worker has died; it takes no more requests.
     pub alive: bool,
 }
@@ -109,6 +120,33 @@ struct Request {
 struct SeqState {
     request: u64,
     index: usize,
+    /// The output text so far, for requests with stop strings.
+    stop: Option<(Detokenizer, StopMatcher)>,
+}
+
+/// The tokens that end a sequence under `p`: EOS (unless ignored) and its stop ids.
+fn stop_ids(cfg: &EngineConfig, p: &crate::sampler::SamplingParams) -> Vec<TokenId> {
+    let mut ids = p.stop_token_ids.clone();
+    if !p.ignore_eos {
+        ids.extend(&cfg.eos_token_ids);
+    }
+    ids
+}
+
+/// A new sequence's bookkeeping; with stop strings, the text state to find them in.
+fn seq_state(cfg: &EngineConfig, req: &GenerateRequest, index: usize) -> SeqState {
+    let p = &req.params;
+    let stop = (p.stop.iter().any(|s| !s.is_empty()) && cfg.tokenizer.is_some()).then(|| {
+        (
+            Detokenizer::new(p.skip_special_tokens, p.spaces_between_special_tokens),
+            StopMatcher::new(p.stop.clone(), false),
+        )
+    });
+    SeqState {
+        request: req.id,
+        index,
+        stop,
+    }
 }
 
 /// One worker's engine: scheduler, executor and request bookkeeping.
@@ -123,6 +161,10 @@ pub struct Engine<E: Executor> {
     step_tokens: StepTokens,
     /// Live requests not yet scheduled (so a step need not look them up otherwise).
     unscheduled: usize,
+    /// Requests taken in so far.
+    intake: u64,
+    /// Requests that ended (finished, cancelled or failed) since the last drain.
+    ended: Vec<u64>,
 }
 
 impl<E: Executor> Engine<E> {
@@ -138,6 +180,8 @@ impl<E: Executor> Engine<E> {
             generation_tokens: 0,
             step_tokens: StepTokens::default(),
             unscheduled: 0,
+            intake: 0,
+            ended: Vec::new(),
         })
     }
 
@@ -182,15 +226,14 @@ impl<E: Executor> Engine<E> {
                 max_model_len: self.cfg.max_model_len,
             });
         }
+        if self.cfg.tokenizer.is_none() && req.params.stop.iter().any(|s| !s.is_empty()) {
+            return Err(SubmitError::NoTokenizer);
+        }
         let seq = self.sched.add(req.prompt.clone(), req.cache_salt.clone())?;
-        self.exec.add_sequence(seq, &req.params);
-        self.seqs.insert(
-            seq,
-            SeqState {
-                request: req.id,
-                index: 0,
-            },
-        );
+        self.exec
+            .add_sequence(seq, &req.params, &stop_ids(&self.cfg, &req.params));
+        let state = seq_state(&self.cfg, &req, 0);
+        self.seqs.insert(seq, state);
         self.prompt_tokens += req.prompt.len() as u64;
         let mut seqs = vec![None; req.n];
         seqs[0] = Some(seq);
@@ -206,6 +249,7 @@ impl<E: Executor> Engine<E> {
             },
         );
         self.unscheduled += 1;
+        self.intake += 1;
         Ok(())
     }
 
@@ -218,7 +262,13 @@ impl<E: Executor> Engine<E> {
             for seq in r.seqs.into_iter().flatten() {
                 self.end_seq(seq);
             }
+            self.ended.push(id);
         }
+    }
+
+    /// Ids of the requests that ended since the last call.
+    pub fn drain_ended(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.ended)
     }
 
     /// Fail every live request with `msg` and release all their blocks.
@@ -236,7 +286,7 @@ impl<E: Executor> Engine<E> {
     pub fn step(&mut self) -> Result<(), ExecutorError> {
         let plan = self.sched.schedule();
         for &seq in &plan.out_of_blocks {
-            self.finish_seq(seq, FinishReason::Length);
+            self.finish_seq(seq, FinishReason::Length, None);
         }
         if plan.seqs.is_empty() {
             return Ok(());
@@ -247,7 +297,18 @@ impl<E: Executor> Engine<E> {
         }
         let sampled = {
             let inputs = self.sched.inputs(&plan);
-            self.exec.execute(&inputs)?
+            let out = self.exec.execute(&inputs)?;
+            let wanted = inputs.iter().filter(|s| s.sample);
+            if out.len() != wanted.clone().count()
+                || !out.iter().zip(wanted).all(|(o, i)| o.seq == i.seq)
+            {
+                return Err(ExecutorError::Fault(format!(
+                    "the executor returned {} tokens that do not match the {} sequences to sample",
+                    out.len(),
+                    inputs.iter().filter(|s| s.sample).count()
+                )));
+            }
+            out
         };
         self.sched.complete(&plan);
         for s in sampled {
@@ -291,6 +352,7 @@ impl<E: Executor> Engine<E> {
             generation_tokens: self.generation_tokens,
             preemptions: st.preemptions,
             step_tokens: self.step_tokens,
+            intake: self.intake,
             alive: true,
         }
     }
@@ -301,7 +363,7 @@ impl<E: Executor> Engine<E> {
         token: TokenId,
         logprob: Option<crate::worker::TokenLogprob>,
     ) {
-        let Some(st) = self.seqs.get(&seq) else {
+        let Some(st) = self.seqs.get_mut(&seq) else {
             return;
         };
         let (rid, index) = (st.request, st.index);
@@ -310,11 +372,40 @@ impl<E: Executor> Engine<E> {
         };
         self.sched.append_token(seq, token);
         self.generation_tokens += 1;
+        let p = &r.req.params;
+        let generated = self.sched.num_generated(seq).unwrap_or(0);
+        let len = self.sched.tokens(seq).map_or(0, <[TokenId]>::len);
+        // vLLM's order: the length cap, then EOS, then stop token ids; a stop string
+        // found in the text ends the sequence as `stop` whatever else did.
+        let mut end = if generated >= p.max_tokens || len >= self.cfg.max_model_len {
+            Some((FinishReason::Length, None))
+        } else if !p.ignore_eos && self.cfg.eos_token_ids.contains(&token) {
+            Some((FinishReason::Stop, None))
+        } else if p.stop_token_ids.contains(&token) {
+            Some((FinishReason::Stop, Some(StopReason::Token(token))))
+        } else {
+            None
+        };
+        let is_stop_token = matches!(end, Some((FinishReason::Stop, _)));
+        if !is_stop_token {
+            if let (Some((detok, matcher)), Some(tok)) = (st.stop.as_mut(), &self.cfg.tokenizer) {
+                // A token the tokenizer cannot decode adds no text to match.
+                let text = detok.push(tok, token).unwrap_or_default();
+                // As vLLM: stop strings count once more than `min_tokens` were generated.
+                if generated > p.min_tokens {
+                    if let StopOutcome::Stopped { stop, .. } = matcher.push(&text) {
+                        let s = matcher.stops().get(stop).cloned().unwrap_or_default();
+                        end = Some((FinishReason::Stop, Some(StopReason::Text(s))));
+                    }
+                }
+            }
+        }
         let sent =
             r.tx.send(WorkerEvent::Token {
                 index,
                 token,
                 logprob,
+                is_stop_token,
             })
             .is_ok();
         if !sent {
@@ -322,23 +413,11 @@ impl<E: Executor> Engine<E> {
             self.cancel(rid);
             return;
         }
-        let p = &r.req.params;
-        let generated = self.sched.num_generated(seq).unwrap_or(0);
-        let len = self.sched.tokens(seq).map_or(0, <[TokenId]>::len);
-        let reason = if (!p.ignore_eos && self.cfg.eos_token_ids.contains(&token))
-            || p.stop_token_ids.contains(&token)
-        {
-            Some(FinishReason::Stop)
-        } else if generated >= p.max_tokens || len >= self.cfg.max_model_len {
-            Some(FinishReason::Length)
-        } else {
-            None
-        };
         if index == 0 && r.siblings_pending {
             self.start_siblings(rid);
         }
-        if let Some(reason) = reason {
-            self.finish_seq(seq, reason);
+        if let Some((reason, stop_reason)) = end {
+            self.finish_seq(seq, reason, stop_reason);
         }
     }
 
@@ -355,14 +434,10 @@ impl<E: Executor> Engine<E> {
                 .add(r.req.prompt.clone(), r.req.cache_salt.clone())
             {
                 Ok(seq) => {
-                    self.exec.add_sequence(seq, &params);
-                    self.seqs.insert(
-                        seq,
-                        SeqState {
-                            request: rid,
-                            index,
-                        },
-                    );
+                    self.exec
+                        .add_sequence(seq, &params, &stop_ids(&self.cfg, &params));
+                    let state = seq_state(&self.cfg, &r.req, index);
+                    self.seqs.insert(seq, state);
                     r.seqs[index] = Some(seq);
                 }
                 Err(e) => {
@@ -373,7 +448,7 @@ impl<E: Executor> Engine<E> {
         }
     }
 
-    fn finish_seq(&mut self, seq: SeqId, reason: FinishReason) {
+    fn finish_seq(&mut self, seq: SeqId, reason: FinishReason, stop_reason: Option<StopReason>) {
         let Some(st) = self.seqs.get(&seq) else {
             return;
         };
@@ -389,6 +464,7 @@ impl<E: Executor> Engine<E> {
         let _ = r.tx.send(WorkerEvent::Finished {
             index,
             reason,
+            stop_reason,
             prompt_tokens: r.req.prompt.len(),
             cached_tokens: cached,
             completion_tokens: generated,
@@ -436,6 +512,7 @@ mod tests {
             },
             max_model_len: 64,
             eos_token_ids: vec![eos],
+            tokenizer: None,
         };
         Engine::new(cfg, CostModelExecutor::new(cost, 7)).unwrap()
     }
@@ -443,6 +520,7 @@ mod tests {
     fn req(id: u64, prompt_len: usize, max_tokens: usize, n: usize) -> GenerateRequest {
         GenerateRequest {
             id,
+            request_id: "test".into(),
             prompt: (0..prompt_len as u32).collect(),
             params: SamplingParams {
                 max_tokens,
@@ -624,6 +702,155 @@ mod tests {
             e.submit(req(1, 5, 1, 1), tx),
             Err(SubmitError::DuplicateId(1))
         );
+    }
+
+    fn with_tokenizer(mut e: Engine<CostModelExecutor>) -> Engine<CostModelExecutor> {
+        // The cost model samples token 7 every time: "x" here.
+        let tokens: Vec<String> = ["a", "b", "c", "d", "e", "f", "g", "x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let tok = Tokenizer::from_gguf_vocab(&tokens, &[], None, "gpt2").unwrap();
+        e.cfg.tokenizer = Some(Arc::new(tok));
+        e
+    }
+
+    fn tokens_and_finish(
+        rx: &flume::Receiver<WorkerEvent>,
+    ) -> Vec<(usize, Option<FinishReason>, Option<StopReason>, bool)> {
+        rx.drain()
+            .filter_map(|e| match e {
+                WorkerEvent::Token {
+                    index,
+                    is_stop_token,
+                    ..
+                } => Some((index, None, None, is_stop_token)),
+                WorkerEvent::Finished {
+                    index,
+                    reason,
+                    stop_reason,
+                    ..
+                } => Some((index, Some(reason), stop_reason, false)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stop_string_ends_every_choice_on_the_token_that_completes_it() {
+        let mut e = with_tokenizer(engine(32, 99));
+        let (tx, rx) = flume::unbounded();
+        let mut r = req(1, 5, 50, 2);
+        r.params.stop = vec!["xxx".into()];
+        e.submit(r, tx).unwrap();
+        run(&mut e);
+        let ev = tokens_and_finish(&rx);
+        for index in 0..2 {
+            let mine: Vec<_> = ev.iter().filter(|e| e.0 == index).collect();
+            assert_eq!(mine.len(), 4, "three tokens then the finish: {mine:?}");
+            assert_eq!(mine[3].1, Some(FinishReason::Stop));
+            assert_eq!(mine[3].2, Some(StopReason::Text("xxx".into())));
+            assert!(mine[..3].iter().all(|t| !t.3));
+        }
+        assert_eq!(e.snapshot().generation_tokens, 6);
+        // Without a tokenizer, stop strings are refused rather than ignored.
+        let mut bare = engine(32, 99);
+        let mut r = req(2, 5, 5, 1);
+        r.params.stop = vec!["x".into()];
+        assert_eq!(
+            bare.submit(r, flume::unbounded().0),
+            Err(SubmitError::NoTokenizer)
+        );
+    }
+
+    #[test]
+    fn stop_strings_wait_for_min_tokens() {
+        let mut e = with_tokenizer(engine(32, 99));
+        let (tx, rx) = flume::unbounded();
+        let mut r = req(1, 5, 50, 1);
+        r.params.stop = vec!["x".into()];
+        r.params.min_tokens = 3;
+        e.submit(r, tx).unwrap();
+        run(&mut e);
+        let ev = tokens_and_finish(&rx);
+        assert_eq!(ev.len(), 5, "four tokens, then the finish: {ev:?}");
+        assert_eq!(ev[4].2, Some(StopReason::Text("x".into())));
+    }
+
+    #[test]
+    fn stop_tokens_are_marked_and_the_length_cap_comes_first() {
+        let mut e = engine(32, 99);
+        let (tx, rx) = flume::unbounded();
+        let mut r = req(1, 5, 5, 1);
+        r.params.stop_token_ids = vec![7];
+        e.submit(r, tx).unwrap();
+        run(&mut e);
+        let ev = tokens_and_finish(&rx);
+        assert_eq!(
+            ev,
+            vec![
+                (0, None, None, true),
+                (
+                    0,
+                    Some(FinishReason::Stop),
+                    Some(StopReason::Token(7)),
+                    false
+                )
+            ]
+        );
+        // EOS on the last allowed token: `length`, as vLLM reports it.
+        let mut e = engine(32, 7);
+        let (tx, rx) = flume::unbounded();
+        e.submit(req(1, 5, 1, 1), tx).unwrap();
+        run(&mut e);
+        let ev = tokens_and_finish(&rx);
+        assert_eq!(ev[1].1, Some(FinishReason::Length));
+        assert!(!ev[0].3);
+    }
+
+    #[test]
+    fn intake_counts_requests_taken_in_and_ended_ones_are_reported() {
+        let mut e = engine(32, 99);
+        let (tx, _rx) = flume::unbounded();
+        assert_eq!(e.snapshot().intake, 0);
+        e.submit(req(1, 5, 2, 1), tx.clone()).unwrap();
+        e.submit(req(2, 5, 2, 1), tx.clone()).unwrap();
+        assert!(e.submit(req(2, 5, 2, 1), tx.clone()).is_err());
+        let s = e.snapshot();
+        assert_eq!(s.intake, 2);
+        assert_eq!(
+            s.load.waiting, 2,
+            "the load already counts what was taken in"
+        );
+        e.cancel(2);
+        run(&mut e);
+        let mut ended = e.drain_ended();
+        ended.sort_unstable();
+        assert_eq!(ended, [1, 2]);
+        assert!(e.drain_ended().is_empty());
+    }
+
+    /// An executor that forgets to return the last sampled token.
+    struct Forgetful(CostModelExecutor);
+
+    impl Executor for Forgetful {
+        fn execute(
+            &mut self,
+            step: &[crate::executor::StepInput<'_>],
+        ) -> Result<Vec<crate::executor::Sampled>, ExecutorError> {
+            let mut out = self.0.execute(step)?;
+            out.pop();
+            Ok(out)
+        }
+    }
+
+    #[test]
+    fn an_executor_breaking_its_contract_is_a_fault() {
+        let e = engine(32, 99);
+        let mut e = Engine::new(e.cfg.clone(), Forgetful(e.exec)).unwrap();
+        let (tx, _rx) = flume::unbounded();
+        e.submit(req(1, 5, 2, 1), tx).unwrap();
+        assert!(matches!(e.step(), Err(ExecutorError::Fault(_))));
     }
 
     #[test]

@@ -35,17 +35,27 @@ pub struct Sampled {
     pub logprob: Option<TokenLogprob>,
 }
 
-/// Error from executing a step; the engine fails the step's requests.
+/// Error from executing a step.
 #[derive(Debug, thiserror::Error)]
-#[error("step execution failed: {0}")]
-pub struct ExecutorError(pub String);
+pub enum ExecutorError {
+    /// The step failed (e.g. a device error): the worker fails the live requests and
+    /// carries on.
+    #[error("step execution failed: {0}")]
+    Step(String),
+    /// The executor broke its contract (e.g. returned the wrong number of rows): its
+    /// state cannot be trusted, so the worker is failed like a panicking one.
+    #[error("executor fault: {0}")]
+    Fault(String),
+}
 
 /// Computes one scheduler step.
 pub trait Executor {
     /// Run the step and return one [`Sampled`] for every input with `sample` set, in order.
     fn execute(&mut self, step: &[StepInput<'_>]) -> Result<Vec<Sampled>, ExecutorError>;
-    /// A sequence starts; it will be sampled under `params`.
-    fn add_sequence(&mut self, _seq: SeqId, _params: &SamplingParams) {}
+    /// A sequence starts; it will be sampled under `params`. `stop_ids` are the tokens
+    /// that would end it (EOS unless ignored, and `stop_token_ids`), which the sampler
+    /// holds back for the first `params.min_tokens` tokens.
+    fn add_sequence(&mut self, _seq: SeqId, _params: &SamplingParams, _stop_ids: &[TokenId]) {}
     /// A sequence ended; drop its per-sequence state.
     fn remove_sequence(&mut self, _seq: SeqId) {}
 }

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod chat_template;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod detok;
 pub mod engine;
 pub mod executor;
 pub mod kv;

@@ -1,11 +1,13 @@
 //! The real executor: a model's forward pass over the paged KV cache, then
-//! each sequence's own sampler.
+//! each sequence's own sampler, the rows of a batch sampled in parallel.
 
 use crate::attention::PagedKvCache;
 use crate::executor::{Executor, ExecutorError, Sampled, StepInput};
-use crate::model::{Model, SeqInput};
+use crate::model::{ops, Model, SeqInput};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::scheduler::SeqId;
+use rayon::prelude::*;
+use reprise_router::TokenId;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -46,28 +48,48 @@ impl Executor for ModelExecutor {
         let logits = self
             .model
             .forward(&batch, &mut self.cache)
-            .map_err(|e| ExecutorError(e.to_string()))?;
-        let mut out = Vec::new();
-        for (s, row) in step.iter().zip(&logits) {
-            if !s.sample {
-                continue;
-            }
-            let sampler = self
-                .samplers
-                .entry(s.seq)
-                .or_insert_with(|| Sampler::new(&SamplingParams::default()));
-            let (token, logprob) = sampler.sample(row);
-            out.push(Sampled {
-                seq: s.seq,
+            .map_err(|e| ExecutorError::Step(e.to_string()))?;
+        if logits.rows() != step.len() {
+            return Err(ExecutorError::Fault(format!(
+                "the model returned {} rows of logits for a batch of {}",
+                logits.rows(),
+                step.len()
+            )));
+        }
+        // Each sampler leaves the map for the step so the rows can be drawn in parallel.
+        let mut work: Vec<(usize, SeqId, Sampler)> = step
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.sample)
+            .map(|(row, s)| {
+                let sampler = self
+                    .samplers
+                    .remove(&s.seq)
+                    .unwrap_or_else(|| Sampler::new(&SamplingParams::default()));
+                (row, s.seq, sampler)
+            })
+            .collect();
+        let draw = |(row, seq, sampler): &mut (usize, SeqId, Sampler)| {
+            let (token, logprob) = sampler.sample(logits.row(*row));
+            Sampled {
+                seq: *seq,
                 token,
                 logprob,
-            });
-        }
+            }
+        };
+        let out: Vec<Sampled> = if work.len() > 1 {
+            ops::pool().install(|| work.par_iter_mut().map(draw).collect())
+        } else {
+            work.iter_mut().map(draw).collect()
+        };
+        self.samplers
+            .extend(work.into_iter().map(|(_, seq, sampler)| (seq, sampler)));
         Ok(out)
     }
 
-    fn add_sequence(&mut self, seq: SeqId, params: &SamplingParams) {
-        self.samplers.insert(seq, Sampler::new(params));
+    fn add_sequence(&mut self, seq: SeqId, params: &SamplingParams, stop_ids: &[TokenId]) {
+        self.samplers
+            .insert(seq, Sampler::new(params).holding_back(stop_ids));
     }
 
     fn remove_sequence(&mut self, seq: SeqId) {

@@ -1,8 +1,20 @@
 //! Sampling: turn a row of logits into the next token under a request's
 //! sampling parameters (greedy, temperature, top-k, top-p, seeded RNG, logprobs).
+//!
+//! Per token it costs a few passes over the vocabulary and no allocation once warm:
+//! candidates are chosen by partial selection (a bounded heap for top-k, a histogram
+//! of log-probabilities for top-p) instead of sorting the vocabulary, into buffers
+//! kept per thread, so the rows of a batch can be sampled in parallel.
 
+use crate::model::ops::exp_sub_sum;
+use crate::worker::TokenLogprob;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use reprise_router::TokenId;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 
 /// Per-request generation parameters (OpenAI / vLLM semantics).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -19,10 +31,21 @@ pub struct SamplingParams {
     pub max_tokens: usize,
     /// Extra token ids that end generation (the model's EOS ids are added by the engine).
     pub stop_token_ids: Vec<TokenId>,
+    /// Strings that end generation when the output text contains them.
+    pub stop: Vec<String>,
     /// Keep generating past EOS until `max_tokens`.
     pub ignore_eos: bool,
     /// Return the chosen token's logprob and this many top alternatives.
     pub logprobs: Option<usize>,
+    /// Drop special tokens from the output text (stop strings are matched on that text).
+    pub skip_special_tokens: bool,
+    /// With `skip_special_tokens` off: false writes consecutive special tokens with
+    /// nothing between them (vLLM's option).
+    pub spaces_between_special_tokens: bool,
+    /// Keep the stop string (or stop token's text) at the end of the output.
+    pub include_stop_str_in_output: bool,
+    /// Tokens generated before EOS, a stop token id or a stop string may end the sequence.
+    pub min_tokens: usize,
 }
 
 impl Default for SamplingParams {
@@ -34,15 +57,16 @@ impl Default for SamplingParams {
             seed: None,
             max_tokens: 16,
             stop_token_ids: Vec::new(),
+            stop: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            skip_special_tokens: true,
+            spaces_between_special_tokens: true,
+            include_stop_str_in_output: false,
+            min_tokens: 0,
         }
     }
 }
-
-use crate::worker::TokenLogprob;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 /// Draws tokens for one sequence; owns its RNG so a seeded request reproduces
 /// the same tokens whatever else shares its batch.
@@ -53,6 +77,10 @@ pub struct Sampler {
     top_p: f32,
     logprobs: Option<usize>,
     rng: StdRng,
+    /// Tokens never drawn while fewer than `min_tokens` were (EOS, stop token ids).
+    held_back: Vec<TokenId>,
+    min_tokens: usize,
+    drawn: usize,
 }
 
 /// Index of the largest value; ties go to the lowest index, NaN never wins.
@@ -68,28 +96,148 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// The `n` highest `(id, value)` pairs, descending, ties by lower id.
-fn top_n(values: &[f32], n: usize) -> Vec<(u32, f32)> {
-    let mut idx: Vec<u32> = (0..values.len() as u32).collect();
-    let key = |&i: &u32| {
-        let v = values[i as usize];
-        (if v.is_nan() { f32::NEG_INFINITY } else { v }, i)
-    };
-    let cmp = |a: &u32, b: &u32| {
-        let (va, ia) = key(a);
-        let (vb, ib) = key(b);
-        vb.total_cmp(&va).then(ia.cmp(&ib))
-    };
-    let n = n.min(idx.len());
+/// A candidate token ordered by value, then by lower id (NaN counts as −∞): the
+/// canonical order every selection here follows, so draws are reproducible.
+#[derive(Clone, Copy, Debug)]
+struct Cand {
+    value: f32,
+    id: u32,
+}
+
+impl Cand {
+    fn new(id: usize, v: f32) -> Self {
+        Self {
+            value: if v.is_nan() { f32::NEG_INFINITY } else { v },
+            id: id as u32,
+        }
+    }
+
+    /// `Less` when `self` ranks before `other` (higher value, then lower id).
+    fn rank(&self, other: &Self) -> Ordering {
+        other
+            .value
+            .total_cmp(&self.value)
+            .then(self.id.cmp(&other.id))
+    }
+}
+
+impl PartialEq for Cand {
+    fn eq(&self, other: &Self) -> bool {
+        self.rank(other) == Ordering::Equal
+    }
+}
+impl Eq for Cand {}
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Cand {
+    /// Worse candidates compare greater, so a max-heap keeps the worst on top.
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.rank(other)
+    }
+}
+
+/// Buffers reused across tokens, one set per thread.
+#[derive(Default)]
+struct Scratch {
+    heap: BinaryHeap<Cand>,
+    cands: Vec<Cand>,
+    probs: Vec<f32>,
+    values: Vec<f32>,
+    masked: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Above this `k`, top-k selects with `select_nth` over the values instead of a heap.
+const HEAP_MAX_K: usize = 512;
+/// Histogram buckets for top-p, each a quarter of a nat of log-probability below the max.
+const TOP_P_BUCKETS: usize = 128;
+const BUCKETS_PER_NAT: f32 = 4.0;
+
+/// The `n` best candidates of `values` in canonical order, into `out`.
+fn top_n_into(values: &[f32], n: usize, s: &mut Scratch, out: &mut Vec<Cand>) {
+    out.clear();
+    let n = n.min(values.len());
     if n == 0 {
-        return Vec::new();
+        return;
     }
-    if n < idx.len() {
-        idx.select_nth_unstable_by(n - 1, cmp);
-        idx.truncate(n);
+    if n <= HEAP_MAX_K {
+        let heap = &mut s.heap;
+        heap.clear();
+        for (i, &v) in values.iter().enumerate() {
+            let c = Cand::new(i, v);
+            if heap.len() < n {
+                heap.push(c);
+            } else if let Some(mut worst) = heap.peek_mut() {
+                if c < *worst {
+                    *worst = c;
+                }
+            }
+        }
+        out.extend(heap.drain());
+    } else {
+        // The n-th best value, then everything above it plus ties in id order.
+        let vals = &mut s.values;
+        vals.clear();
+        vals.extend(values.iter().map(|&v| Cand::new(0, v).value));
+        let (_, nth, _) = vals.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a));
+        let nth = *nth;
+        for (i, &v) in values.iter().enumerate() {
+            let c = Cand::new(i, v);
+            if c.value.total_cmp(&nth) == Ordering::Greater {
+                out.push(c);
+            }
+        }
+        for (i, &v) in values.iter().enumerate() {
+            if out.len() == n {
+                break;
+            }
+            let c = Cand::new(i, v);
+            if c.value.total_cmp(&nth) == Ordering::Equal {
+                out.push(c);
+            }
+        }
     }
-    idx.sort_unstable_by(cmp);
-    idx.into_iter().map(|i| (i, values[i as usize])).collect()
+    out.sort_unstable_by(Cand::rank);
+}
+
+/// `probs[i] = exp((logits[i] − max) / T)` (NaN as −∞), through the vectorised
+/// `exp`; returns their sum.
+fn tempered_exp(logits: &[f32], max: f32, inv_t: f32, probs: &mut Vec<f32>) -> f32 {
+    probs.clear();
+    probs.extend(logits.iter().map(|&v| {
+        if v.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            v * inv_t
+        }
+    }));
+    exp_sub_sum(probs, max * inv_t)
+}
+
+/// Log of the sum of `exp(values)` (NaN skipped), through the vectorised `exp`.
+fn log_sum_exp(values: &[f32], s: &mut Scratch) -> f32 {
+    let max = values
+        .iter()
+        .copied()
+        .filter(|v| !v.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return max;
+    }
+    let buf = &mut s.probs;
+    buf.clear();
+    buf.extend(
+        values
+            .iter()
+            .map(|&v| if v.is_nan() { f32::NEG_INFINITY } else { v }),
+    );
+    max + exp_sub_sum(buf, max).ln()
 }
 
 impl Sampler {
@@ -105,7 +253,18 @@ impl Sampler {
             top_p: params.top_p,
             logprobs: params.logprobs,
             rng,
+            held_back: Vec::new(),
+            min_tokens: params.min_tokens,
+            drawn: 0,
         }
+    }
+
+    /// Never draws `ids` until `min_tokens` tokens were drawn.
+    pub fn holding_back(mut self, ids: &[TokenId]) -> Self {
+        if self.min_tokens > 0 {
+            self.held_back = ids.to_vec();
+        }
+        self
     }
 
     /// Whether this sampler always takes the argmax.
@@ -119,80 +278,198 @@ impl Sampler {
         if logits.is_empty() {
             return (0, None);
         }
-        let token = if self.is_greedy() {
-            argmax(logits)
+        let out = SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut s) => self.sample_with(logits, &mut s),
+            // Only reachable if sampling re-entered itself on this thread.
+            Err(_) => self.sample_with(logits, &mut Scratch::default()),
+        });
+        self.drawn += 1;
+        out
+    }
+
+    fn sample_with(&mut self, logits: &[f32], s: &mut Scratch) -> (TokenId, Option<TokenLogprob>) {
+        let token = if self.drawn < self.min_tokens && !self.held_back.is_empty() {
+            // The held-back tokens at −∞ in a copy; logprobs stay those of the raw logits.
+            let mut masked = std::mem::take(&mut s.masked);
+            masked.clear();
+            masked.extend_from_slice(logits);
+            for &id in &self.held_back {
+                if let Some(v) = masked.get_mut(id as usize) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+            let t = self.choose(&masked, s);
+            s.masked = masked;
+            t
         } else {
-            self.draw(logits)
+            self.choose(logits, s)
         };
         let lp = self.logprobs.map(|n| {
-            let max = logits
-                .iter()
-                .copied()
-                .filter(|v| !v.is_nan())
-                .fold(f32::NEG_INFINITY, f32::max);
-            let lse = max
-                + logits
-                    .iter()
-                    .filter(|v| !v.is_nan())
-                    .map(|&v| (v - max).exp())
-                    .sum::<f32>()
-                    .ln();
-            TokenLogprob {
+            let lse = log_sum_exp(logits, s);
+            let mut top = std::mem::take(&mut s.cands);
+            top_n_into(logits, n, s, &mut top);
+            let out = TokenLogprob {
                 logprob: logits[token as usize] - lse,
-                top: top_n(logits, n)
-                    .into_iter()
-                    .map(|(i, v)| (i, v - lse))
-                    .collect(),
-            }
+                top: top.iter().map(|c| (c.id, c.value - lse)).collect(),
+            };
+            s.cands = top;
+            out
         });
         (token, lp)
     }
 
-    fn draw(&mut self, logits: &[f32]) -> TokenId {
-        let inv_t = 1.0 / self.temperature;
-        let filtered = self.top_k > 0 || self.top_p < 1.0;
-        // Candidates in a canonical order (descending, ties by id) so the draw is reproducible.
-        let cands: Vec<(u32, f32)> = if filtered {
-            let k = if self.top_k > 0 {
-                self.top_k
-            } else {
-                logits.len()
-            };
-            top_n(logits, k)
+    fn choose(&mut self, logits: &[f32], s: &mut Scratch) -> TokenId {
+        if self.is_greedy() {
+            argmax(logits)
         } else {
-            logits
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| (i as u32, if v.is_nan() { f32::NEG_INFINITY } else { v }))
-                .collect()
-        };
-        let max = cands.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+            self.draw(logits, s)
+        }
+    }
+
+    fn draw(&mut self, logits: &[f32], s: &mut Scratch) -> TokenId {
+        let inv_t = 1.0 / self.temperature;
+        let max = logits
+            .iter()
+            .copied()
+            .filter(|v| !v.is_nan())
+            .fold(f32::NEG_INFINITY, f32::max);
         if !max.is_finite() {
             return argmax(logits);
         }
-        let mut probs: Vec<f32> = cands.iter().map(|c| ((c.1 - max) * inv_t).exp()).collect();
-        let total: f32 = probs.iter().sum();
+        let top_p = if self.top_p > 0.0 && self.top_p < 1.0 {
+            Some(self.top_p)
+        } else {
+            None
+        };
+        if self.top_k > 0 && self.top_k < logits.len() {
+            let mut cands = std::mem::take(&mut s.cands);
+            top_n_into(logits, self.top_k, s, &mut cands);
+            let t = self.draw_sorted(&cands, max, inv_t, top_p, None, s);
+            s.cands = cands;
+            return t;
+        }
+        match top_p {
+            None => self.draw_full(logits, max, inv_t, s),
+            Some(p) => self.draw_nucleus(logits, max, inv_t, p, s),
+        }
+    }
+
+    /// Temperature sampling over the whole vocabulary, in id order.
+    fn draw_full(&mut self, logits: &[f32], max: f32, inv_t: f32, s: &mut Scratch) -> TokenId {
+        let probs = &mut s.probs;
+        let total = tempered_exp(logits, max, inv_t, probs);
+        let mut u = self.rng.random::<f32>() * total;
+        let mut last = None;
+        // The clamped vectorised exp leaves −∞ a tiny mass; such tokens are never drawn.
+        for (i, (&v, &p)) in logits.iter().zip(probs.iter()).enumerate() {
+            if v > f32::NEG_INFINITY {
+                if u < p {
+                    return i as u32;
+                }
+                u -= p;
+                last = Some(i);
+            }
+        }
+        // Rounding left u past the end: the last token that could be drawn.
+        last.map_or_else(|| argmax(logits), |i| i as u32)
+    }
+
+    /// Top-p over the whole vocabulary without sorting it: a histogram of how far
+    /// below the max each token's log-probability is finds the bucket where the
+    /// nucleus ends; only the tokens down to that bucket are sorted.
+    fn draw_nucleus(
+        &mut self,
+        logits: &[f32],
+        max: f32,
+        inv_t: f32,
+        top_p: f32,
+        s: &mut Scratch,
+    ) -> TokenId {
+        let bucket = |v: f32| -> usize {
+            let d = (max - v) * inv_t * BUCKETS_PER_NAT;
+            // NaN and −∞ land in the last bucket, which the nucleus never reaches whole.
+            if d < (TOP_P_BUCKETS - 1) as f32 {
+                d as usize
+            } else {
+                TOP_P_BUCKETS - 1
+            }
+        };
+        let mut mass = [0.0f32; TOP_P_BUCKETS];
+        let probs = &mut s.probs;
+        let total = tempered_exp(logits, max, inv_t, probs);
+        for (&v, &p) in logits.iter().zip(probs.iter()) {
+            mass[bucket(v)] += p;
+        }
+        let target = top_p * total;
+        let mut cum = 0.0;
+        let mut last_bucket = TOP_P_BUCKETS - 1;
+        for (b, &m) in mass.iter().enumerate() {
+            cum += m;
+            if cum >= target {
+                last_bucket = b;
+                break;
+            }
+        }
+        let mut cands = std::mem::take(&mut s.cands);
+        cands.clear();
+        cands.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|&(_, &v)| bucket(v) <= last_bucket)
+                .map(|(i, &v)| Cand::new(i, v)),
+        );
+        cands.sort_unstable_by(Cand::rank);
+        let t = self.draw_sorted(&cands, max, inv_t, Some(top_p), Some(total), s);
+        s.cands = cands;
+        t
+    }
+
+    /// Draws from candidates in canonical order, keeping the smallest prefix whose
+    /// probability reaches `top_p` of `total` (the whole vocabulary's mass when the
+    /// candidates are its head; by default theirs, renormalised as after top-k).
+    #[allow(clippy::too_many_arguments)]
+    fn draw_sorted(
+        &mut self,
+        cands: &[Cand],
+        max: f32,
+        inv_t: f32,
+        top_p: Option<f32>,
+        total: Option<f32>,
+        s: &mut Scratch,
+    ) -> TokenId {
+        let Some(first) = cands.first() else {
+            return 0;
+        };
+        let probs = &mut s.values;
+        probs.clear();
+        probs.extend(cands.iter().map(|c| ((c.value - max) * inv_t).exp()));
+        let total = total.unwrap_or_else(|| probs.iter().sum());
         let mut keep = probs.len();
-        if self.top_p < 1.0 && self.top_p > 0.0 {
+        if let Some(p) = top_p {
+            let target = p * total;
             let mut cum = 0.0;
-            for (i, p) in probs.iter().enumerate() {
-                cum += p / total;
-                if cum >= self.top_p {
+            for (i, q) in probs.iter().enumerate() {
+                cum += q;
+                if cum >= target {
                     keep = i + 1;
                     break;
                 }
             }
         }
-        probs.truncate(keep);
-        let total: f32 = probs.iter().sum();
-        let mut u = self.rng.random::<f32>() * total;
-        for (i, p) in probs.iter().enumerate() {
-            if u < *p {
-                return cands[i].0;
+        let kept: f32 = probs[..keep].iter().sum();
+        let mut u = self.rng.random::<f32>() * kept;
+        let mut last = first.id;
+        for (c, &q) in cands[..keep].iter().zip(probs.iter()) {
+            if q > 0.0 {
+                if u < q {
+                    return c.id;
+                }
+                u -= q;
+                last = c.id;
             }
-            u -= p;
         }
-        cands[keep - 1].0
+        last // rounding left u past the end: the last candidate with any mass
     }
 }
 
@@ -209,6 +486,17 @@ mod tests {
             logprobs: Some(2),
             ..Default::default()
         }
+    }
+
+    /// The `n` best ids by sorting the whole vocabulary: the reference.
+    fn sorted_top(values: &[f32], n: usize) -> Vec<u32> {
+        let mut c: Vec<Cand> = values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| Cand::new(i, v))
+            .collect();
+        c.sort_by(Cand::rank);
+        c.iter().take(n).map(|c| c.id).collect()
     }
 
     #[test]
@@ -231,9 +519,118 @@ mod tests {
         };
         let a = run(7);
         assert_eq!(a, run(7));
-        let allowed: Vec<u32> = top_n(&logits, 3).iter().map(|x| x.0).collect();
+        let allowed = sorted_top(&logits, 3);
         assert!(a.iter().all(|t| allowed.contains(t)));
         let mut s = Sampler::new(&params(1.0, 0, 1e-6, 3));
         assert_eq!(s.sample(&logits).0, argmax(&logits));
+    }
+
+    #[test]
+    fn partial_selection_matches_a_full_sort() {
+        let mut s = Scratch::default();
+        let mut out = Vec::new();
+        // Many ties, a NaN and -inf: the order must still be the canonical one.
+        let mut v: Vec<f32> = (0..3000).map(|i| ((i * 7919) % 101) as f32 / 7.0).collect();
+        v[5] = f32::NAN;
+        v[9] = f32::NEG_INFINITY;
+        for n in [1, 2, 20, 511, 512, 513, 1000, 3000, 5000] {
+            top_n_into(&v, n, &mut s, &mut out);
+            let got: Vec<u32> = out.iter().map(|c| c.id).collect();
+            assert_eq!(got, sorted_top(&v, n), "n = {n}");
+        }
+    }
+
+    /// Frequencies of many draws against the exact top-p distribution.
+    #[test]
+    fn top_p_keeps_the_smallest_nucleus_and_its_proportions() {
+        // Probabilities 0.4, 0.3, 0.2, 0.1 (then a long tail of tiny ones) at T = 1.
+        let mut logits = vec![-30.0f32; 5000];
+        for (i, p) in [(17usize, 0.4f32), (3, 0.3), (4000, 0.2), (42, 0.1)] {
+            logits[i] = p.ln();
+        }
+        let mut s = Sampler::new(&SamplingParams {
+            temperature: 1.0,
+            top_p: 0.75,
+            seed: Some(11),
+            ..Default::default()
+        });
+        let mut counts = std::collections::HashMap::new();
+        let n = 20_000;
+        for _ in 0..n {
+            *counts.entry(s.sample(&logits).0).or_insert(0usize) += 1;
+        }
+        // 0.4 + 0.3 = 0.7 < 0.75, so the nucleus is {17, 3, 4000}, renormalised over 0.9.
+        let keys: std::collections::BTreeSet<u32> = counts.keys().copied().collect();
+        assert_eq!(keys, [3, 17, 4000].into_iter().collect());
+        for (id, p) in [(17u32, 0.4 / 0.9), (3, 0.3 / 0.9), (4000, 0.2 / 0.9)] {
+            let f = counts[&id] as f64 / n as f64;
+            assert!((f - p).abs() < 0.02, "token {id}: {f} vs {p}");
+        }
+    }
+
+    #[test]
+    fn temperature_sampling_follows_the_softmax() {
+        let logits = [0.0f32, 1.0, f32::NAN, 2.0];
+        let mut s = Sampler::new(&SamplingParams {
+            temperature: 0.5,
+            seed: Some(5),
+            ..Default::default()
+        });
+        let mut counts = [0usize; 4];
+        let n = 20_000;
+        for _ in 0..n {
+            counts[s.sample(&logits).0 as usize] += 1;
+        }
+        assert_eq!(counts[2], 0, "NaN never drawn");
+        let z: f64 = [0.0f64, 2.0, 4.0].iter().map(|x| x.exp()).sum();
+        for (i, x) in [(0, 0.0f64), (1, 2.0), (3, 4.0)] {
+            let f = counts[i] as f64 / n as f64;
+            assert!((f - x.exp() / z).abs() < 0.02, "token {i}: {f}");
+        }
+    }
+
+    #[test]
+    fn top_k_then_top_p_and_flat_distributions() {
+        // Flat: every token equally likely; top_p = 0.5 keeps the lowest half of the ids.
+        let logits = vec![1.0f32; 1000];
+        let mut s = Sampler::new(&params(1.0, 0, 0.5, 2));
+        for _ in 0..200 {
+            assert!(s.sample(&logits).0 < 500);
+        }
+        let mut s = Sampler::new(&params(1.0, 10, 0.5, 2));
+        for _ in 0..200 {
+            assert!(s.sample(&logits).0 < 5);
+        }
+        // Everything -inf or NaN: fall back to the argmax rule (id 0).
+        let mut s = Sampler::new(&params(1.0, 0, 0.9, 2));
+        assert_eq!(s.sample(&[f32::NAN, f32::NEG_INFINITY]).0, 0);
+    }
+
+    #[test]
+    fn min_tokens_holds_back_the_stop_tokens_then_lets_them_through() {
+        let logits = [0.0f32, 5.0, 1.0, 4.0];
+        let mut s = Sampler::new(&SamplingParams {
+            temperature: 0.0,
+            min_tokens: 2,
+            logprobs: Some(1),
+            ..Default::default()
+        })
+        .holding_back(&[1, 3]);
+        let (t, lp) = s.sample(&logits);
+        assert_eq!(t, 2, "the best token not held back");
+        // Logprobs are those of the raw logits, where token 1 is the best.
+        assert_eq!(lp.expect("logprobs").top[0].0, 1);
+        assert_eq!(s.sample(&logits).0, 2);
+        assert_eq!(s.sample(&logits).0, 1, "min_tokens reached");
+        let mut free = Sampler::new(&SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        })
+        .holding_back(&[1]);
+        assert_eq!(
+            free.sample(&logits).0,
+            1,
+            "nothing held back without min_tokens"
+        );
     }
 }

@@ -24,6 +24,9 @@ pub enum TokenizerError {
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// Added tokens by id: content and whether special (the library clones its map on
+    /// every query, too slow for a per-token check).
+    added: std::sync::Arc<std::collections::HashMap<u32, (String, bool)>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -63,7 +66,19 @@ impl Tokenizer {
             origin: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        Ok(Self { inner })
+        Ok(Self::wrap(inner))
+    }
+
+    fn wrap(inner: tokenizers::Tokenizer) -> Self {
+        let added = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .map(|(id, t)| (id, (t.content, t.special)))
+            .collect();
+        Self {
+            inner,
+            added: std::sync::Arc::new(added),
+        }
     }
 
     /// Parses a `tokenizer.json` document.
@@ -74,7 +89,7 @@ impl Tokenizer {
                     origin: "tokenizer.json text".into(),
                     reason: e.to_string(),
                 })?;
-        Ok(Self { inner })
+        Ok(Self::wrap(inner))
     }
 
     /// Builds a byte-level BPE tokenizer from a GGUF vocabulary (`tokenizer.ggml.*`).
@@ -158,53 +173,12 @@ impl Tokenizer {
 
     /// Whether `id` is an added special token (skipped by `decode(.., true)`).
     pub fn is_special(&self, id: u32) -> bool {
-        self.inner
-            .get_added_tokens_decoder()
-            .get(&id)
-            .is_some_and(|t| t.special)
+        self.added.get(&id).is_some_and(|t| t.1)
     }
 
-    /// A fresh incremental detokenizer for streaming output.
-    pub fn stream(&self, skip_special_tokens: bool) -> IncrementalDecoder<'_> {
-        IncrementalDecoder {
-            tokenizer: self,
-            skip_special_tokens,
-            ids: Vec::new(),
-            prefix_offset: 0,
-            read_offset: 0,
-        }
-    }
-}
-
-/// Turns a token stream into text pieces, holding back incomplete UTF-8
-/// sequences (vLLM-style prefix/read offsets so merges across tokens decode right).
-pub struct IncrementalDecoder<'a> {
-    tokenizer: &'a Tokenizer,
-    skip_special_tokens: bool,
-    ids: Vec<u32>,
-    prefix_offset: usize,
-    read_offset: usize,
-}
-
-impl IncrementalDecoder<'_> {
-    /// Adds one token; returns the new text it completes (possibly empty).
-    pub fn push(&mut self, id: u32) -> Result<String, TokenizerError> {
-        self.ids.push(id);
-        let skip = self.skip_special_tokens;
-        let prefix = self
-            .tokenizer
-            .decode(&self.ids[self.prefix_offset..self.read_offset], skip)?;
-        let full = self
-            .tokenizer
-            .decode(&self.ids[self.prefix_offset..], skip)?;
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.starts_with(&prefix) {
-            let new = full[prefix.len()..].to_string();
-            self.prefix_offset = self.read_offset;
-            self.read_offset = self.ids.len();
-            Ok(new)
-        } else {
-            Ok(String::new())
-        }
+    /// The text of an added token (special or not), e.g. `<|im_end|>`.
+    pub fn added_token(&self, id: u32) -> Option<&str> {
+        self.added.get(&id).map(|t| t.0.as_str())
     }
 }
 
@@ -231,8 +205,7 @@ mod tests {
         );
         assert_eq!(t.decode(&[0, 3, 7], true).unwrap(), "ab a");
         assert_eq!(t.decode(&[0, 3], false).unwrap(), "<|im_start|>ab");
-        let mut s = t.stream(true);
-        let out: String = [3u32, 7, 5].iter().map(|&i| s.push(i).unwrap()).collect();
-        assert_eq!(out, "ab a1");
+        assert_eq!(t.added_token(0), Some("<|im_start|>"));
+        assert_eq!(t.added_token(3), None);
     }
 }

@@ -4,6 +4,7 @@
 use crate::sampler::SamplingParams;
 use reprise_router::TokenId;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A generation request, already tokenized.
@@ -11,6 +12,8 @@ use std::time::Instant;
 pub struct GenerateRequest {
     /// Caller-chosen id, unique among the worker's live requests.
     pub id: u64,
+    /// The id the client knows the request by (`x-request-id`), for logs.
+    pub request_id: Arc<str>,
     /// Prompt token ids (never empty).
     pub prompt: Vec<TokenId>,
     /// Sampling and stopping parameters.
@@ -33,6 +36,17 @@ pub enum FinishReason {
     Abort,
 }
 
+/// What ended a sequence stopped by `stop_token_ids` or a stop string (vLLM's
+/// `stop_reason`; EOS leaves it empty).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StopReason {
+    /// A stop token id.
+    Token(TokenId),
+    /// A stop string.
+    Text(String),
+}
+
 /// Log-probability information for one generated token.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenLogprob {
@@ -53,6 +67,9 @@ pub enum WorkerEvent {
         token: TokenId,
         /// Present when the request asked for logprobs.
         logprob: Option<TokenLogprob>,
+        /// The EOS or stop token id that ends this sequence: counted, but (as vLLM
+        /// does) left out of the text unless the stop string is to be included.
+        is_stop_token: bool,
     },
     /// Sequence `index` is done; the request is done when all `n` are.
     Finished {
@@ -60,6 +77,8 @@ pub enum WorkerEvent {
         index: usize,
         /// Why it stopped.
         reason: FinishReason,
+        /// The stop token id or stop string, when one ended it.
+        stop_reason: Option<StopReason>,
         /// Prompt length in tokens.
         prompt_tokens: usize,
         /// Prompt tokens whose KV came from the prefix cache.
@@ -79,13 +98,26 @@ pub enum WorkerEvent {
 }
 
 use crate::engine::{Engine, EngineConfig, SubmitError, WorkerSnapshot};
+use crate::executor::ExecutorError;
 use crate::model::Model;
 use crate::model_executor::ModelExecutor;
 use crate::scheduler::SchedulerConfig;
+use crate::tokenizer::Tokenizer;
 use parking_lot::Mutex;
 use reprise_router::{KvEvent, KvEventData};
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// A fault injected for tests at an engine step (counted from 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The step panics.
+    Panic(u64),
+    /// The step never returns (until the process exits).
+    Hang(u64),
+}
 
 /// Settings of one worker.
 #[derive(Clone, Debug)]
@@ -98,8 +130,12 @@ pub struct WorkerConfig {
     pub max_model_len: usize,
     /// Tokens that end generation unless `ignore_eos`.
     pub eos_token_ids: Vec<TokenId>,
-    /// Fault injection for tests: panic on this step number (counted from 1).
-    pub panic_at_step: Option<u64>,
+    /// Finds stop strings in the output (requests with stop strings need it).
+    pub tokenizer: Option<Arc<Tokenizer>>,
+    /// A step that has not returned after this long fails the worker.
+    pub step_timeout: Option<Duration>,
+    /// Fault injection for tests.
+    pub fault: Option<Fault>,
 }
 
 /// Errors talking to a worker.
@@ -118,7 +154,7 @@ pub enum WorkerError {
 
 enum Msg {
     Submit(
-        GenerateRequest,
+        Box<GenerateRequest>,
         flume::Sender<WorkerEvent>,
         flume::Sender<Result<(), SubmitError>>,
     ),
@@ -126,12 +162,45 @@ enum Msg {
     Shutdown,
 }
 
+/// A live request's id for logs and its event channel.
+type LiveRequest = (Arc<str>, flume::Sender<WorkerEvent>);
+
+/// What the worker thread shares with its handles and its watchdog.
+struct Shared {
+    index: usize,
+    snapshot: Mutex<WorkerSnapshot>,
+    /// The event channels of the live requests, so that the watchdog can fail them
+    /// while the worker thread is stuck in a step.
+    live: Mutex<HashMap<u64, LiveRequest>>,
+    /// When the step in progress began; `None` between steps.
+    step_started: Mutex<Option<Instant>>,
+    /// Set once the worker has failed; the thread exits when it sees it.
+    failed: AtomicBool,
+    /// Set when the thread has exited.
+    exited: AtomicBool,
+}
+
+impl Shared {
+    /// Fails every live request with `msg`, takes the worker out of service.
+    fn fail(&self, msg: &str) {
+        if self.failed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.snapshot.lock().alive = false;
+        let live: Vec<_> = self.live.lock().drain().collect();
+        for (_, (request_id, tx)) in live {
+            tracing::error!(worker = self.index, request_id = &*request_id, "{msg}");
+            let _ = tx.send(WorkerEvent::Error(msg.to_string()));
+        }
+    }
+}
+
 /// Handle to a worker thread; cheap to clone.
 #[derive(Clone)]
 pub struct WorkerHandle {
     index: usize,
     tx: flume::Sender<Msg>,
-    snapshot: Arc<Mutex<WorkerSnapshot>>,
+    shared: Arc<Shared>,
 }
 
 /// Called with every batch of KV events a worker emits. When the worker dies its
@@ -139,7 +208,8 @@ pub struct WorkerHandle {
 pub type EventSink = Box<dyn FnMut(Vec<KvEvent>) + Send>;
 
 impl WorkerHandle {
-    /// Spawn the worker thread owning a KV cache for `model`.
+    /// Spawn the worker thread owning a KV cache for `model` (and, with a step
+    /// timeout, the watchdog thread that fails it when a step hangs).
     pub fn spawn(
         cfg: WorkerConfig,
         model: Arc<dyn Model>,
@@ -150,23 +220,44 @@ impl WorkerHandle {
             scheduler: cfg.scheduler.clone(),
             max_model_len: cfg.max_model_len,
             eos_token_ids: cfg.eos_token_ids.clone(),
+            tokenizer: cfg.tokenizer.clone(),
         };
         let engine =
             Engine::new(engine_cfg, exec).map_err(|e| WorkerError::Start(e.to_string()))?;
         let (tx, rx) = flume::unbounded();
-        let snapshot = Arc::new(Mutex::new(WorkerSnapshot {
-            alive: true,
-            ..engine.snapshot()
-        }));
-        let snap = snapshot.clone();
+        let shared = Arc::new(Shared {
+            index: cfg.index,
+            snapshot: Mutex::new(WorkerSnapshot {
+                alive: true,
+                ..engine.snapshot()
+            }),
+            live: Mutex::new(HashMap::new()),
+            step_started: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+        });
+        let sh = shared.clone();
+        let fault = cfg.fault;
         std::thread::Builder::new()
             .name(format!("reprise-worker-{}", cfg.index))
-            .spawn(move || run(engine, rx, snap, on_events, cfg.panic_at_step))
+            .spawn(move || {
+                run(engine, rx, &sh, on_events, fault);
+                sh.live.lock().clear();
+                sh.snapshot.lock().alive = false;
+                sh.exited.store(true, Ordering::Release);
+            })
             .map_err(|e| WorkerError::Start(e.to_string()))?;
+        if let Some(limit) = cfg.step_timeout {
+            let sh = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("reprise-watchdog-{}", cfg.index))
+                .spawn(move || watchdog(&sh, limit))
+                .map_err(|e| WorkerError::Start(e.to_string()))?;
+        }
         Ok(WorkerHandle {
             index: cfg.index,
             tx,
-            snapshot,
+            shared,
         })
     }
 
@@ -183,9 +274,7 @@ impl WorkerHandle {
     ) -> Result<flume::Receiver<WorkerEvent>, WorkerError> {
         let (etx, erx) = flume::unbounded();
         let (ack_tx, ack_rx) = flume::bounded(1);
-        self.tx
-            .send(Msg::Submit(req, etx, ack_tx))
-            .map_err(|_| WorkerError::Dead(self.index))?;
+        self.send_submit(req, etx, ack_tx)?;
         match ack_rx.recv() {
             Ok(Ok(())) => Ok(erx),
             Ok(Err(e)) => Err(WorkerError::Rejected(e)),
@@ -200,14 +289,26 @@ impl WorkerHandle {
     ) -> Result<flume::Receiver<WorkerEvent>, WorkerError> {
         let (etx, erx) = flume::unbounded();
         let (ack_tx, ack_rx) = flume::bounded(1);
-        self.tx
-            .send(Msg::Submit(req, etx, ack_tx))
-            .map_err(|_| WorkerError::Dead(self.index))?;
+        self.send_submit(req, etx, ack_tx)?;
         match ack_rx.recv_async().await {
             Ok(Ok(())) => Ok(erx),
             Ok(Err(e)) => Err(WorkerError::Rejected(e)),
             Err(_) => Err(WorkerError::Dead(self.index)),
         }
+    }
+
+    fn send_submit(
+        &self,
+        req: GenerateRequest,
+        etx: flume::Sender<WorkerEvent>,
+        ack: flume::Sender<Result<(), SubmitError>>,
+    ) -> Result<(), WorkerError> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(WorkerError::Dead(self.index));
+        }
+        self.tx
+            .send(Msg::Submit(Box::new(req), etx, ack))
+            .map_err(|_| WorkerError::Dead(self.index))
     }
 
     /// Cancel a request; its KV blocks are released before the next step.
@@ -217,7 +318,7 @@ impl WorkerHandle {
 
     /// Latest load and counters.
     pub fn snapshot(&self) -> WorkerSnapshot {
-        *self.snapshot.lock()
+        *self.shared.snapshot.lock()
     }
 
     /// Stop taking requests; the thread exits once its live requests are done.
@@ -226,12 +327,28 @@ impl WorkerHandle {
     }
 }
 
+/// Fails the worker when a step runs past `limit`; exits with the worker.
+fn watchdog(sh: &Shared, limit: Duration) {
+    let tick = (limit / 8).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    while !sh.exited.load(Ordering::Acquire) && !sh.failed.load(Ordering::Acquire) {
+        std::thread::sleep(tick);
+        let started = *sh.step_started.lock();
+        if started.is_some_and(|t| t.elapsed() > limit) {
+            sh.fail(&format!(
+                "worker {} failed: a step did not finish within {:.1} s (--step-timeout)",
+                sh.index,
+                limit.as_secs_f64()
+            ));
+        }
+    }
+}
+
 fn run(
     mut engine: Engine<ModelExecutor>,
     rx: flume::Receiver<Msg>,
-    snapshot: Arc<Mutex<WorkerSnapshot>>,
+    sh: &Shared,
     mut on_events: EventSink,
-    panic_at_step: Option<u64>,
+    fault: Option<Fault>,
 ) {
     let mut shutting_down = false;
     let mut steps = 0u64;
@@ -240,15 +357,40 @@ fn run(
     let handle = |engine: &mut Engine<ModelExecutor>, msg: Msg, shutting_down: &mut bool| match msg
     {
         Msg::Submit(req, etx, ack) => {
+            let (id, request_id) = (req.id, req.request_id.clone());
             let res = if *shutting_down {
                 Err(SubmitError::ShuttingDown)
             } else {
-                engine.submit(req, etx)
+                engine.submit(*req, etx.clone())
             };
+            if res.is_ok() {
+                tracing::debug!(
+                    worker = sh.index,
+                    request_id = &*request_id,
+                    id,
+                    "request taken in"
+                );
+                sh.live.lock().insert(id, (request_id, etx));
+            }
             let _ = ack.send(res);
         }
         Msg::Cancel(id) => engine.cancel(id),
         Msg::Shutdown => *shutting_down = true,
+    };
+    let publish = |engine: &mut Engine<ModelExecutor>| {
+        let ended = engine.drain_ended();
+        if !ended.is_empty() {
+            let mut live = sh.live.lock();
+            for id in ended {
+                live.remove(&id);
+            }
+        }
+        let mut snap = sh.snapshot.lock();
+        let alive = snap.alive;
+        *snap = WorkerSnapshot {
+            alive,
+            ..engine.snapshot()
+        };
     };
     loop {
         if !engine.has_work() {
@@ -263,27 +405,44 @@ fn run(
         while let Ok(msg) = rx.try_recv() {
             handle(&mut engine, msg, &mut shutting_down);
         }
+        // Published before the step as well as after it, so that a router sees the
+        // requests just taken in while a long step runs.
+        publish(&mut engine);
         if engine.has_work() {
             steps += 1;
+            *sh.step_started.lock() = Some(Instant::now());
             let result = catch_unwind(AssertUnwindSafe(|| {
-                if panic_at_step == Some(steps) {
-                    panic!("injected fault at step {steps}");
+                match fault {
+                    Some(Fault::Panic(at)) if at == steps => {
+                        panic!("injected fault at step {steps}")
+                    }
+                    Some(Fault::Hang(at)) if at == steps => loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    },
+                    _ => {}
                 }
                 engine.step()
             }));
+            *sh.step_started.lock() = None;
+            if sh.failed.load(Ordering::Acquire) {
+                // The watchdog gave up on this step and failed the requests already.
+                die(&mut engine, sh, &mut on_events, next_seq, "worker failed");
+                return;
+            }
             match result {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => engine.fail_all(&e.to_string()),
+                Ok(Err(ExecutorError::Step(e))) => {
+                    tracing::error!(worker = sh.index, "step failed: {e}");
+                    engine.fail_all(&format!("step execution failed: {e}"));
+                }
+                Ok(Err(e @ ExecutorError::Fault(_))) => {
+                    let msg = format!("worker {} failed: {e}", sh.index);
+                    die(&mut engine, sh, &mut on_events, next_seq, &msg);
+                    return;
+                }
                 Err(_) => {
-                    engine.fail_all("worker panicked; request aborted");
-                    snapshot.lock().alive = false;
-                    let mut events = engine.drain_events();
-                    let seq = events.last().map_or(next_seq, |e| e.seq + 1);
-                    events.push(KvEvent {
-                        seq,
-                        data: KvEventData::AllCleared,
-                    });
-                    on_events(events);
+                    let msg = format!("worker {} panicked; request aborted", sh.index);
+                    die(&mut engine, sh, &mut on_events, next_seq, &msg);
                     return;
                 }
             }
@@ -293,7 +452,27 @@ fn run(
             next_seq = last.seq + 1;
             on_events(events);
         }
-        *snapshot.lock() = engine.snapshot();
+        publish(&mut engine);
     }
-    snapshot.lock().alive = false;
+}
+
+/// Ends a worker that cannot be trusted any more: fails its requests, takes it out
+/// of service and tells the KV-event sink its cache is gone.
+fn die(
+    engine: &mut Engine<ModelExecutor>,
+    sh: &Shared,
+    on_events: &mut EventSink,
+    next_seq: u64,
+    msg: &str,
+) {
+    tracing::error!(worker = sh.index, "{msg}; taking it out of service");
+    // Every live request is in the registry (the watchdog may have failed them already).
+    sh.fail(msg);
+    let mut events = engine.drain_events();
+    let seq = events.last().map_or(next_seq, |e| e.seq + 1);
+    events.push(KvEvent {
+        seq,
+        data: KvEventData::AllCleared,
+    });
+    on_events(events);
 }

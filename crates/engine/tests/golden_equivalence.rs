@@ -95,16 +95,16 @@ fn run(m: &dyn Model, cache: &mut PagedKvCache, seqs: &mut [&mut Seq]) {
             })
             .collect();
         let logits = m.forward(&batch, cache).expect("forward");
-        for ((i, t, p), l) in inputs.iter().zip(logits) {
+        for ((i, t, p), l) in inputs.iter().zip(logits.iter()) {
             let s = &mut *seqs[*i];
             if s.done < s.prompt.len() {
                 s.done = p + t.len();
                 if s.done < s.prompt.len() {
                     continue;
                 }
-                s.first = Some(l.clone());
+                s.first = Some(l.to_vec());
             }
-            s.out.push(argmax(&l));
+            s.out.push(argmax(l));
         }
     }
 }

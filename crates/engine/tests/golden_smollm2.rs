@@ -55,7 +55,8 @@ fn greedy(m: &dyn Model, prompt: &[u32], max_new: usize, eos: Option<u32>) -> (V
             &mut cache,
         )
         .expect("prefill")
-        .remove(0);
+        .row(0)
+        .to_vec();
     let first = logits.clone();
     let mut out = Vec::new();
     let mut pos = prompt.len();
@@ -75,7 +76,8 @@ fn greedy(m: &dyn Model, prompt: &[u32], max_new: usize, eos: Option<u32>) -> (V
                 &mut cache,
             )
             .expect("decode")
-            .remove(0);
+            .row(0)
+            .to_vec();
         pos += 1;
     }
     (first, out)

@@ -35,7 +35,8 @@ fn greedy(m: &dyn Model, prompt: &[u32], max_new: usize) -> (Vec<f32>, Vec<u32>)
             &mut cache,
         )
         .expect("prefill")
-        .remove(0);
+        .row(0)
+        .to_vec();
     let first = logits.clone();
     let mut out = Vec::new();
     for pos in prompt.len().. {
@@ -54,7 +55,8 @@ fn greedy(m: &dyn Model, prompt: &[u32], max_new: usize) -> (Vec<f32>, Vec<u32>)
                 &mut cache,
             )
             .expect("decode")
-            .remove(0);
+            .row(0)
+            .to_vec();
     }
     (first, out)
 }

@@ -2,11 +2,11 @@
 //! scheduler) serving the public golden cases: greedy output must not depend
 //! on batching, prefix-cache hits, prefill chunking or preemption.
 
-use reprise_engine::model::{self, LoadedModel, Model};
+use reprise_engine::model::{self, LoadedModel, Logits, Model};
 use reprise_engine::sampler::SamplingParams;
 use reprise_engine::scheduler::SchedulerConfig;
 use reprise_engine::worker::{
-    FinishReason, GenerateRequest, WorkerConfig, WorkerEvent, WorkerHandle,
+    Fault, FinishReason, GenerateRequest, WorkerConfig, WorkerEvent, WorkerHandle,
 };
 use serde_json::Value;
 use std::path::PathBuf;
@@ -51,6 +51,19 @@ struct Case {
     greedy: Vec<u32>,
 }
 
+impl Case {
+    /// `max_tokens` that lets the reference end as it did: one past an EOS at the end
+    /// (vLLM checks the length cap before EOS, so EOS on the last allowed token is
+    /// `length`).
+    fn budget(&self) -> usize {
+        self.greedy.len() + usize::from(self.ends_with_eos())
+    }
+
+    fn ends_with_eos(&self) -> bool {
+        self.greedy.last() == Some(&2)
+    }
+}
+
 fn cases() -> Vec<Case> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/data/golden/smollm2_golden_public.json");
@@ -86,7 +99,9 @@ fn spawn(num_blocks: usize, budget: usize) -> WorkerHandle {
         },
         max_model_len: s.max_model_len,
         eos_token_ids: s.eos.clone(),
-        panic_at_step: None,
+        tokenizer: None,
+        step_timeout: None,
+        fault: None,
     };
     WorkerHandle::spawn(cfg, s.model.clone(), Box::new(|_| {})).expect("spawn worker")
 }
@@ -100,6 +115,7 @@ struct Output {
 fn request(id: u64, prompt: &[u32], max_tokens: usize) -> GenerateRequest {
     GenerateRequest {
         id,
+        request_id: "test".into(),
         prompt: prompt.to_vec(),
         params: SamplingParams {
             temperature: 0.0,
@@ -161,9 +177,9 @@ fn greedy_is_identical_alone_batched_cached_and_chunked() {
     let w = spawn(2048, 2048);
     // Alone, one request at a time.
     for (i, c) in cases.iter().enumerate() {
-        let out = run_batch(&w, vec![request(i as u64, &c.prompt, c.greedy.len())]).remove(0);
+        let out = run_batch(&w, vec![request(i as u64, &c.prompt, c.budget())]).remove(0);
         assert_eq!(out.tokens, c.greedy, "case {i} alone");
-        let want = if c.greedy.last() == Some(&2) {
+        let want = if c.ends_with_eos() {
             FinishReason::Stop
         } else {
             FinishReason::Length
@@ -172,7 +188,7 @@ fn greedy_is_identical_alone_batched_cached_and_chunked() {
     }
     // Again on the same worker: every prompt's full blocks now come from the prefix cache.
     for (i, c) in cases.iter().enumerate() {
-        let out = run_batch(&w, vec![request(100 + i as u64, &c.prompt, c.greedy.len())]).remove(0);
+        let out = run_batch(&w, vec![request(100 + i as u64, &c.prompt, c.budget())]).remove(0);
         assert_eq!(
             out.cached,
             (c.prompt.len() - 1) / 16 * 16,
@@ -190,7 +206,7 @@ fn greedy_is_identical_alone_batched_cached_and_chunked() {
     let mut reqs: Vec<GenerateRequest> = cases
         .iter()
         .enumerate()
-        .map(|(i, c)| request(i as u64, &c.prompt, c.greedy.len()))
+        .map(|(i, c)| request(i as u64, &c.prompt, c.budget()))
         .collect();
     for j in 0..8u32 {
         let noise: Vec<u32> = (0..(20 + 37 * j))
@@ -209,7 +225,7 @@ fn greedy_is_identical_alone_batched_cached_and_chunked() {
     let reqs = cases
         .iter()
         .enumerate()
-        .map(|(i, c)| request(i as u64, &c.prompt, c.greedy.len()))
+        .map(|(i, c)| request(i as u64, &c.prompt, c.budget()))
         .collect();
     let outs = run_batch(&w, reqs);
     for (i, c) in cases.iter().enumerate() {
@@ -277,8 +293,12 @@ fn dropping_the_stream_frees_the_blocks() {
     wait_idle(&w);
 }
 
-#[test]
-fn a_panicking_worker_fails_its_requests_and_reports_dead() {
+/// A worker over `model` with a fault and a watchdog.
+fn faulty(
+    model: Arc<dyn Model>,
+    fault: Option<Fault>,
+    step_timeout: Option<Duration>,
+) -> WorkerHandle {
     let s = shared();
     let cfg = WorkerConfig {
         index: 3,
@@ -288,21 +308,78 @@ fn a_panicking_worker_fails_its_requests_and_reports_dead() {
         },
         max_model_len: s.max_model_len,
         eos_token_ids: s.eos.clone(),
-        panic_at_step: Some(2),
+        tokenizer: None,
+        step_timeout,
+        fault,
     };
-    let w = WorkerHandle::spawn(cfg, s.model.clone(), Box::new(|_| {})).expect("spawn");
+    WorkerHandle::spawn(cfg, model, Box::new(|_| {})).expect("spawn")
+}
+
+/// Runs one request on `w` and checks it fails, the worker reports dead and
+/// refuses more work; returns how long the failure took to arrive.
+fn assert_fails(w: &WorkerHandle) -> Duration {
+    let t = Instant::now();
     let rx = w.submit(request(1, &[1, 2, 3, 4], 10)).expect("submit");
-    let mut saw_error = false;
+    let mut error = None;
     for ev in rx.iter() {
-        if let WorkerEvent::Error(_) = ev {
-            saw_error = true;
+        if let WorkerEvent::Error(e) = ev {
+            error = Some(e);
+            break;
         }
     }
-    assert!(saw_error);
-    let t = Instant::now();
+    let took = t.elapsed();
+    assert!(error.is_some(), "the request must get an error");
     while w.snapshot().alive {
-        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(t.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(w.submit(request(2, &[1, 2], 1)).is_err());
+    took
+}
+
+#[test]
+fn a_panicking_worker_fails_its_requests_and_reports_dead() {
+    let w = faulty(shared().model.clone(), Some(Fault::Panic(2)), None);
+    assert_fails(&w);
+}
+
+#[test]
+fn a_hung_step_fails_the_worker_within_the_step_timeout() {
+    let limit = Duration::from_millis(400);
+    let w = faulty(shared().model.clone(), Some(Fault::Hang(2)), Some(limit));
+    let took = assert_fails(&w);
+    assert!(
+        took < limit + Duration::from_secs(2),
+        "failed after {took:?}"
+    );
+}
+
+/// A model that loses the last row of logits whenever it runs a batch.
+struct DropsARow(Arc<dyn Model>);
+
+impl Model for DropsARow {
+    fn config(&self) -> &reprise_engine::model::ModelConfig {
+        self.0.config()
+    }
+
+    fn forward(
+        &self,
+        batch: &[reprise_engine::model::SeqInput],
+        cache: &mut reprise_engine::attention::PagedKvCache,
+    ) -> Result<Logits, reprise_engine::model::ModelError> {
+        let l = self.0.forward(batch, cache)?;
+        let rows: Vec<f32> = l
+            .iter()
+            .take(l.rows().saturating_sub(1))
+            .flatten()
+            .copied()
+            .collect();
+        Logits::new(rows, l.vocab())
+    }
+}
+
+#[test]
+fn a_model_returning_the_wrong_number_of_rows_fails_the_worker() {
+    let w = faulty(Arc::new(DropsARow(shared().model.clone())), None, None);
+    assert_fails(&w);
 }

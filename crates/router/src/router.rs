@@ -23,8 +23,10 @@ struct Slot {
     waiting: AtomicUsize,
     blocks_in_use: AtomicUsize,
     total_blocks: AtomicUsize,
-    /// Requests routed here since the last load report.
+    /// Requests routed here that no load report has counted yet.
     inflight: AtomicUsize,
+    /// The worker's intake counter in its last versioned load report.
+    reported_intake: AtomicU64,
     available: AtomicBool,
 }
 
@@ -36,8 +38,17 @@ impl Slot {
             blocks_in_use: AtomicUsize::new(0),
             total_blocks: AtomicUsize::new(total_blocks),
             inflight: AtomicUsize::new(0),
+            reported_intake: AtomicU64::new(0),
             available: AtomicBool::new(true),
         }
+    }
+
+    fn uncount(&self, n: usize) {
+        let _ = self
+            .inflight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
     }
 
     fn view(&self) -> WorkerView {
@@ -206,13 +217,39 @@ impl Router {
         self.index.apply(worker, events)
     }
 
-    /// Store `worker`'s latest load report. It is taken to include every request routed
-    /// before it, so the routed-not-yet-reported count restarts at 0 (a request routed
-    /// while the report was in flight is under-counted until the next report).
+    /// Store `worker`'s latest load report, taken to include every request routed
+    /// before it: the routed-not-yet-reported count restarts at 0. For a load the
+    /// caller already adds its own in-flight requests to (a remote worker's scrape);
+    /// a worker that counts what it took in reports with [`Router::report_load`].
     pub fn update_load(&self, worker: usize, load: WorkerLoad) -> Result<(), RouteError> {
         let slot = self.slot(worker)?;
         slot.store(load);
         slot.inflight.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Store a load report that counts the first `intake` requests `worker` took in
+    /// (its own counter, since it started): only the requests taken in since its last
+    /// report stop counting as routed-not-yet-reported, so a stale report (one made
+    /// before the requests just routed arrived) does not make the worker look idle.
+    pub fn report_load(
+        &self,
+        worker: usize,
+        load: WorkerLoad,
+        intake: u64,
+    ) -> Result<(), RouteError> {
+        let slot = self.slot(worker)?;
+        slot.store(load);
+        let before = slot.reported_intake.swap(intake, Ordering::Relaxed);
+        let taken = intake.saturating_sub(before);
+        slot.uncount(usize::try_from(taken).unwrap_or(usize::MAX));
+        Ok(())
+    }
+
+    /// A request routed to `worker` never reached it (refused, or the worker died):
+    /// stop counting it as in flight there.
+    pub fn unroute(&self, worker: usize) -> Result<(), RouteError> {
+        self.slot(worker)?.uncount(1);
         Ok(())
     }
 
@@ -254,6 +291,7 @@ impl Router {
             ..Default::default()
         });
         slot.inflight.store(0, Ordering::Relaxed);
+        slot.reported_intake.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -359,6 +397,43 @@ mod tests {
         // A different salt is a different key space: no match.
         let d = r.route(&prompt, b"tenant", ms(1)).unwrap();
         assert_eq!(d.matched_blocks, vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn versioned_reports_uncount_only_what_the_worker_took_in() {
+        let r = router(PolicyKind::Load, 2);
+        let prompt: Vec<u32> = (0..8).collect();
+        let idle = WorkerLoad {
+            total_blocks: 1000,
+            ..Default::default()
+        };
+        // Three requests routed to worker 0 while it is busy with a long step.
+        for _ in 0..3 {
+            r.route_excluding(&prompt, b"", ms(0), 0b10).unwrap();
+        }
+        assert_eq!(r.worker_view(0).unwrap().inflight, 3);
+        // A report made before it took any of them in changes nothing...
+        r.report_load(0, idle, 0).unwrap();
+        assert_eq!(r.worker_view(0).unwrap().inflight, 3);
+        // ...one made after it took two in leaves the third counted...
+        r.report_load(0, WorkerLoad { waiting: 2, ..idle }, 2)
+            .unwrap();
+        assert_eq!(r.worker_view(0).unwrap().inflight, 1);
+        // ...and repeating a report does not count anything twice.
+        r.report_load(0, WorkerLoad { waiting: 2, ..idle }, 2)
+            .unwrap();
+        assert_eq!(r.worker_view(0).unwrap().inflight, 1);
+        // The third never arrived (the worker refused it).
+        r.unroute(0).unwrap();
+        assert_eq!(r.worker_view(0).unwrap().inflight, 0);
+        r.unroute(0).unwrap();
+        assert_eq!(r.worker_view(0).unwrap().inflight, 0, "never below zero");
+        // With the in-flight ones counted, the load policy spreads a burst.
+        let mut to = [0usize; 2];
+        for _ in 0..8 {
+            to[r.route(&prompt, b"", ms(1)).unwrap().worker] += 1;
+        }
+        assert!(to[0] >= 3 && to[1] >= 3, "{to:?}");
     }
 
     #[test]

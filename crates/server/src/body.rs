@@ -1,6 +1,8 @@
-//! The request body extractor: size limit (413), UTF-8 and JSON checks (400),
-//! each as an OpenAI-shaped error instead of axum's plain-text rejections.
+//! The request body extractors: size limit (413), UTF-8 and JSON checks (400),
+//! each as an OpenAI-shaped error instead of axum's plain-text rejections. Large
+//! bodies are parsed on the CPU pool, never on the runtime's threads.
 
+use crate::cpu::INLINE_PARSE_BYTES;
 use crate::errors::ApiError;
 use crate::state::HttpLimits;
 use axum::body::Bytes;
@@ -22,16 +24,11 @@ impl<S: HttpLimits + Send + Sync> FromRequest<Arc<S>> for JsonBody {
     }
 }
 
-/// A JSON request body kept both as sent (`reprise route` forwards it unchanged) and
-/// parsed.
-pub struct RawJson {
-    /// The body's bytes.
-    pub bytes: Bytes,
-    /// The body parsed.
-    pub value: Value,
-}
+/// A request body read within the size limit, not parsed yet (a generation handler
+/// takes its admission slot before the parsing and tokenizing).
+pub struct BodyBytes(pub Bytes);
 
-impl<S: HttpLimits + Send + Sync> FromRequest<Arc<S>> for RawJson {
+impl<S: HttpLimits + Send + Sync> FromRequest<Arc<S>> for BodyBytes {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<S>) -> Result<Self, ApiError> {
@@ -51,7 +48,30 @@ impl<S: HttpLimits + Send + Sync> FromRequest<Arc<S>> for RawJson {
                 ApiError::bad_request(format!("cannot read the request body: {}", r.body_text()))
             }
         })?;
-        let value = parse_json(&bytes)?;
+        Ok(BodyBytes(bytes))
+    }
+}
+
+/// A JSON request body kept both as sent (`reprise route` forwards it unchanged) and
+/// parsed.
+pub struct RawJson {
+    /// The body's bytes.
+    pub bytes: Bytes,
+    /// The body parsed.
+    pub value: Value,
+}
+
+impl<S: HttpLimits + Send + Sync> FromRequest<Arc<S>> for RawJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<S>) -> Result<Self, ApiError> {
+        let BodyBytes(bytes) = BodyBytes::from_request(req, state).await?;
+        let value = if bytes.len() <= INLINE_PARSE_BYTES {
+            parse_json(&bytes)?
+        } else {
+            let b = bytes.clone();
+            state.cpu().run(move || parse_json(&b)).await?
+        };
         Ok(RawJson { bytes, value })
     }
 }

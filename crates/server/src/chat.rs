@@ -2,11 +2,13 @@
 //! template (as HF `apply_chat_template(..., add_generation_prompt=True)`), then
 //! the same generation path as completions.
 
-use crate::body::JsonBody;
+use crate::body::BodyBytes;
 use crate::errors::ApiError;
-use crate::generate::{finish_reason_str, Generation, Output, TokenInfo, Usage};
-use crate::params::{kind, logprobs_count, parse_common, resolve_max_tokens, Fields};
-use crate::server::Arrival;
+use crate::generate::{
+    finish_reason_str, prepare, stop_reason_json, Generation, Output, TokenInfo, Usage,
+};
+use crate::params::{kind, Endpoint, Fields};
+use crate::server::{with_request_id, Arrival, RequestId};
 use crate::sse::{self, ChunkFormat};
 use crate::state::{AppState, ModelInfo};
 use axum::extract::State;
@@ -16,41 +18,23 @@ use reprise_engine::chat_template::ChatMessage;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-/// The handler.
+/// The handler: admission first, then parsing, the template and tokenization on
+/// the CPU pool.
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     arrival: Arrival,
-    JsonBody(body): JsonBody,
+    rid: RequestId,
+    BodyBytes(bytes): BodyBytes,
 ) -> Result<Response, ApiError> {
-    let f = Fields::new(&body)?;
-    let mut opts = parse_common(
-        &f,
-        &["max_completion_tokens", "max_tokens"],
-        state.model.vocab_size,
-    )?;
-    state.model.check_model(opts.model.as_deref())?;
-    let want_logprobs = f.bool("logprobs")?.unwrap_or(false);
-    let top = logprobs_count(f.int("top_logprobs")?, "top_logprobs")?;
-    if top.is_some_and(|k| k > 0) && !want_logprobs {
-        return Err(ApiError::bad(
-            "top_logprobs",
-            "top_logprobs requires logprobs to be true",
-        ));
-    }
-    let messages = parse_messages(f.value("messages"))?;
-    let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
-    let prompt = render_and_tokenize(&state.model, &messages, add_generation_prompt)?;
-    let max_tokens = resolve_max_tokens(
-        opts.max_tokens,
-        None,
-        prompt.len(),
-        state.model.max_model_len,
-    )?;
-    opts.params.max_tokens = max_tokens;
-    opts.params.logprobs = want_logprobs.then(|| top.unwrap_or(0));
-    let gen = Generation::start(&state, prompt, &opts, want_logprobs, arrival.0).await?;
+    let (permit, opts, prompt) = prepare(&state, bytes, Endpoint::Chat, None, |model, f, opts| {
+        chat_prompt(model, f, opts.add_special_tokens)
+    })
+    .await?;
+    let request_id = rid.resolve(opts.request_id.as_deref());
+    let want_logprobs = opts.params.logprobs.is_some();
+    let gen = Generation::start(&state, permit, prompt, &opts, &request_id, arrival.0).await?;
     let worker = gen.worker();
-    let id = format!("chatcmpl-{}", crate::request_id());
+    let id = format!("chatcmpl-{request_id}");
     let model = state.model.served_model_name.clone();
     let created = crate::unix_now();
     if opts.stream {
@@ -60,12 +44,16 @@ pub async fn chat_completions(
             created,
             n: opts.n,
         };
-        return Ok(sse::stream(gen, fmt, opts.include_usage));
+        let resp = sse::stream(gen, fmt, opts.include_usage);
+        return Ok(with_request_id(resp, &request_id));
     }
     let c = match gen.collect().await {
         Ok(c) => c,
         // A worker's failure still names the worker, as every generation response does.
-        Err(e) => return Ok(sse::with_worker(e.into_response(), worker)),
+        Err(e) => {
+            let resp = sse::with_worker(e.into_response(), worker);
+            return Ok(with_request_id(resp, &request_id));
+        }
     };
     let choices: Vec<Value> = (0..opts.n)
         .map(|i| {
@@ -74,6 +62,7 @@ pub async fn chat_completions(
                 "message": {"role": "assistant", "content": c.texts[i]},
                 "logprobs": if want_logprobs { json!({"content": logprob_entries(&c.logprobs[i])}) } else { Value::Null },
                 "finish_reason": c.finish[i].map(finish_reason_str),
+                "stop_reason": stop_reason_json(&c.stop_reason[i]),
             })
         })
         .collect();
@@ -81,7 +70,25 @@ pub async fn chat_completions(
         "id": id, "object": "chat.completion", "created": created, "model": model,
         "choices": choices, "usage": c.usage.to_json(),
     });
-    Ok(sse::with_worker(Json(body).into_response(), worker))
+    let resp = sse::with_worker(Json(body).into_response(), worker);
+    Ok(with_request_id(resp, &request_id))
+}
+
+/// The token ids of a chat request's `messages` through the model's template
+/// (`add_generation_prompt` and `add_special_tokens` as the request says).
+pub fn chat_prompt(
+    model: &ModelInfo,
+    f: &Fields,
+    add_special_tokens: Option<bool>,
+) -> Result<Vec<u32>, ApiError> {
+    let messages = parse_messages(f.value("messages"))?;
+    let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
+    render_and_tokenize(
+        model,
+        &messages,
+        add_generation_prompt,
+        add_special_tokens.unwrap_or(false),
+    )
 }
 
 /// Messages as the template sees them: role and text content. Content may be a
@@ -139,12 +146,14 @@ pub fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
         .collect()
 }
 
-/// Renders the messages with the model's template and tokenizes the result
-/// (the template writes the special tokens itself).
+/// Renders the messages with the model's template and tokenizes the result (the
+/// template writes the special tokens itself; `add_special_tokens` adds the
+/// tokenizer's own on top, as vLLM's option does).
 pub fn render_and_tokenize(
     model: &ModelInfo,
     messages: &[ChatMessage],
     add_generation_prompt: bool,
+    add_special_tokens: bool,
 ) -> Result<Vec<u32>, ApiError> {
     let template = model.chat_template.as_ref().ok_or_else(|| {
         ApiError::bad_request("this model has no chat template; use /v1/completions")
@@ -154,7 +163,7 @@ pub fn render_and_tokenize(
         .map_err(|e| ApiError::bad("messages", e.to_string()))?;
     model
         .tokenizer
-        .encode(&text, false)
+        .encode(&text, add_special_tokens)
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
@@ -197,8 +206,8 @@ impl ChunkFormat for ChatChunks {
                     let lp = if logprobs.is_empty() { Value::Null } else { json!({"content": logprob_entries(&logprobs)}) };
                     self.chunk(json!({"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}))
                 }
-                Output::Finish { index, reason } => self.chunk(
-                    json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_reason_str(reason)}),
+                Output::Finish { index, reason, stop_reason } => self.chunk(
+                    json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_reason_str(reason), "stop_reason": stop_reason_json(&stop_reason)}),
                 ),
             })
             .collect()

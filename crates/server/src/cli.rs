@@ -97,6 +97,24 @@ pub struct RouteArgs {
     /// Seconds to let in-flight requests finish after SIGTERM / ctrl-c.
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_timeout: f64,
+
+    /// Connection limits of the HTTP listener.
+    #[command(flatten)]
+    pub listener: ListenerArgs,
+}
+
+/// Options of the HTTP listener, shared by `serve` and `route`.
+#[derive(Debug, Clone, Args)]
+pub struct ListenerArgs {
+    /// Most client connections open at once; one more is answered 503 and closed.
+    #[arg(long, default_value_t = 2048)]
+    pub max_connections: usize,
+
+    /// Seconds a connection has to send a request's complete headers (a client that
+    /// connects and sends nothing, or trickles its headers, is cut off; an idle
+    /// keep-alive connection is closed after this long).
+    #[arg(long, default_value_t = 30.0)]
+    pub header_read_timeout: f64,
 }
 
 /// Options of `reprise serve`.
@@ -174,6 +192,24 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_timeout: f64,
 
+    /// Most top logprobs a request may ask for (`logprobs`, `top_logprobs`), as vLLM's option.
+    #[arg(long, default_value_t = 20)]
+    pub max_logprobs: usize,
+
+    /// Seconds a generation request may take from arrival to its last token; past it the
+    /// request is cancelled and answered 504 (default: no limit).
+    #[arg(long, value_name = "SECONDS")]
+    pub request_timeout: Option<f64>,
+
+    /// Seconds one engine step may take before its worker is failed like a crashed one
+    /// (its requests get a 500, it leaves routing, the others keep serving); 0 disables.
+    #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
+    pub step_timeout: f64,
+
+    /// Connection limits of the HTTP listener.
+    #[command(flatten)]
+    pub listener: ListenerArgs,
+
     /// Publish the KV events in vLLM's wire format on this ZMQ PUB endpoint (e.g.
     /// `tcp://*:5557`): bound when it holds `*` or `::` or is `ipc://` / `inproc://`,
     /// connected otherwise (to a central collector), as vLLM does.
@@ -201,4 +237,8 @@ pub struct ServeArgs {
     /// Fault injection for tests: `WORKER:STEP` makes that worker panic at that engine step.
     #[arg(long, hide = true)]
     pub inject_worker_panic: Option<String>,
+
+    /// Fault injection for tests: `WORKER:STEP` makes that worker's step hang forever.
+    #[arg(long, hide = true)]
+    pub inject_worker_hang: Option<String>,
 }

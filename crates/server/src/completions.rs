@@ -1,10 +1,12 @@
 //! `POST /v1/completions`: a prompt (text or token ids) in, text out.
 
-use crate::body::JsonBody;
+use crate::body::BodyBytes;
 use crate::errors::ApiError;
-use crate::generate::{finish_reason_str, Generation, Output, TokenInfo, Usage};
-use crate::params::{logprobs_count, parse_common, resolve_max_tokens, Fields};
-use crate::server::Arrival;
+use crate::generate::{
+    finish_reason_str, prepare, stop_reason_json, Generation, Output, TokenInfo, Usage,
+};
+use crate::params::Endpoint;
+use crate::server::{with_request_id, Arrival, RequestId};
 use crate::sse::{self, ChunkFormat};
 use crate::state::{AppState, ModelInfo};
 use axum::extract::State;
@@ -16,36 +18,34 @@ use std::sync::Arc;
 /// Default `max_tokens` of the legacy completions API.
 const DEFAULT_MAX_TOKENS: usize = 16;
 
-/// The handler.
+/// The handler: admission first, then parsing and tokenization on the CPU pool.
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     arrival: Arrival,
-    JsonBody(body): JsonBody,
+    rid: RequestId,
+    BodyBytes(bytes): BodyBytes,
 ) -> Result<Response, ApiError> {
-    let f = Fields::new(&body)?;
-    let mut opts = parse_common(&f, &["max_tokens"], state.model.vocab_size)?;
-    state.model.check_model(opts.model.as_deref())?;
-    if f.bool("echo")?.unwrap_or(false) {
-        return Err(ApiError::bad("echo", "echo is not supported"));
-    }
-    if f.str("suffix")?.is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::bad("suffix", "suffix is not supported"));
-    }
-    let logprobs = logprobs_count(f.int("logprobs")?, "logprobs")?;
-    let prompt = prompt_tokens(&state.model, f.value("prompt"))?;
-    let max_tokens = resolve_max_tokens(
-        opts.max_tokens,
+    let (permit, opts, prompt) = prepare(
+        &state,
+        bytes,
+        Endpoint::Completions,
         Some(DEFAULT_MAX_TOKENS),
-        prompt.len(),
-        state.model.max_model_len,
-    )?;
-    opts.params.max_tokens = max_tokens;
-    opts.params.logprobs = logprobs;
-    let gen = Generation::start(&state, prompt, &opts, logprobs.is_some(), arrival.0).await?;
+        |model, f, opts| {
+            prompt_tokens(
+                model,
+                f.value("prompt"),
+                opts.add_special_tokens.unwrap_or(true),
+            )
+        },
+    )
+    .await?;
+    let request_id = rid.resolve(opts.request_id.as_deref());
+    let gen = Generation::start(&state, permit, prompt, &opts, &request_id, arrival.0).await?;
     let worker = gen.worker();
-    let id = format!("cmpl-{}", crate::request_id());
+    let id = format!("cmpl-{request_id}");
     let model = state.model.served_model_name.clone();
     let created = crate::unix_now();
+    let want_logprobs = opts.params.logprobs.is_some();
     if opts.stream {
         let fmt = CompletionChunks {
             id,
@@ -53,21 +53,26 @@ pub async fn completions(
             created,
             offsets: vec![0; opts.n],
         };
-        return Ok(sse::stream(gen, fmt, opts.include_usage));
+        let resp = sse::stream(gen, fmt, opts.include_usage);
+        return Ok(with_request_id(resp, &request_id));
     }
     let c = match gen.collect().await {
         Ok(c) => c,
         // A worker's failure still names the worker, as every generation response does.
-        Err(e) => return Ok(sse::with_worker(e.into_response(), worker)),
+        Err(e) => {
+            let resp = sse::with_worker(e.into_response(), worker);
+            return Ok(with_request_id(resp, &request_id));
+        }
     };
     let choices: Vec<Value> = (0..opts.n)
         .map(|i| {
-            let lp = logprobs.map(|_| logprobs_json(&c.logprobs[i], &mut 0));
+            let lp = want_logprobs.then(|| logprobs_json(&c.logprobs[i], &mut 0));
             json!({
                 "index": i,
                 "text": c.texts[i],
                 "logprobs": lp,
                 "finish_reason": c.finish[i].map(finish_reason_str),
+                "stop_reason": stop_reason_json(&c.stop_reason[i]),
             })
         })
         .collect();
@@ -75,12 +80,17 @@ pub async fn completions(
         "id": id, "object": "text_completion", "created": created, "model": model,
         "choices": choices, "usage": c.usage.to_json(),
     });
-    Ok(sse::with_worker(Json(body).into_response(), worker))
+    let resp = sse::with_worker(Json(body).into_response(), worker);
+    Ok(with_request_id(resp, &request_id))
 }
 
 /// The prompt's token ids: a string, a list of token ids, or a one-element list of either.
-fn prompt_tokens(model: &ModelInfo, v: Option<&Value>) -> Result<Vec<u32>, ApiError> {
-    let mut all = prompt_list(model, v)?;
+fn prompt_tokens(
+    model: &ModelInfo,
+    v: Option<&Value>,
+    add_special_tokens: bool,
+) -> Result<Vec<u32>, ApiError> {
+    let mut all = prompt_list(model, v, add_special_tokens)?;
     if all.len() != 1 {
         return Err(ApiError::bad(
             "prompt",
@@ -93,23 +103,34 @@ fn prompt_tokens(model: &ModelInfo, v: Option<&Value>) -> Result<Vec<u32>, ApiEr
     Ok(all.remove(0))
 }
 
-/// Every prompt's token ids: a string, a list of token ids, or a list of either.
-pub fn prompt_list(model: &ModelInfo, v: Option<&Value>) -> Result<Vec<Vec<u32>>, ApiError> {
+/// Every prompt's token ids: a string, a list of token ids, or a list of either
+/// (`add_special_tokens` applies to strings: the tokenizer's BOS and the like).
+pub fn prompt_list(
+    model: &ModelInfo,
+    v: Option<&Value>,
+    add_special_tokens: bool,
+) -> Result<Vec<Vec<u32>>, ApiError> {
     let bad = |m: &str| ApiError::bad("prompt", m.to_string());
     match v {
         Some(Value::Array(a))
             if !a.is_empty() && a.iter().all(|x| x.is_string() || x.is_array()) =>
         {
-            a.iter().map(|p| one_prompt(model, Some(p))).collect()
+            a.iter()
+                .map(|p| one_prompt(model, Some(p), add_special_tokens))
+                .collect()
         }
         Some(Value::Array(a)) if !a.iter().all(Value::is_number) => Err(bad(
             "prompt must be a string, a list of token ids, or a list of either",
         )),
-        other => Ok(vec![one_prompt(model, other)?]),
+        other => Ok(vec![one_prompt(model, other, add_special_tokens)?]),
     }
 }
 
-fn one_prompt(model: &ModelInfo, v: Option<&Value>) -> Result<Vec<u32>, ApiError> {
+fn one_prompt(
+    model: &ModelInfo,
+    v: Option<&Value>,
+    add_special_tokens: bool,
+) -> Result<Vec<u32>, ApiError> {
     let bad = |m: &str| ApiError::bad("prompt", m.to_string());
     let ids = |a: &[Value]| -> Result<Vec<u32>, ApiError> {
         let ids: Vec<u32> = a
@@ -127,7 +148,7 @@ fn one_prompt(model: &ModelInfo, v: Option<&Value>) -> Result<Vec<u32>, ApiError
         None => Err(bad("prompt is required")),
         Some(Value::String(s)) => model
             .tokenizer
-            .encode(s, true)
+            .encode(s, add_special_tokens)
             .map_err(|e| ApiError::Internal(e.to_string())),
         Some(Value::Array(a)) if a.is_empty() => Err(bad("the prompt is empty")),
         Some(Value::Array(a)) if a.iter().all(Value::is_number) => ids(a),
@@ -183,10 +204,10 @@ impl ChunkFormat for CompletionChunks {
                         let mut dummy = 0;
                         logprobs_json(&logprobs, off.unwrap_or(&mut dummy))
                     };
-                    self.chunk(vec![json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null})])
+                    self.chunk(vec![json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null, "stop_reason": null})])
                 }
-                Output::Finish { index, reason } => self.chunk(vec![
-                    json!({"index": index, "text": "", "logprobs": null, "finish_reason": finish_reason_str(reason)}),
+                Output::Finish { index, reason, stop_reason } => self.chunk(vec![
+                    json!({"index": index, "text": "", "logprobs": null, "finish_reason": finish_reason_str(reason), "stop_reason": stop_reason_json(&stop_reason)}),
                 ]),
             })
             .collect()

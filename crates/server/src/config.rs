@@ -1,7 +1,8 @@
 //! Validation of `reprise serve`'s options, in one place: everything the
 //! server needs, checked and converted, or one clear error.
 
-use crate::cli::ServeArgs;
+use crate::cli::{ListenerArgs, ServeArgs};
+use crate::listener::ListenerLimits;
 use reprise_router::PolicyKind;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -58,10 +59,46 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Drain deadline.
     pub shutdown_timeout: Duration,
-    /// Test-only fault injection: (worker, step).
-    pub inject_worker_panic: Option<(usize, u64)>,
+    /// Test-only fault injection: (worker, fault).
+    pub inject_fault: Option<(usize, reprise_engine::worker::Fault)>,
     /// KV-event publishing, when asked for.
     pub kv_events: Option<KvEventsConfig>,
+    /// Most top logprobs per token.
+    pub max_logprobs: usize,
+    /// Bound on a generation request's life.
+    pub request_timeout: Option<Duration>,
+    /// Bound on one engine step.
+    pub step_timeout: Option<Duration>,
+    /// Connection limits.
+    pub listener: ListenerLimits,
+}
+
+/// `--max-connections` and `--header-read-timeout`, checked.
+pub fn listener_limits(a: &ListenerArgs) -> Result<ListenerLimits, ConfigError> {
+    if a.max_connections == 0 || a.max_connections > 1_000_000 {
+        return Err(err(
+            "max-connections",
+            format!("{} is out of range 1..=1000000", a.max_connections),
+        ));
+    }
+    Ok(ListenerLimits {
+        max_connections: a.max_connections,
+        header_read_timeout: seconds("header-read-timeout", a.header_read_timeout, 0.01, 3600.0)?,
+    })
+}
+
+/// `WORKER:STEP` of a fault-injection option.
+fn worker_step(option: &'static str, s: &str, workers: usize) -> Result<(usize, u64), ConfigError> {
+    let parsed = s.split_once(':').and_then(|(w, st)| {
+        Some((
+            w.trim().parse::<usize>().ok()?,
+            st.trim().parse::<u64>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((w, st)) if w < workers && st > 0 => Ok((w, st)),
+        _ => Err(err(option, "expected WORKER:STEP")),
+    }
 }
 
 /// `--kv-events-*`: where and how to publish the KV events.
@@ -285,21 +322,34 @@ impl ServeConfig {
         }
         let max_body = max_body_bytes(&a.max_body_bytes)?;
         seconds("shutdown-timeout", a.shutdown_timeout, 0.0, 86400.0)?;
-        let inject_worker_panic = match &a.inject_worker_panic {
-            None => None,
-            Some(s) => {
-                let parsed = s.split_once(':').and_then(|(w, st)| {
-                    Some((
-                        w.trim().parse::<usize>().ok()?,
-                        st.trim().parse::<u64>().ok()?,
-                    ))
-                });
-                match parsed {
-                    Some((w, st)) if w < devices.len() && st > 0 => Some((w, st)),
-                    _ => return Err(err("inject-worker-panic", "expected WORKER:STEP")),
-                }
+        use reprise_engine::worker::Fault;
+        let inject_fault = match (&a.inject_worker_panic, &a.inject_worker_hang) {
+            (Some(_), Some(_)) => {
+                return Err(err("inject-worker-hang", "one injected fault at a time"))
             }
+            (Some(p), None) => {
+                let (w, st) = worker_step("inject-worker-panic", p, devices.len())?;
+                Some((w, Fault::Panic(st)))
+            }
+            (None, Some(h)) => {
+                let (w, st) = worker_step("inject-worker-hang", h, devices.len())?;
+                Some((w, Fault::Hang(st)))
+            }
+            (None, None) => None,
         };
+        if a.max_logprobs > 1_000_000 {
+            return Err(err("max-logprobs", "must be at most 1000000"));
+        }
+        let request_timeout = a
+            .request_timeout
+            .map(|t| seconds("request-timeout", t, 0.01, 30.0 * 86400.0))
+            .transpose()?;
+        let step_timeout = if a.step_timeout == 0.0 {
+            None
+        } else {
+            Some(seconds("step-timeout", a.step_timeout, 0.01, 86400.0)?)
+        };
+        let listener = listener_limits(&a.listener)?;
         let kv_events = match &a.kv_events_endpoint {
             None => {
                 if a.kv_events_replay_endpoint.is_some() || a.kv_events_topic.is_some() {
@@ -353,8 +403,12 @@ impl ServeConfig {
             max_queue: a.max_queue,
             max_body_bytes: max_body,
             shutdown_timeout: Duration::from_secs_f64(a.shutdown_timeout),
-            inject_worker_panic,
+            inject_fault,
             kv_events,
+            max_logprobs: a.max_logprobs,
+            request_timeout,
+            step_timeout,
+            listener,
         })
     }
 

@@ -30,8 +30,6 @@ pub struct Submitted {
     pub worker: usize,
     /// Its events.
     pub events: flume::Receiver<WorkerEvent>,
-    /// Prompt blocks the router believed the worker had cached.
-    pub matched_blocks: usize,
     /// Cancels the request when dropped before [`CancelGuard::finished`].
     pub guard: CancelGuard,
 }
@@ -64,8 +62,9 @@ impl Drop for CancelGuard {
     }
 }
 
-/// An admission slot held until the request is submitted (then owned by its guard).
-struct Permit(Option<Arc<AtomicUsize>>);
+/// An admission slot, taken before a request's expensive work (tokenization) and
+/// held until it is submitted (then owned by its guard).
+pub struct Permit(Option<Arc<AtomicUsize>>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -142,11 +141,13 @@ impl Dispatcher {
     }
 
     /// Feeds every worker's load to the router and excludes dead workers; run periodically.
+    /// Each snapshot says how many requests the worker had taken in, so only those
+    /// stop counting as routed-but-unreported.
     pub fn refresh(&self) {
         for (i, w) in self.workers.iter().enumerate() {
             let s = w.snapshot();
             if s.alive {
-                let _ = self.router.update_load(i, s.load);
+                let _ = self.router.report_load(i, s.load, s.intake);
             } else {
                 self.mark_dead(i);
             }
@@ -160,7 +161,8 @@ impl Dispatcher {
         }
     }
 
-    fn admit(&self) -> Result<Permit, ApiError> {
+    /// Takes an admission slot, or 429 (`--max-queue` reached) / 503 (shutting down).
+    pub fn admit(&self) -> Result<Permit, ApiError> {
         if self.draining.load(Ordering::Acquire) {
             return Err(ApiError::Unavailable("server is shutting down".into()));
         }
@@ -175,18 +177,20 @@ impl Dispatcher {
         Ok(permit)
     }
 
-    /// Admits, routes and submits a tokenized request.
+    /// Routes and submits a tokenized request admitted with `permit`.
     pub async fn submit(
         &self,
+        mut permit: Permit,
         prompt: Vec<u32>,
         params: SamplingParams,
         n: usize,
         cache_salt: Vec<u8>,
+        request_id: &str,
     ) -> Result<Submitted, ApiError> {
-        let mut permit = self.admit()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut req = GenerateRequest {
             id,
+            request_id: request_id.into(),
             prompt,
             params,
             n,
@@ -218,13 +222,18 @@ impl Dispatcher {
                     "router chose unknown worker {w}"
                 )));
             };
-            match handle.submit_async(req.clone()).await {
+            let submitted = handle.submit_async(req.clone()).await;
+            if submitted.is_err() {
+                // It never reached the worker: the router must not count it there.
+                let _ = self.router.unroute(w);
+            }
+            match submitted {
                 Ok(events) => {
+                    tracing::debug!(worker = w, matched_blocks = matched, "routed");
                     let admitted = permit.0.take().unwrap_or_else(|| self.admitted.clone());
                     return Ok(Submitted {
                         worker: w,
                         events,
-                        matched_blocks: matched,
                         guard: CancelGuard {
                             handle: handle.clone(),
                             id: req.id,

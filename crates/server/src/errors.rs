@@ -43,6 +43,9 @@ pub enum ApiError {
     /// 502: `reprise route` could not get an answer from any worker.
     #[error("{0}")]
     Upstream(String),
+    /// 504: the request ran past `--request-timeout` (seconds) and was cancelled.
+    #[error("the request did not finish within {0} s (--request-timeout) and was cancelled")]
+    Timeout(f64),
 }
 
 impl ApiError {
@@ -74,6 +77,7 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -90,6 +94,7 @@ impl ApiError {
             ApiError::Unavailable(_) => ("server_error", "service_unavailable"),
             ApiError::Internal(_) => ("server_error", "internal_error"),
             ApiError::Upstream(_) => ("server_error", "upstream_error"),
+            ApiError::Timeout(_) => ("timeout_error", "request_timeout"),
         }
     }
 
@@ -143,9 +148,13 @@ mod tests {
             ApiError::Unavailable("no worker".into()),
             ApiError::Internal("boom".into()),
             ApiError::Upstream("worker 1 refused".into()),
+            ApiError::Timeout(2.5),
         ];
         let statuses: Vec<u16> = all.iter().map(|e| e.status().as_u16()).collect();
-        assert_eq!(statuses, [400, 401, 404, 404, 405, 413, 429, 503, 500, 502]);
+        assert_eq!(
+            statuses,
+            [400, 401, 404, 404, 405, 413, 429, 503, 500, 502, 504]
+        );
         for e in &all {
             let b = e.body();
             let err = b["error"].as_object().expect("error object");

@@ -2,15 +2,55 @@
 //! per-choice text out (incremental detokenization, stop strings), logprobs,
 //! usage, latency metrics. Completions and chat only format what this yields.
 
-use crate::detok::{Detokenizer, StopMatcher, StopOutcome};
-use crate::dispatch::Submitted;
+use crate::body::parse_json;
+use crate::dispatch::{Permit, Submitted};
 use crate::errors::ApiError;
-use crate::params::GenOptions;
-use crate::state::AppState;
-use reprise_engine::worker::{FinishReason, TokenLogprob, WorkerEvent};
+use crate::params::{parse_common, resolve_max_tokens, Endpoint, Fields, GenOptions};
+use crate::state::{AppState, ModelInfo};
+use bytes::Bytes;
+use reprise_engine::detok::{Detokenizer, StopMatcher, StopOutcome};
+use reprise_engine::worker::{FinishReason, StopReason, TokenLogprob, WorkerEvent};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Builds a request's prompt from its fields (`add_special_tokens` as given).
+pub type PromptFn = fn(&ModelInfo, &Fields, &GenOptions) -> Result<Vec<u32>, ApiError>;
+
+/// A generation request's admission and preparation: the admission slot first, then
+/// on the CPU pool the body parsed and validated for `endpoint`, the prompt built by
+/// `prompt` and truncated as asked, and `max_tokens` resolved against the context.
+pub async fn prepare(
+    state: &Arc<AppState>,
+    bytes: Bytes,
+    endpoint: Endpoint,
+    default_max_tokens: Option<usize>,
+    prompt: PromptFn,
+) -> Result<(Permit, GenOptions, Vec<u32>), ApiError> {
+    let permit = state.dispatcher.admit()?;
+    let st = state.clone();
+    let (opts, ids) = state
+        .cpu
+        .run(move || {
+            let body = parse_json(&bytes)?;
+            let f = Fields::new(&body)?;
+            let mut opts = parse_common(&f, endpoint, &st.parse_limits)?;
+            st.model.check_model(opts.model.as_deref())?;
+            let mut ids = prompt(&st.model, &f, &opts)?;
+            if let Some(t) = opts.truncation {
+                t.apply(&mut ids, st.model.max_model_len);
+            }
+            opts.params.max_tokens = resolve_max_tokens(
+                opts.max_tokens,
+                default_max_tokens,
+                ids.len(),
+                st.model.max_model_len,
+            )?;
+            Ok((opts, ids))
+        })
+        .await?;
+    Ok((permit, opts, ids))
+}
 
 /// One token's logprob information, ready to format.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +82,8 @@ pub enum Output {
         index: usize,
         /// `stop` or `length`.
         reason: FinishReason,
+        /// The stop token id or stop string that ended it (vLLM's `stop_reason`).
+        stop_reason: Option<StopReason>,
     },
 }
 
@@ -60,6 +102,9 @@ struct Choice {
     detok: Detokenizer,
     stop: StopMatcher,
     tokens: usize,
+    /// The text has ended (a stop string); the worker's `Finished` follows.
+    text_done: bool,
+    /// The worker reported the choice finished.
     done: bool,
     pending_logprobs: Vec<TokenInfo>,
 }
@@ -72,8 +117,11 @@ pub struct Generation {
     remaining: usize,
     prompt_tokens: usize,
     cached_tokens: Option<usize>,
-    engine_finished: usize,
     want_logprobs: bool,
+    include_stop_str: bool,
+    min_tokens: usize,
+    /// `--request-timeout` from arrival, when set.
+    deadline: Option<tokio::time::Instant>,
     /// When the request arrived (before parsing and tokenization), as vLLM measures.
     arrived: Instant,
     /// The worker's intake and first step, from its `Scheduled` event.
@@ -86,27 +134,29 @@ pub struct Generation {
 
 impl Generation {
     /// Routes `prompt` with `opts` (its `max_tokens` and logprobs already resolved)
-    /// to a worker and starts consuming that worker's events.
+    /// to a worker, under the admission `permit` taken when the request arrived, and
+    /// starts consuming that worker's events.
     pub async fn start(
         state: &Arc<AppState>,
+        permit: Permit,
         prompt: Vec<u32>,
         opts: &GenOptions,
-        want_logprobs: bool,
+        request_id: &str,
         arrived: Instant,
     ) -> Result<Self, ApiError> {
         let prompt_tokens = prompt.len();
         let sub = state
             .dispatcher
-            .submit(prompt, opts.params.clone(), opts.n, opts.cache_salt.clone())
+            .submit(
+                permit,
+                prompt,
+                opts.params.clone(),
+                opts.n,
+                opts.cache_salt.clone(),
+                request_id,
+            )
             .await?;
-        Ok(Self::new(
-            state.clone(),
-            sub,
-            opts,
-            prompt_tokens,
-            want_logprobs,
-            arrived,
-        ))
+        Ok(Self::new(state.clone(), sub, opts, prompt_tokens, arrived))
     }
 
     fn new(
@@ -114,27 +164,32 @@ impl Generation {
         sub: Submitted,
         opts: &GenOptions,
         prompt_tokens: usize,
-        want_logprobs: bool,
         arrived: Instant,
     ) -> Self {
-        let (n, stop, skip_special_tokens) = (opts.n, &opts.stop, opts.skip_special_tokens);
+        let p = &opts.params;
+        let deadline = state
+            .request_timeout
+            .map(|t| tokio::time::Instant::from_std(arrived) + t);
         Self {
             state,
             sub,
-            choices: (0..n)
+            choices: (0..opts.n)
                 .map(|_| Choice {
-                    detok: Detokenizer::new(skip_special_tokens),
-                    stop: StopMatcher::new(stop.to_vec()),
+                    detok: Detokenizer::new(p.skip_special_tokens, p.spaces_between_special_tokens),
+                    stop: StopMatcher::new(p.stop.clone(), p.include_stop_str_in_output),
                     tokens: 0,
+                    text_done: false,
                     done: false,
                     pending_logprobs: Vec::new(),
                 })
                 .collect(),
-            remaining: n,
+            remaining: opts.n,
             prompt_tokens,
             cached_tokens: None,
-            engine_finished: 0,
-            want_logprobs,
+            want_logprobs: p.logprobs.is_some(),
+            include_stop_str: p.include_stop_str_in_output,
+            min_tokens: p.min_tokens,
+            deadline,
             arrived,
             scheduled: None,
             first_token: None,
@@ -160,7 +215,18 @@ impl Generation {
         if self.remaining == 0 {
             return None;
         }
-        let ev = match self.sub.events.recv_async().await {
+        let received = match self.deadline {
+            None => Ok(self.sub.events.recv_async().await),
+            Some(d) => tokio::time::timeout_at(d, self.sub.events.recv_async()).await,
+        };
+        let Ok(received) = received else {
+            // The guard cancels the request on the worker when the generation is dropped.
+            self.remaining = 0;
+            self.count_finish(FinishReason::Abort);
+            let secs = self.state.request_timeout.unwrap_or_default();
+            return Some(Err(ApiError::Timeout(secs.as_secs_f64())));
+        };
+        let ev = match received {
             Ok(ev) => ev,
             Err(_) => {
                 self.remaining = 0;
@@ -180,8 +246,9 @@ impl Generation {
                 index,
                 token,
                 logprob,
+                is_stop_token,
             } => {
-                if let Err(e) = self.on_token(index, token, logprob, &mut out) {
+                if let Err(e) = self.on_token(index, token, logprob, is_stop_token, &mut out) {
                     self.remaining = 0;
                     return Some(Err(e));
                 }
@@ -189,20 +256,26 @@ impl Generation {
             WorkerEvent::Finished {
                 index,
                 reason,
+                stop_reason,
                 prompt_tokens,
                 cached_tokens,
                 completion_tokens,
             } => {
+                // The request's prompt was computed (or found) by choice 0; the others
+                // find it in the cache, so choice 0 has the request's figure.
                 if index == 0 || self.cached_tokens.is_none() {
                     self.cached_tokens = Some(cached_tokens);
                 }
                 self.prompt_tokens = prompt_tokens;
-                self.engine_finished += 1;
                 if let Some(c) = self.choices.get_mut(index) {
                     if !c.done {
                         c.done = true;
                         c.tokens = completion_tokens;
-                        let text = c.stop.flush();
+                        let text = if c.text_done {
+                            String::new()
+                        } else {
+                            c.stop.flush()
+                        };
                         let logprobs = std::mem::take(&mut c.pending_logprobs);
                         if !text.is_empty() || !logprobs.is_empty() {
                             out.push(Output::Delta {
@@ -211,7 +284,11 @@ impl Generation {
                                 logprobs,
                             });
                         }
-                        out.push(Output::Finish { index, reason });
+                        out.push(Output::Finish {
+                            index,
+                            reason,
+                            stop_reason,
+                        });
                         self.count_finish(reason);
                         self.remaining -= 1;
                     }
@@ -242,6 +319,7 @@ impl Generation {
         index: usize,
         token: u32,
         logprob: Option<TokenLogprob>,
+        is_stop_token: bool,
         out: &mut Vec<Output>,
     ) -> Result<(), ApiError> {
         let now = Instant::now();
@@ -254,18 +332,15 @@ impl Generation {
         self.first_token.get_or_insert(now);
         self.last_token = Some(now);
         let tok = &self.state.model.tokenizer;
-        let want_logprobs = self.want_logprobs;
+        let (want_logprobs, include_stop, min_tokens) =
+            (self.want_logprobs, self.include_stop_str, self.min_tokens);
         let Some(c) = self.choices.get_mut(index) else {
             return Ok(());
         };
-        if c.done {
-            return Ok(()); // already ended by a stop string; the worker has been told
+        if c.done || c.text_done {
+            return Ok(());
         }
         c.tokens += 1;
-        let text = c
-            .detok
-            .push(tok, token)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
         if want_logprobs {
             if let Some(lp) = logprob {
                 let piece = |id: u32| tok.decode(&[id], false).unwrap_or_default();
@@ -276,34 +351,34 @@ impl Generation {
                 });
             }
         }
-        match c.stop.push(&text) {
-            StopOutcome::Continue(t) => {
-                if !t.is_empty() {
-                    let logprobs = std::mem::take(&mut c.pending_logprobs);
-                    out.push(Output::Delta {
-                        index,
-                        text: t,
-                        logprobs,
-                    });
-                }
+        // vLLM leaves the text of the EOS / stop token that ended the sequence out.
+        let text = if is_stop_token && !include_stop {
+            String::new()
+        } else {
+            c.detok
+                .push(tok, token)
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+        };
+        // As the worker does: stop strings count once more than `min_tokens` were made.
+        let (text, ended) = if c.tokens <= min_tokens {
+            (text, false)
+        } else {
+            match c.stop.push(&text) {
+                StopOutcome::Continue(t) => (t, false),
+                StopOutcome::Stopped { text, .. } => (text, true),
             }
-            StopOutcome::Stopped(t) => {
-                c.done = true;
-                let logprobs = std::mem::take(&mut c.pending_logprobs);
-                if !t.is_empty() || !logprobs.is_empty() {
-                    out.push(Output::Delta {
-                        index,
-                        text: t,
-                        logprobs,
-                    });
-                }
-                out.push(Output::Finish {
-                    index,
-                    reason: FinishReason::Stop,
-                });
-                self.count_finish(FinishReason::Stop);
-                self.remaining -= 1;
-            }
+        };
+        if ended {
+            // The worker ends the sequence on this same token; its `Finished` follows.
+            c.text_done = true;
+        }
+        if !text.is_empty() || (ended && !c.pending_logprobs.is_empty()) {
+            let logprobs = std::mem::take(&mut c.pending_logprobs);
+            out.push(Output::Delta {
+                index,
+                text,
+                logprobs,
+            });
         }
         Ok(())
     }
@@ -363,16 +438,9 @@ impl Generation {
     }
 
     fn complete(&mut self) {
-        // When every choice ended on the worker's side there is nothing to cancel;
-        // a choice ended by a stop string leaves the request live, so the guard cancels it.
-        if self.engine_finished == self.choices.len() {
-            self.sub.guard.finished();
-        }
-        let block = self.state.dispatcher.router().config().block_size;
-        let cached = self.cached_tokens.unwrap_or_else(|| {
-            // Ended by a stop string before the worker reported: the router's view.
-            (self.sub.matched_blocks * block).min(self.prompt_tokens.saturating_sub(1))
-        });
+        // Every choice ended on the worker's side: nothing to cancel.
+        self.sub.guard.finished();
+        let cached = self.cached_tokens.unwrap_or(0);
         self.usage = Some(Usage {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.choices.iter().map(|c| c.tokens).sum(),
@@ -391,6 +459,8 @@ pub struct Collected {
     pub logprobs: Vec<Vec<TokenInfo>>,
     /// Finish reason per choice.
     pub finish: Vec<Option<FinishReason>>,
+    /// Stop reason per choice.
+    pub stop_reason: Vec<Option<StopReason>>,
     /// Token counts.
     pub usage: Usage,
 }
@@ -403,6 +473,7 @@ impl Generation {
             texts: vec![String::new(); n],
             logprobs: vec![Vec::new(); n],
             finish: vec![None; n],
+            stop_reason: vec![None; n],
             usage: Usage::default(),
         };
         while let Some(outs) = self.next().await {
@@ -420,9 +491,16 @@ impl Generation {
                             l.extend(logprobs);
                         }
                     }
-                    Output::Finish { index, reason } => {
+                    Output::Finish {
+                        index,
+                        reason,
+                        stop_reason,
+                    } => {
                         if let Some(f) = c.finish.get_mut(index) {
                             *f = Some(reason);
+                        }
+                        if let Some(s) = c.stop_reason.get_mut(index) {
+                            *s = stop_reason;
                         }
                     }
                 }
@@ -430,6 +508,15 @@ impl Generation {
         }
         c.usage = self.usage.unwrap_or_default();
         Ok(c)
+    }
+}
+
+/// vLLM's `stop_reason` value: the stop token id, the stop string, or null.
+pub fn stop_reason_json(r: &Option<StopReason>) -> serde_json::Value {
+    match r {
+        None => serde_json::Value::Null,
+        Some(StopReason::Token(t)) => serde_json::json!(t),
+        Some(StopReason::Text(s)) => serde_json::json!(s),
     }
 }
 

@@ -1,10 +1,11 @@
 //! `reprise`: the binary. `reprise serve` starts the workers, the router and
 //! the OpenAI-compatible HTTP API in one process.
 //!
-//! A request's path: `server.rs` (route, auth) → `body.rs` (413/400) →
-//! `completions.rs` / `chat.rs` (fields via `params.rs`, template, tokenize once)
-//! → `dispatch.rs` (admission, router, worker channel) → `generate.rs` (worker
-//! events → text via `detok.rs`) → JSON, or SSE via `sse.rs`.
+//! A request's path: `listener.rs` (connections) → `server.rs` (request id, route,
+//! auth) → `body.rs` (413) → `completions.rs` / `chat.rs` (admission, then on the
+//! `cpu.rs` pool: fields via `params.rs` and `fields.rs`, template, tokenize once) →
+//! `dispatch.rs` (router, worker channel) → `generate.rs` (worker events → text via
+//! the engine's `detok`) → JSON, or SSE via `sse.rs`.
 
 mod bench;
 mod body;
@@ -12,13 +13,15 @@ mod chat;
 mod cli;
 mod completions;
 mod config;
+mod cpu;
 #[cfg(test)]
 mod deploy_check;
-mod detok;
 mod dispatch;
 mod errors;
+mod fields;
 mod generate;
 mod kv_publisher;
+mod listener;
 mod metrics;
 mod params;
 mod render;
@@ -96,7 +99,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             cfg.block_size,
             state.model.max_model_len,
         );
-        server::serve(state, listener, cfg.shutdown_timeout, ready).await?;
+        server::serve(state, listener, cfg.listener, cfg.shutdown_timeout, ready).await?;
         anyhow::Ok(())
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(1));

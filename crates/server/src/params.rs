@@ -1,17 +1,12 @@
 //! Reading and validating request fields: every field is read by hand from the
-//! JSON object so each mistake names its field (`param`) and its allowed range.
-//! Unknown fields are tolerated, as OpenAI does.
+//! JSON object so each mistake names its field (`param`) and its allowed range;
+//! `fields.rs` then refuses the fields reprise does not implement.
 
 use crate::errors::ApiError;
+use crate::fields;
+pub use crate::fields::Endpoint;
 use reprise_engine::sampler::SamplingParams;
 use serde_json::{Map, Value};
-
-/// Largest `n` accepted.
-pub const MAX_N: usize = 16;
-/// Largest number of top logprobs per token.
-pub const MAX_LOGPROBS: usize = 20;
-/// Largest number of stop strings.
-pub const MAX_STOP: usize = 16;
 
 /// Typed access to a JSON object's fields; `null` counts as absent.
 pub struct Fields<'a> {
@@ -24,6 +19,11 @@ impl<'a> Fields<'a> {
         v.as_object()
             .map(|obj| Self { obj })
             .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))
+    }
+
+    /// The whole object.
+    pub fn object(&self) -> &'a Map<String, Value> {
+        self.obj
     }
 
     /// A field's raw value (absent or null: `None`).
@@ -100,6 +100,28 @@ pub fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// Bounds on request fields that depend on the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseLimits {
+    /// Token ids must be below this.
+    pub vocab_size: usize,
+    /// Most top logprobs per token (`--max-logprobs`).
+    pub max_logprobs: usize,
+    /// Largest `n` (the running batch must hold every choice).
+    pub max_n: usize,
+}
+
+/// Which part of a prompt `truncate_prompt_tokens` keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Truncation {
+    /// The last tokens (vLLM's default).
+    Last(usize),
+    /// The first tokens (`truncation_side: "right"`).
+    First(usize),
+    /// As many as the context allows, from the end (`truncate_prompt_tokens: -1`).
+    LastFitting,
+}
+
 /// The generation options shared by completions and chat, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenOptions {
@@ -107,30 +129,48 @@ pub struct GenOptions {
     pub model: Option<String>,
     /// Requested output length (resolved against the prompt later).
     pub max_tokens: Option<usize>,
-    /// Sampling parameters (`max_tokens` filled in by [`resolve_max_tokens`]).
+    /// Sampling and stopping parameters (`max_tokens` filled in by [`resolve_max_tokens`]).
     pub params: SamplingParams,
     /// Number of choices.
     pub n: usize,
-    /// Stop strings.
-    pub stop: Vec<String>,
     /// Stream as SSE.
     pub stream: bool,
     /// Send a final usage chunk when streaming.
     pub include_usage: bool,
-    /// Drop special tokens from the text.
-    pub skip_special_tokens: bool,
     /// vLLM's `cache_salt`: isolates this request's prefix-cache entries.
     pub cache_salt: Vec<u8>,
+    /// `add_special_tokens` when given (defaults differ per endpoint).
+    pub add_special_tokens: Option<bool>,
+    /// `truncate_prompt_tokens`, when given.
+    pub truncation: Option<Truncation>,
+    /// vLLM's `request_id` body field (the `x-request-id` header wins over it).
+    pub request_id: Option<String>,
+    /// Token id → bias (validated; applied by the sampler once supported).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
-/// Reads the fields common to both APIs. `max_tokens_keys` are tried in order
-/// (chat accepts `max_completion_tokens` first); `vocab_size` bounds token ids.
+/// Most stop strings per request.
+pub const MAX_STOP: usize = 32;
+/// Most bytes of all stop strings together.
+pub const MAX_STOP_BYTES: usize = 4096;
+/// Most stop token ids per request.
+pub const MAX_STOP_TOKEN_IDS: usize = 256;
+/// Most `logit_bias` entries per request.
+pub const MAX_LOGIT_BIAS: usize = 1024;
+/// Largest `n` whatever the batch size.
+pub const MAX_N: usize = 128;
+
+/// Reads the fields common to both APIs and refuses what `endpoint` does not accept.
 pub fn parse_common(
     f: &Fields,
-    max_tokens_keys: &[&str],
-    vocab_size: usize,
+    endpoint: Endpoint,
+    limits: &ParseLimits,
 ) -> Result<GenOptions, ApiError> {
     let model = f.str("model")?.map(str::to_string);
+    let max_tokens_keys: &[&str] = match endpoint {
+        Endpoint::Completions => &["max_tokens"],
+        Endpoint::Chat => &["max_completion_tokens", "max_tokens"],
+    };
     let mut max_tokens = None;
     for &k in max_tokens_keys {
         if let Some(m) = f.int(k)? {
@@ -166,22 +206,41 @@ pub fn parse_common(
         }
     };
     let seed = f.int("seed")?.map(|s| s as u64);
+    let min_tokens = match f.int("min_tokens")? {
+        None => 0,
+        Some(m) if m < 0 => {
+            return Err(ApiError::bad(
+                "min_tokens",
+                format!("min_tokens must be at least 0, got {m}"),
+            ))
+        }
+        Some(m) => usize::try_from(m).unwrap_or(usize::MAX),
+    };
+    if max_tokens.is_some_and(|m| min_tokens > m) {
+        return Err(ApiError::bad(
+            "min_tokens",
+            format!("min_tokens ({min_tokens}) must not exceed max_tokens"),
+        ));
+    }
+    let max_n = limits.max_n.clamp(1, MAX_N);
     let n = match f.int("n")? {
         None => 1,
-        Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
+        Some(n) if (1..=max_n as i64).contains(&n) => n as usize,
         Some(n) => {
             return Err(ApiError::bad(
                 "n",
-                format!("n must be between 1 and {MAX_N}, got {n}"),
+                format!("n must be between 1 and {max_n} (at most 128, and no more than --max-num-seqs), got {n}"),
             ))
         }
     };
-    if let Some(b) = f.int("best_of")? {
-        if b != n as i64 {
-            return Err(ApiError::bad(
-                "best_of",
-                "best_of is not supported (it must equal n)",
-            ));
+    if endpoint == Endpoint::Completions {
+        if let Some(b) = f.int("best_of")? {
+            if b != n as i64 {
+                return Err(ApiError::bad(
+                    "best_of",
+                    "best_of is not supported by reprise (only equal to n)",
+                ));
+            }
         }
     }
     for k in ["presence_penalty", "frequency_penalty"] {
@@ -192,62 +251,34 @@ pub fn parse_common(
                     format!("{k} must be between -2 and 2, got {p}"),
                 ));
             }
-            if p != 0.0 {
-                return Err(ApiError::bad(k, format!("{k} is not supported (only 0)")));
-            }
         }
     }
-    if let Some(b) = f.value("logit_bias") {
-        match b {
-            Value::Object(m) if m.is_empty() => {}
-            Value::Object(_) => {
-                return Err(ApiError::bad("logit_bias", "logit_bias is not supported"))
-            }
-            v => {
-                return Err(ApiError::bad(
-                    "logit_bias",
-                    format!("logit_bias must be an object, got {}", kind(v)),
-                ))
-            }
-        }
-    }
-    let stop = match f.value("stop") {
-        None => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => {
-            if a.len() > MAX_STOP {
-                return Err(ApiError::bad(
-                    "stop",
-                    format!("at most {MAX_STOP} stop strings"),
-                ));
-            }
-            a.iter()
-                .map(|v| {
-                    v.as_str().map(str::to_string).ok_or_else(|| {
-                        ApiError::bad("stop", "stop must be a string or a list of strings")
-                    })
-                })
-                .collect::<Result<_, _>>()?
-        }
-        Some(_) => {
-            return Err(ApiError::bad(
-                "stop",
-                "stop must be a string or a list of strings",
-            ))
-        }
-    };
+    let logit_bias = parse_logit_bias(f.value("logit_bias"), limits.vocab_size)?;
+    let stop = parse_stop(f.value("stop"))?;
     let stop_token_ids = match f.value("stop_token_ids") {
         None => Vec::new(),
+        Some(Value::Array(a)) if a.len() > MAX_STOP_TOKEN_IDS => {
+            return Err(ApiError::bad(
+                "stop_token_ids",
+                format!(
+                    "at most {MAX_STOP_TOKEN_IDS} stop token ids, got {}",
+                    a.len()
+                ),
+            ))
+        }
         Some(Value::Array(a)) => a
             .iter()
             .map(|v| {
                 v.as_u64()
-                    .filter(|&id| (id as usize) < vocab_size)
+                    .filter(|&id| (id as usize) < limits.vocab_size)
                     .map(|id| id as u32)
                     .ok_or_else(|| {
                         ApiError::bad(
                             "stop_token_ids",
-                            format!("stop_token_ids must be token ids below {vocab_size}"),
+                            format!(
+                                "stop_token_ids must be token ids below {}",
+                                limits.vocab_size
+                            ),
                         )
                     })
             })
@@ -259,6 +290,7 @@ pub fn parse_common(
             ))
         }
     };
+    let logprobs = parse_logprobs(f, endpoint, limits.max_logprobs)?;
     let stream = f.bool("stream")?.unwrap_or(false);
     let include_usage = match f.value("stream_options") {
         None => false,
@@ -278,11 +310,27 @@ pub fn parse_common(
             ))
         }
     };
-    let cache_salt = f
-        .str("cache_salt")?
-        .map(|s| s.as_bytes().to_vec())
-        .unwrap_or_default();
-    Ok(GenOptions {
+    let cache_salt = match f.str("cache_salt")? {
+        None => Vec::new(),
+        Some(s) if s.is_empty() || s.len() > 1024 => {
+            return Err(ApiError::bad(
+                "cache_salt",
+                "cache_salt must be 1 to 1024 characters",
+            ))
+        }
+        Some(s) => s.as_bytes().to_vec(),
+    };
+    let truncation = parse_truncation(f)?;
+    let request_id = f.str("request_id")?.map(str::to_string);
+    for k in [
+        "user",
+        "session_id",
+        "prompt_cache_key",
+        "safety_identifier",
+    ] {
+        f.str(k)?;
+    }
+    let opts = GenOptions {
         model,
         max_tokens,
         params: SamplingParams {
@@ -292,16 +340,183 @@ pub fn parse_common(
             seed,
             max_tokens: max_tokens.unwrap_or(16),
             stop_token_ids,
+            stop,
             ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
-            logprobs: None,
+            logprobs,
+            skip_special_tokens: f.bool("skip_special_tokens")?.unwrap_or(true),
+            spaces_between_special_tokens: f.bool("spaces_between_special_tokens")?.unwrap_or(true),
+            include_stop_str_in_output: f.bool("include_stop_str_in_output")?.unwrap_or(false),
+            min_tokens,
         },
         n,
-        stop,
         stream,
         include_usage,
-        skip_special_tokens: f.bool("skip_special_tokens")?.unwrap_or(true),
         cache_salt,
+        add_special_tokens: f.bool("add_special_tokens")?,
+        truncation,
+        request_id,
+        logit_bias,
+    };
+    if let Some(b) = f.value("add_generation_prompt") {
+        if !b.is_boolean() {
+            return Err(ApiError::bad(
+                "add_generation_prompt",
+                format!("add_generation_prompt must be a boolean, got {}", kind(b)),
+            ));
+        }
+    }
+    fields::check(f.object(), endpoint)?;
+    Ok(opts)
+}
+
+fn parse_stop(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    let stop: Vec<String> = match v {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => {
+            if a.len() > MAX_STOP {
+                return Err(ApiError::bad(
+                    "stop",
+                    format!("at most {MAX_STOP} stop strings, got {}", a.len()),
+                ));
+            }
+            a.iter()
+                .map(|v| {
+                    v.as_str().map(str::to_string).ok_or_else(|| {
+                        ApiError::bad("stop", "stop must be a string or a list of strings")
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        }
+        Some(_) => {
+            return Err(ApiError::bad(
+                "stop",
+                "stop must be a string or a list of strings",
+            ))
+        }
+    };
+    let bytes: usize = stop.iter().map(String::len).sum();
+    if bytes > MAX_STOP_BYTES {
+        return Err(ApiError::bad(
+            "stop",
+            format!("the stop strings take {bytes} bytes; at most {MAX_STOP_BYTES} in all"),
+        ));
+    }
+    Ok(stop)
+}
+
+fn parse_logit_bias(v: Option<&Value>, vocab_size: usize) -> Result<Vec<(u32, f32)>, ApiError> {
+    let bad = |m: String| ApiError::bad("logit_bias", m);
+    match v {
+        None => Ok(Vec::new()),
+        Some(Value::Object(m)) if m.len() > MAX_LOGIT_BIAS => Err(bad(format!(
+            "logit_bias has {} entries; at most {MAX_LOGIT_BIAS}",
+            m.len()
+        ))),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                let id = k
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&id| (id as usize) < vocab_size)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "logit_bias keys must be token ids below {vocab_size}, got {k:?}"
+                        ))
+                    })?;
+                let b = v
+                    .as_f64()
+                    .filter(|b| b.is_finite())
+                    .ok_or_else(|| bad(format!("logit_bias[{k:?}] must be a number")))?;
+                Ok((id, b.clamp(-100.0, 100.0) as f32))
+            })
+            .collect(),
+        Some(v) => Err(bad(format!(
+            "logit_bias must be an object, got {}",
+            kind(v)
+        ))),
+    }
+}
+
+fn parse_logprobs(
+    f: &Fields,
+    endpoint: Endpoint,
+    max_logprobs: usize,
+) -> Result<Option<usize>, ApiError> {
+    let count = |v: Option<i64>, param: &str| -> Result<Option<usize>, ApiError> {
+        match v {
+            None => Ok(None),
+            Some(k) if (0..=max_logprobs as i64).contains(&k) => Ok(Some(k as usize)),
+            Some(k) => Err(ApiError::bad(
+                param,
+                format!("{param} must be between 0 and {max_logprobs} (--max-logprobs), got {k}"),
+            )),
+        }
+    };
+    match endpoint {
+        Endpoint::Completions => count(f.int("logprobs")?, "logprobs"),
+        Endpoint::Chat => {
+            let want = f.bool("logprobs")?.unwrap_or(false);
+            let top = count(f.int("top_logprobs")?, "top_logprobs")?;
+            if top.is_some_and(|k| k > 0) && !want {
+                return Err(ApiError::bad(
+                    "top_logprobs",
+                    "top_logprobs requires logprobs to be true",
+                ));
+            }
+            Ok(want.then(|| top.unwrap_or(0)))
+        }
+    }
+}
+
+fn parse_truncation(f: &Fields) -> Result<Option<Truncation>, ApiError> {
+    let side = match f.str("truncation_side")? {
+        None | Some("left") => true,
+        Some("right") => false,
+        Some(s) => {
+            return Err(ApiError::bad(
+                "truncation_side",
+                format!("truncation_side must be \"left\" or \"right\", got {s:?}"),
+            ))
+        }
+    };
+    Ok(match f.int("truncate_prompt_tokens")? {
+        None => None,
+        Some(-1) => Some(Truncation::LastFitting),
+        Some(k) if k >= 1 => {
+            let k = usize::try_from(k).unwrap_or(usize::MAX);
+            Some(if side {
+                Truncation::Last(k)
+            } else {
+                Truncation::First(k)
+            })
+        }
+        Some(k) => {
+            return Err(ApiError::bad(
+                "truncate_prompt_tokens",
+                format!("truncate_prompt_tokens must be -1 or at least 1, got {k}"),
+            ))
+        }
     })
+}
+
+impl Truncation {
+    /// Cuts `ids` to fit (a context of `max_model_len` for `-1`).
+    pub fn apply(self, ids: &mut Vec<u32>, max_model_len: usize) {
+        let keep_last = |ids: &mut Vec<u32>, k: usize| {
+            if ids.len() > k {
+                ids.drain(..ids.len() - k);
+            }
+        };
+        match self {
+            Truncation::Last(k) => keep_last(ids, k),
+            Truncation::First(k) => ids.truncate(k),
+            // Leave room for at least one generated token.
+            Truncation::LastFitting => keep_last(ids, max_model_len.saturating_sub(1)),
+        }
+    }
 }
 
 /// Checks the prompt and the output length against the context length and
@@ -333,25 +548,19 @@ pub fn resolve_max_tokens(
     }
 }
 
-/// Number of top logprobs: `Some(k)` within range, or a 400 naming `param`.
-pub fn logprobs_count(v: Option<i64>, param: &str) -> Result<Option<usize>, ApiError> {
-    match v {
-        None => Ok(None),
-        Some(k) if (0..=MAX_LOGPROBS as i64).contains(&k) => Ok(Some(k as usize)),
-        Some(k) => Err(ApiError::bad(
-            param,
-            format!("{param} must be between 0 and {MAX_LOGPROBS}, got {k}"),
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
+    const LIMITS: ParseLimits = ParseLimits {
+        vocab_size: 100,
+        max_logprobs: 20,
+        max_n: 64,
+    };
+
     fn parse(v: Value) -> Result<GenOptions, ApiError> {
-        parse_common(&Fields::new(&v)?, &["max_tokens"], 100)
+        parse_common(&Fields::new(&v)?, Endpoint::Completions, &LIMITS)
     }
 
     fn param_of(e: ApiError) -> String {
@@ -362,26 +571,53 @@ mod tests {
     }
 
     #[test]
-    fn defaults_and_unknown_fields() {
-        let o = parse(json!({"prompt": "x", "whatever": [1, 2], "temperature": null})).unwrap();
+    fn defaults_and_values() {
+        let o = parse(json!({"prompt": "x", "temperature": null})).unwrap();
         assert_eq!(o.n, 1);
         assert_eq!(o.params.temperature, 1.0);
         assert_eq!(o.max_tokens, None);
-        assert!(o.skip_special_tokens);
+        assert!(o.params.skip_special_tokens && o.params.spaces_between_special_tokens);
+        assert!(!o.params.include_stop_str_in_output);
         let o = parse(
             json!({"temperature": 0, "top_k": -1, "seed": -5, "stop": "\n", "n": 2,
-            "stream": true, "stream_options": {"include_usage": true}, "ignore_eos": true}),
+            "stream": true, "stream_options": {"include_usage": true}, "ignore_eos": true,
+            "include_stop_str_in_output": true, "logprobs": 3, "truncate_prompt_tokens": 7,
+            "request_id": "abc", "user": "me"}),
         )
         .unwrap();
         assert_eq!(o.params.temperature, 0.0);
         assert_eq!(o.params.top_k, 0);
         assert_eq!(o.params.seed, Some((-5i64) as u64));
-        assert_eq!(o.stop, vec!["\n".to_string()]);
+        assert_eq!(o.params.stop, vec!["\n".to_string()]);
+        assert_eq!(o.params.logprobs, Some(3));
+        assert_eq!(o.truncation, Some(Truncation::Last(7)));
+        assert_eq!(o.request_id.as_deref(), Some("abc"));
         assert!(o.stream && o.include_usage && o.params.ignore_eos);
+        assert!(o.params.include_stop_str_in_output);
+        let chat = |v: Value| parse_common(&Fields::new(&v).unwrap(), Endpoint::Chat, &LIMITS);
+        let o = chat(json!({"messages": [], "logprobs": true, "top_logprobs": 5, "max_completion_tokens": 9})).unwrap();
+        assert_eq!((o.params.logprobs, o.max_tokens), (Some(5), Some(9)));
+        assert_eq!(
+            chat(json!({"messages": [], "logprobs": true}))
+                .unwrap()
+                .params
+                .logprobs,
+            Some(0)
+        );
+        assert_eq!(
+            param_of(chat(json!({"top_logprobs": 2})).unwrap_err()),
+            "top_logprobs"
+        );
+        assert_eq!(
+            param_of(chat(json!({"logprobs": true, "top_logprobs": 21})).unwrap_err()),
+            "top_logprobs"
+        );
     }
 
     #[test]
-    fn every_range_is_checked() {
+    fn every_range_and_limit_is_checked() {
+        let many = |n: usize, f: &dyn Fn(usize) -> Value| Value::Array((0..n).map(f).collect());
+        let bias: Map<String, Value> = (0..1025).map(|i| (i.to_string(), json!(1))).collect();
         let bad = [
             (json!({"max_tokens": -1}), "max_tokens"),
             (json!({"max_tokens": 0}), "max_tokens"),
@@ -394,11 +630,17 @@ mod tests {
             (json!({"top_p": 1.01}), "top_p"),
             (json!({"top_k": -2}), "top_k"),
             (json!({"n": 0}), "n"),
-            (json!({"n": 1000}), "n"),
+            (json!({"n": 65}), "n"),
             (json!({"seed": "x"}), "seed"),
             (json!({"stop": 5}), "stop"),
             (json!({"stop": ["a", 1]}), "stop"),
+            (json!({"stop": many(33, &|i| json!(i.to_string()))}), "stop"),
+            (json!({"stop": ["x".repeat(4097)]}), "stop"),
             (json!({"stop_token_ids": [100]}), "stop_token_ids"),
+            (
+                json!({"stop_token_ids": many(257, &|_| json!(1))}),
+                "stop_token_ids",
+            ),
             (json!({"stream": "yes"}), "stream"),
             (
                 json!({"stream_options": {"include_usage": 1}}),
@@ -407,14 +649,47 @@ mod tests {
             (json!({"presence_penalty": 3}), "presence_penalty"),
             (json!({"frequency_penalty": 0.5}), "frequency_penalty"),
             (json!({"logit_bias": {"1": 5}}), "logit_bias"),
+            (json!({"logit_bias": {"x": 5}}), "logit_bias"),
+            (json!({"logit_bias": {"100": 5}}), "logit_bias"),
+            (json!({"logit_bias": bias}), "logit_bias"),
+            (json!({"logprobs": 21}), "logprobs"),
+            (json!({"logprobs": -1}), "logprobs"),
             (json!({"ignore_eos": 1}), "ignore_eos"),
+            (
+                json!({"include_stop_str_in_output": "yes"}),
+                "include_stop_str_in_output",
+            ),
             (json!({"model": 7}), "model"),
+            (json!({"cache_salt": ""}), "cache_salt"),
+            (
+                json!({"truncate_prompt_tokens": 0}),
+                "truncate_prompt_tokens",
+            ),
+            (json!({"truncation_side": "middle"}), "truncation_side"),
+            (json!({"best_of": 3}), "best_of"),
+            (json!({"whatever": [1, 2]}), "whatever"),
+            (json!({"use_beam_search": true}), "use_beam_search"),
+            (json!({"min_tokens": -1}), "min_tokens"),
+            (json!({"min_tokens": 5, "max_tokens": 4}), "min_tokens"),
         ];
         for (v, p) in bad {
             let e = parse(v.clone()).expect_err(&v.to_string());
             assert_eq!(param_of(e), p, "{v}");
         }
         assert!(parse(json!([1, 2])).is_err());
+    }
+
+    #[test]
+    fn truncation_keeps_the_asked_end() {
+        let mut ids: Vec<u32> = (0..10).collect();
+        Truncation::Last(3).apply(&mut ids, 100);
+        assert_eq!(ids, [7, 8, 9]);
+        let mut ids: Vec<u32> = (0..10).collect();
+        Truncation::First(3).apply(&mut ids, 100);
+        assert_eq!(ids, [0, 1, 2]);
+        let mut ids: Vec<u32> = (0..10).collect();
+        Truncation::LastFitting.apply(&mut ids, 5);
+        assert_eq!(ids, [6, 7, 8, 9]);
     }
 
     #[test]

@@ -8,10 +8,10 @@
 //! endpoints validate them.
 
 use crate::body::JsonBody;
-use crate::chat::{parse_messages, render_and_tokenize};
+use crate::chat::chat_prompt;
 use crate::completions::prompt_list;
 use crate::errors::ApiError;
-use crate::params::{parse_common, resolve_max_tokens, Fields, GenOptions};
+use crate::params::{parse_common, resolve_max_tokens, Endpoint, Fields, GenOptions};
 use crate::state::{AppState, ModelInfo};
 use axum::extract::State;
 use axum::Json;
@@ -23,15 +23,22 @@ pub async fn completions_render(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    let f = Fields::new(&body)?;
-    let opts = parse_common(&f, &["max_tokens"], state.model.vocab_size)?;
-    state.model.check_model(opts.model.as_deref())?;
-    let prompts = prompt_list(&state.model, f.value("prompt"))?;
-    let out = prompts
-        .into_iter()
-        .map(|ids| generate_request(&state.model, "cmpl", &opts, ids, Some(16)))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(Value::Array(out)))
+    let st = state.clone();
+    state
+        .cpu
+        .run(move || {
+            let f = Fields::new(&body)?;
+            let opts = parse_common(&f, Endpoint::Completions, &st.parse_limits)?;
+            st.model.check_model(opts.model.as_deref())?;
+            let add_special = opts.add_special_tokens.unwrap_or(true);
+            let prompts = prompt_list(&st.model, f.value("prompt"), add_special)?;
+            let out = prompts
+                .into_iter()
+                .map(|ids| generate_request(&st.model, "cmpl", &opts, ids, Some(16)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Json(Value::Array(out)))
+        })
+        .await
 }
 
 /// `POST /v1/chat/completions/render`.
@@ -39,23 +46,19 @@ pub async fn chat_render(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    let f = Fields::new(&body)?;
-    let opts = parse_common(
-        &f,
-        &["max_completion_tokens", "max_tokens"],
-        state.model.vocab_size,
-    )?;
-    state.model.check_model(opts.model.as_deref())?;
-    let messages = parse_messages(f.value("messages"))?;
-    let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
-    let ids = render_and_tokenize(&state.model, &messages, add_generation_prompt)?;
-    Ok(Json(generate_request(
-        &state.model,
-        "chatcmpl",
-        &opts,
-        ids,
-        None,
-    )?))
+    let st = state.clone();
+    state
+        .cpu
+        .run(move || {
+            let f = Fields::new(&body)?;
+            let opts = parse_common(&f, Endpoint::Chat, &st.parse_limits)?;
+            st.model.check_model(opts.model.as_deref())?;
+            let ids = chat_prompt(&st.model, &f, opts.add_special_tokens)?;
+            Ok(Json(generate_request(
+                &st.model, "chatcmpl", &opts, ids, None,
+            )?))
+        })
+        .await
 }
 
 fn generate_request(
@@ -65,6 +68,10 @@ fn generate_request(
     token_ids: Vec<u32>,
     default_max_tokens: Option<usize>,
 ) -> Result<Value, ApiError> {
+    let mut token_ids = token_ids;
+    if let Some(t) = opts.truncation {
+        t.apply(&mut token_ids, model.max_model_len);
+    }
     let max_tokens = resolve_max_tokens(
         opts.max_tokens,
         default_max_tokens,
@@ -84,12 +91,14 @@ fn generate_request(
             "top_p": p.top_p,
             "top_k": if p.top_k == 0 { -1 } else { p.top_k as i64 },
             "seed": p.seed,
-            "stop": opts.stop,
+            "stop": p.stop,
             "stop_token_ids": p.stop_token_ids,
             "ignore_eos": p.ignore_eos,
             "max_tokens": max_tokens,
             "logprobs": p.logprobs,
-            "skip_special_tokens": opts.skip_special_tokens,
+            "skip_special_tokens": p.skip_special_tokens,
+            "spaces_between_special_tokens": p.spaces_between_special_tokens,
+            "include_stop_str_in_output": p.include_stop_str_in_output,
         },
         "model": model.served_model_name,
         "stream": opts.stream,

@@ -1,21 +1,22 @@
-//! The HTTP surface: routes, API-key check, body limit, fallbacks, and the
-//! serve loop with graceful shutdown.
+//! The HTTP surface: routes, request ids, API-key check, body limit, fallbacks,
+//! and the serve loop with graceful shutdown.
 
 use crate::errors::ApiError;
+use crate::listener::{self, ListenerLimits};
 use crate::shutdown::{signal, Shutdown};
 use crate::state::{AppState, HttpLimits};
 use crate::{chat, completions, render, tokenize};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// The application: every route and layer.
 pub fn app(state: Arc<AppState>) -> Router {
@@ -37,8 +38,91 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn(request_id))
         .layer(middleware::from_fn(stamp_arrival))
         .with_state(state)
+}
+
+/// The header carrying a request's id, echoed on every response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A request's id: the client's `x-request-id`, or one made up on arrival. It names
+/// the response (`cmpl-<id>`), the request's log lines and the worker's.
+#[derive(Clone, Debug)]
+pub struct RequestId {
+    /// The id.
+    pub id: Arc<str>,
+    /// Whether the client sent it (a body's vLLM `request_id` field only counts otherwise).
+    pub from_client: bool,
+}
+
+impl RequestId {
+    /// The id to use: the header's, else the body's `request_id`, else the made-up one.
+    pub fn resolve(&self, body_request_id: Option<&str>) -> Arc<str> {
+        match body_request_id {
+            Some(b) if !self.from_client && valid_request_id(b) => b.into(),
+            _ => self.id.clone(),
+        }
+    }
+}
+
+fn valid_request_id(s: &str) -> bool {
+    (1..=256).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Reads or makes up the request id, puts it on the request (so `reprise route`
+/// forwards it), in the log span of everything the request does, and on the response.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .map(|v| v.to_str().map(str::to_string));
+    let (id, from_client) = match given {
+        None => (crate::request_id(), false),
+        Some(Ok(s)) if valid_request_id(&s) => (s, true),
+        Some(_) => {
+            return ApiError::bad_request(
+                "the x-request-id header must be 1 to 256 visible ASCII characters",
+            )
+            .into_response()
+        }
+    };
+    let Ok(value) = HeaderValue::from_str(&id) else {
+        return ApiError::Internal("request id is not a header value".into()).into_response();
+    };
+    req.headers_mut().insert(REQUEST_ID_HEADER, value.clone());
+    let span = tracing::info_span!("request", request_id = %id, path = %req.uri().path());
+    req.extensions_mut().insert(RequestId {
+        id: id.into(),
+        from_client,
+    });
+    let mut resp = next.run(req).instrument(span).await;
+    // A handler that took the body's `request_id` has set the header already.
+    resp.headers_mut().entry(REQUEST_ID_HEADER).or_insert(value);
+    resp
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId {
+                id: crate::request_id().into(),
+                from_client: false,
+            }))
+    }
+}
+
+/// Sets `x-request-id` on a generation response (the id may be the body's).
+pub fn with_request_id(mut resp: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    resp
 }
 
 /// When a request arrived, before its body was read, parsed and tokenized: where
@@ -158,6 +242,7 @@ pub async fn method_not_allowed(uri: Uri) -> ApiError {
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
+    limits: ListenerLimits,
     timeout: Duration,
     ready_line: String,
 ) -> std::io::Result<()> {
@@ -166,6 +251,7 @@ pub async fn serve(
     serve_until_signal(
         app(state.clone()),
         listener,
+        limits,
         timeout,
         ready_line,
         move || {
@@ -185,6 +271,7 @@ pub async fn serve(
 pub async fn serve_until_signal(
     app: Router,
     listener: tokio::net::TcpListener,
+    limits: ListenerLimits,
     timeout: Duration,
     ready_line: String,
     drain: impl Fn() -> usize + Send + Sync + 'static,
@@ -193,7 +280,7 @@ pub async fn serve_until_signal(
     let (trigger, shutdown) = Shutdown::new();
     let signalled = signal();
     let d = drain.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = listener::serve(listener, app, limits, async move {
         signalled.await;
         let in_flight = d();
         tracing::info!(
@@ -210,7 +297,7 @@ pub async fn serve_until_signal(
         tokio::time::sleep(timeout).await;
     };
     tokio::select! {
-        r = server.into_future() => r?,
+        _ = server => {},
         _ = deadline => {
             tracing::warn!(
                 in_flight = drain(),

@@ -13,6 +13,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 /// The response header naming the worker that served a request.
 pub const WORKER_HEADER: &str = "x-reprise-worker";
@@ -53,7 +54,7 @@ pub fn with_worker(mut resp: Response, worker: usize) -> Response {
 pub fn stream(mut gen: Generation, mut fmt: impl ChunkFormat, include_usage: bool) -> Response {
     let worker = gen.worker();
     let (tx, rx) = mpsc::channel::<Bytes>(32);
-    tokio::spawn(async move {
+    let task = async move {
         for v in fmt.start() {
             if tx.send(data(&v)).await.is_err() {
                 return;
@@ -90,7 +91,9 @@ pub fn stream(mut gen: Generation, mut fmt: impl ChunkFormat, include_usage: boo
             }
         }
         let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-    });
+    };
+    // The request's log span follows the stream.
+    tokio::spawn(task.in_current_span());
     let resp = (
         [
             (header::CONTENT_TYPE, "text/event-stream"),

@@ -151,6 +151,7 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
     } = loaded;
     let model: Arc<dyn Model> = Arc::from(model);
     let vocab_size = model.config().vocab_size;
+    let tokenizer = Arc::new(tokenizer);
     // One copy of the weights per device, shared by that device's workers.
     let mut per_device: Vec<(Device, Arc<dyn Model>)> = vec![(cfg.devices[0], model.clone())];
     for d in &cfg.devices {
@@ -232,9 +233,9 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
             },
             max_model_len,
             eos_token_ids: eos_token_ids.clone(),
-            panic_at_step: cfg
-                .inject_worker_panic
-                .and_then(|(w, s)| (w == i).then_some(s)),
+            tokenizer: Some(tokenizer.clone()),
+            step_timeout: cfg.step_timeout,
+            fault: cfg.inject_fault.and_then(|(w, f)| (w == i).then_some(f)),
         };
         let r = router.clone();
         let publisher = kv_publisher.clone();
@@ -280,6 +281,13 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
         api_key: cfg.api_key.clone(),
         max_body_bytes: cfg.max_body_bytes,
         kv_publisher,
+        cpu: crate::cpu::CpuPool::per_core(),
+        request_timeout: cfg.request_timeout,
+        parse_limits: crate::params::ParseLimits {
+            vocab_size,
+            max_logprobs: cfg.max_logprobs,
+            max_n: cfg.max_num_seqs,
+        },
     };
     Ok(Started {
         state: Arc::new(state),

@@ -1,12 +1,15 @@
 //! What every handler shares: the model's tokenizer and template, limits, the
 //! dispatcher and the metrics.
 
+use crate::cpu::CpuPool;
 use crate::dispatch::Dispatcher;
 use crate::errors::ApiError;
 use crate::metrics::Metrics;
+use crate::params::ParseLimits;
 use reprise_engine::chat_template::ChatTemplate;
 use reprise_engine::tokenizer::Tokenizer;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What the HTTP layer knows about the served model, shared by `reprise serve` and
 /// `reprise route` (which has the tokenizer and template but no weights).
@@ -15,8 +18,8 @@ pub struct ModelInfo {
     pub served_model_name: String,
     /// The model's own name (also accepted).
     pub model_name: String,
-    /// The tokenizer.
-    pub tokenizer: Tokenizer,
+    /// The tokenizer (shared with the workers, which find stop strings with it).
+    pub tokenizer: Arc<Tokenizer>,
     /// The chat template, when the model has one.
     pub chat_template: Option<ChatTemplate>,
     /// Context length served.
@@ -81,6 +84,8 @@ pub trait HttpLimits {
     fn max_body_bytes(&self) -> usize;
     /// The bearer token requests must carry, if any.
     fn api_key(&self) -> Option<&str>;
+    /// Where per-request CPU work runs.
+    fn cpu(&self) -> &CpuPool;
 }
 
 /// Shared server state.
@@ -97,6 +102,12 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The KV-event publisher, with `--kv-events-endpoint`.
     pub kv_publisher: Option<Arc<crate::kv_publisher::KvPublisher>>,
+    /// Parsing, templates and tokenization.
+    pub cpu: CpuPool,
+    /// `--request-timeout`.
+    pub request_timeout: Option<Duration>,
+    /// Server-dependent bounds on request fields.
+    pub parse_limits: ParseLimits,
 }
 
 impl HttpLimits for AppState {
@@ -106,5 +117,9 @@ impl HttpLimits for AppState {
 
     fn api_key(&self) -> Option<&str> {
         self.api_key.as_deref()
+    }
+
+    fn cpu(&self) -> &CpuPool {
+        &self.cpu
     }
 }

@@ -6,6 +6,7 @@ use crate::body::JsonBody;
 use crate::chat::{parse_messages, render_and_tokenize};
 use crate::errors::ApiError;
 use crate::params::{kind, Fields};
+use crate::state::HttpLimits;
 use crate::state::{AppState, ModelInfo};
 use axum::extract::State;
 use axum::Json;
@@ -17,7 +18,12 @@ pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    tokenize_body(&state.model, &body).map(Json)
+    let st = state.clone();
+    state
+        .cpu()
+        .run(move || tokenize_body(&st.model, &body))
+        .await
+        .map(Json)
 }
 
 /// `{"model", "tokens"}` → `{"prompt"}`.
@@ -25,7 +31,12 @@ pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    detokenize_body(&state.model, &body).map(Json)
+    let st = state.clone();
+    state
+        .cpu()
+        .run(move || detokenize_body(&st.model, &body))
+        .await
+        .map(Json)
 }
 
 /// The answer of `/tokenize` to `body`.
@@ -35,7 +46,8 @@ pub fn tokenize_body(model: &ModelInfo, body: &Value) -> Result<Value, ApiError>
     let tokens = if f.value("messages").is_some() {
         let messages = parse_messages(f.value("messages"))?;
         let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
-        render_and_tokenize(model, &messages, add_generation_prompt)?
+        let add_special = f.bool("add_special_tokens")?.unwrap_or(false);
+        render_and_tokenize(model, &messages, add_generation_prompt, add_special)?
     } else {
         let prompt = f
             .str("prompt")?

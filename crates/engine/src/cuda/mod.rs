@@ -13,7 +13,7 @@ mod kernels;
 
 use crate::attention::plan::StepPlan;
 use crate::attention::PagedKvCache;
-use crate::model::{ModelConfig, ModelError, SeqInput};
+use crate::model::{Logits, ModelConfig, ModelError, SeqInput};
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
 use cudarc::driver::{result as drv, CudaContext, CudaSlice, CudaStream, DevicePtr, DriverError};
 use kernels::Kernels;
@@ -403,13 +403,9 @@ impl crate::model::Model for CudaModel {
         &self.cfg
     }
 
-    fn forward(
-        &self,
-        batch: &[SeqInput],
-        cache: &mut PagedKvCache,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
+    fn forward(&self, batch: &[SeqInput], cache: &mut PagedKvCache) -> Result<Logits, ModelError> {
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Logits::new(Vec::new(), self.cfg.vocab_size);
         }
         crate::model::check_batch(&self.cfg, batch, cache)?;
         let bs = cache.block_size();
@@ -625,10 +621,7 @@ impl crate::model::Model for CudaModel {
         unsafe { drv::memcpy_dtoh_async(&mut logits, ws.logits.ptr, stream.cu_stream()) }
             .map_err(drv_err("download logits"))?;
         stream.synchronize().map_err(drv_err("forward"))?;
-        Ok(logits
-            .chunks_exact(c.vocab_size)
-            .map(<[f32]>::to_vec)
-            .collect())
+        Logits::new(logits, c.vocab_size)
     }
 
     fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> PagedKvCache {

@@ -85,6 +85,47 @@ pub struct SeqInput<'a> {
     pub block_table: &'a [u32],
 }
 
+/// The logits of one step: a row of `vocab` values per sequence of the batch, in one
+/// buffer (one allocation per step, rows sampled in parallel).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Logits {
+    data: Vec<f32>,
+    vocab: usize,
+}
+
+impl Logits {
+    /// Rows of `vocab` values laid end to end; `data.len()` must be a multiple of `vocab`.
+    pub fn new(data: Vec<f32>, vocab: usize) -> Result<Self, ModelError> {
+        if vocab == 0 || !data.len().is_multiple_of(vocab) {
+            return Err(ModelError::InvalidInput(format!(
+                "{} logits are not whole rows of {vocab}",
+                data.len()
+            )));
+        }
+        Ok(Self { data, vocab })
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.data.len().checked_div(self.vocab).unwrap_or(0)
+    }
+
+    /// Values per row.
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// Row `i` (panics when out of range, like indexing).
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab..(i + 1) * self.vocab]
+    }
+
+    /// Every row in order.
+    pub fn iter(&self) -> std::slice::ChunksExact<'_, f32> {
+        self.data.chunks_exact(self.vocab.max(1))
+    }
+}
+
 /// A causal language model computing through a paged KV cache (`Sync` so workers
 /// on one device can share one copy of the weights).
 pub trait Model: Send + Sync {
@@ -92,11 +133,7 @@ pub trait Model: Send + Sync {
     fn config(&self) -> &ModelConfig;
     /// Runs one step over a batch of sequences (prefill chunks and decodes mixed),
     /// writes their new K/V into `cache` and returns the logits of each input's last token.
-    fn forward(
-        &self,
-        batch: &[SeqInput],
-        cache: &mut PagedKvCache,
-    ) -> Result<Vec<Vec<f32>>, ModelError>;
+    fn forward(&self, batch: &[SeqInput], cache: &mut PagedKvCache) -> Result<Logits, ModelError>;
     /// Bytes one KV block of `block_size` tokens takes across all layers (K and V).
     fn kv_block_bytes(&self, block_size: usize) -> usize {
         let c = self.config();

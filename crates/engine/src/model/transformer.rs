@@ -4,7 +4,7 @@
 
 use super::ops::{self, rms_norm, rms_norm_inplace, rope_half, swiglu};
 use super::quant::{self, QMatrix};
-use super::{ModelConfig, ModelError, SeqInput};
+use super::{Logits, ModelConfig, ModelError, SeqInput};
 use crate::attention::{paged_attention, AttnSeq, AttnShape, PagedKvCache};
 
 /// A 1-D tensor's shape and its f32 values.
@@ -332,13 +332,9 @@ impl super::Model for Transformer {
         (bytes, formats)
     }
 
-    fn forward(
-        &self,
-        batch: &[SeqInput],
-        cache: &mut PagedKvCache,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
+    fn forward(&self, batch: &[SeqInput], cache: &mut PagedKvCache) -> Result<Logits, ModelError> {
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Logits::new(Vec::new(), self.cfg.vocab_size);
         }
         self.check_batch(batch, cache)?;
         // The whole step runs on the compute pool, so its ~150 parallel sections are
@@ -353,7 +349,7 @@ impl Transformer {
         &self,
         batch: &[SeqInput],
         cache: &mut PagedKvCache,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
+    ) -> Result<Logits, ModelError> {
         let c = &self.cfg;
         let (h, hd, nh, nkv, inter) = (
             c.hidden_size,
@@ -455,9 +451,6 @@ impl Transformer {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let mut logits = vec![0.0f32; b * c.vocab_size];
         quant::linear(&mut logits, &lastn, std::slice::from_ref(head), b, false);
-        Ok(logits
-            .chunks_exact(c.vocab_size)
-            .map(<[f32]>::to_vec)
-            .collect())
+        Logits::new(logits, c.vocab_size)
     }
 }

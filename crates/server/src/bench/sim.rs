@@ -5,9 +5,11 @@
 //!
 //! Granularity: every engine step is simulated (one decode token per running
 //! sequence per step, prefill chunks under the token budget), exactly as the worker
-//! loop runs them; only the tensor work is replaced by the cost model. After every
-//! step the worker's KV events and load report reach the router after
-//! `event_delay_s` (default 0: immediately).
+//! loop runs them; only the tensor work is replaced by the cost model. Load reaches
+//! the router as it does live: a request routed to a worker in the middle of a step
+//! waits in its inbox until the step ends; after every step the worker takes its
+//! inbox in and reports its KV events and its load, counting the requests it has
+//! taken in, to the router after `event_delay_s` (default 0: immediately).
 //!
 //! A ladder runs its rates one after the other on the same cluster (caches and
 //! router state carry over), like successive `vllm bench serve` runs against one
@@ -109,6 +111,10 @@ struct Worker {
     plan: Option<StepPlan>,
     /// Live sequence → request index within the stage.
     reqs: HashMap<SeqId, usize>,
+    /// Requests routed here during the step in progress (taken in when it ends).
+    inbox: Vec<usize>,
+    /// Requests taken in so far (the load report's version).
+    intake: u64,
     preemptions_at_stage_start: u64,
 }
 
@@ -125,6 +131,7 @@ struct Delivery {
     worker: usize,
     events: Vec<KvEvent>,
     load: WorkerLoad,
+    intake: u64,
 }
 
 /// Token the simulator appends for a request's `i`-th generated token: the prompt's
@@ -166,13 +173,15 @@ pub fn simulate(
                 sched: Scheduler::new(sc.clone())?,
                 plan: None,
                 reqs: HashMap::new(),
+                inbox: Vec::new(),
+                intake: 0,
                 preemptions_at_stage_start: 0,
             })
         })
         .collect::<Result<Vec<_>, reprise_engine::scheduler::SchedulerError>>()
         .context("scheduler configuration")?;
     for (w, wk) in workers.iter().enumerate() {
-        router.update_load(w, wk.sched.load())?;
+        router.report_load(w, wk.sched.load(), 0)?;
     }
 
     // Same arrivals and prompt order for every policy: both depend on the seed only.
@@ -232,33 +241,24 @@ pub fn simulate(
                 records[i].start_s = now - start;
                 records[i].prompt_tokens = p.tokens.len();
                 records[i].worker = Some(w);
-                match workers[w].sched.add(p.tokens.to_vec(), Vec::new()) {
-                    Ok(seq) => {
-                        workers[w].reqs.insert(seq, i);
-                        live[i] = Some(Live {
-                            arrival: now,
-                            last_token: now,
-                            generated: 0,
-                            prompt: order[i],
-                        });
-                        if workers[w].plan.is_none() {
-                            start_step(
-                                &mut workers[w],
-                                w,
-                                cfg,
-                                now,
-                                &mut heap,
-                                &mut records,
-                                &mut done,
-                            )?;
-                        }
-                    }
-                    Err(e) => {
-                        records[i].error = Some(e.to_string());
-                        done += 1;
-                        progress(1);
-                    }
+                let wk = &mut workers[w];
+                if wk.plan.is_some() {
+                    // Busy with a step: the request waits in the inbox, as live.
+                    wk.inbox.push(i);
+                    continue;
                 }
+                Intake::new(
+                    workload,
+                    &order,
+                    &arrivals,
+                    &mut live,
+                    &mut records,
+                    &mut done,
+                    progress,
+                )
+                .take(wk, i);
+                report(&router, &mut inflight, cfg, w, wk, Vec::new(), now)?;
+                start_step(wk, w, cfg, now, &mut heap, &mut records, &mut done)?;
                 continue;
             }
             let Some(std::cmp::Reverse((Time(t), w))) = heap.pop() else {
@@ -298,18 +298,19 @@ pub fn simulate(
                 }
             }
             let events = wk.sched.drain_events();
-            let load = wk.sched.load();
-            if cfg.event_delay_s > 0.0 {
-                inflight.push_back(Delivery {
-                    at: now + cfg.event_delay_s,
-                    worker: w,
-                    events,
-                    load,
-                });
-            } else {
-                router.apply_events(w, &events)?;
-                router.update_load(w, load)?;
+            let mut intake = Intake::new(
+                workload,
+                &order,
+                &arrivals,
+                &mut live,
+                &mut records,
+                &mut done,
+                progress,
+            );
+            for i in std::mem::take(&mut wk.inbox) {
+                intake.take(wk, i);
             }
+            report(&router, &mut inflight, cfg, w, wk, events, now)?;
             start_step(wk, w, cfg, now, &mut heap, &mut records, &mut done)?;
         }
         let preemptions = workers
@@ -341,10 +342,93 @@ fn deliver(router: &Router, q: &mut VecDeque<Delivery>, now: f64) -> Result<()> 
     while q.front().is_some_and(|d| d.at <= now) {
         if let Some(d) = q.pop_front() {
             router.apply_events(d.worker, &d.events)?;
-            router.update_load(d.worker, d.load)?;
+            router.report_load(d.worker, d.load, d.intake)?;
         }
     }
     Ok(())
+}
+
+/// Worker `w` reports its KV events and its load (with its intake count) to the
+/// router, now or after the configured delay.
+fn report(
+    router: &Router,
+    q: &mut VecDeque<Delivery>,
+    cfg: &ClusterConfig,
+    w: usize,
+    wk: &Worker,
+    events: Vec<KvEvent>,
+    now: f64,
+) -> Result<()> {
+    let (load, intake) = (wk.sched.load(), wk.intake);
+    if cfg.event_delay_s > 0.0 {
+        q.push_back(Delivery {
+            at: now + cfg.event_delay_s,
+            worker: w,
+            events,
+            load,
+            intake,
+        });
+    } else {
+        router.apply_events(w, &events)?;
+        router.report_load(w, load, intake)?;
+    }
+    Ok(())
+}
+
+/// What a worker needs to take a routed request into its scheduler.
+struct Intake<'a> {
+    workload: &'a Workload,
+    order: &'a [usize],
+    arrivals: &'a [f64],
+    live: &'a mut [Option<Live>],
+    records: &'a mut [RequestRecord],
+    done: &'a mut usize,
+    progress: &'a (dyn Fn(u64) + Sync),
+}
+
+impl<'a> Intake<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        workload: &'a Workload,
+        order: &'a [usize],
+        arrivals: &'a [f64],
+        live: &'a mut [Option<Live>],
+        records: &'a mut [RequestRecord],
+        done: &'a mut usize,
+        progress: &'a (dyn Fn(u64) + Sync),
+    ) -> Self {
+        Self {
+            workload,
+            order,
+            arrivals,
+            live,
+            records,
+            done,
+            progress,
+        }
+    }
+
+    /// Request `i` of the stage enters `wk`'s scheduler (or fails there).
+    fn take(&mut self, wk: &mut Worker, i: usize) {
+        let p = &self.workload.prompts[self.order[i]];
+        wk.intake += 1;
+        match wk.sched.add(p.tokens.to_vec(), Vec::new()) {
+            Ok(seq) => {
+                wk.reqs.insert(seq, i);
+                self.live[i] = Some(Live {
+                    arrival: self.arrivals[i],
+                    last_token: self.arrivals[i],
+                    generated: 0,
+                    prompt: self.order[i],
+                });
+            }
+            Err(e) => {
+                self.records[i].error = Some(e.to_string());
+                *self.done += 1;
+                (self.progress)(1);
+            }
+        }
+    }
 }
 
 /// Plan and time the worker's next step if it has work.

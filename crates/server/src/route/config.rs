@@ -147,6 +147,8 @@ pub struct RouteConfig {
     pub first_byte_timeout: Duration,
     /// Drain deadline.
     pub shutdown_timeout: Duration,
+    /// Connection limits of the listener.
+    pub listener: crate::listener::ListenerLimits,
 }
 
 impl RouteConfig {
@@ -209,6 +211,7 @@ impl RouteConfig {
             connect_timeout: seconds("connect-timeout", a.connect_timeout, 0.01, 600.0)?,
             first_byte_timeout: seconds("first-byte-timeout", a.first_byte_timeout, 0.01, 86400.0)?,
             shutdown_timeout: seconds("shutdown-timeout", a.shutdown_timeout, 0.0, 86400.0)?,
+            listener: crate::config::listener_limits(&a.listener)?,
         })
     }
 }

@@ -5,12 +5,14 @@
 use super::proxy::{admit, forward, Target};
 use super::RouteState;
 use crate::body::{JsonBody, RawJson};
-use crate::chat::{parse_messages, render_and_tokenize};
+use crate::chat::chat_prompt;
 use crate::completions::prompt_list;
 use crate::errors::ApiError;
 use crate::metrics::RouteWorkerView;
 use crate::params::Fields;
-use crate::server::{auth, method_not_allowed, not_found, stamp_arrival, version, Arrival};
+use crate::server::{
+    auth, method_not_allowed, not_found, request_id, stamp_arrival, version, Arrival,
+};
 use crate::tokenize::{detokenize_body, tokenize_body};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -43,18 +45,9 @@ pub fn app(state: Arc<RouteState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .layer(middleware::from_fn(request_id))
         .layer(middleware::from_fn(stamp_arrival))
         .with_state(state)
-}
-
-/// Runs `f` on the blocking pool: tokenization and template rendering are CPU work
-/// that must not stall the runtime's threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(format!("tokenizer task failed: {e}")))?
 }
 
 /// The key space of a request: its cache salt, and its model name when that names a
@@ -73,19 +66,22 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let admission = admit(&state)?;
     let st = state.clone();
-    let target = blocking(move || {
-        let f = Fields::new(&value)?;
-        // A batch of prompts goes to one worker: the first prompt's.
-        let tokens = prompt_list(&st.model, f.value("prompt"))?
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        Ok(Target {
-            tokens,
-            extra: extra_of(&st, &f)?,
+    let target = state
+        .cpu
+        .run(move || {
+            let f = Fields::new(&value)?;
+            let add_special = f.bool("add_special_tokens")?.unwrap_or(true);
+            // A batch of prompts goes to one worker: the first prompt's.
+            let tokens = prompt_list(&st.model, f.value("prompt"), add_special)?
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            Ok(Target {
+                tokens,
+                extra: extra_of(&st, &f)?,
+            })
         })
-    })
-    .await?;
+        .await?;
     forward(
         state,
         "/v1/completions",
@@ -106,17 +102,17 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let admission = admit(&state)?;
     let st = state.clone();
-    let target = blocking(move || {
-        let f = Fields::new(&value)?;
-        let messages = parse_messages(f.value("messages"))?;
-        let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
-        let tokens = render_and_tokenize(&st.model, &messages, add_generation_prompt)?;
-        Ok(Target {
-            tokens,
-            extra: extra_of(&st, &f)?,
+    let target = state
+        .cpu
+        .run(move || {
+            let f = Fields::new(&value)?;
+            let tokens = chat_prompt(&st.model, &f, f.bool("add_special_tokens")?)?;
+            Ok(Target {
+                tokens,
+                extra: extra_of(&st, &f)?,
+            })
         })
-    })
-    .await?;
+        .await?;
     forward(
         state,
         "/v1/chat/completions",
@@ -137,7 +133,10 @@ async fn tokenize(
     State(state): State<Arc<RouteState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    blocking(move || tokenize_body(&state.model, &body))
+    let st = state.clone();
+    state
+        .cpu
+        .run(move || tokenize_body(&st.model, &body))
         .await
         .map(Json)
 }
@@ -146,7 +145,10 @@ async fn detokenize(
     State(state): State<Arc<RouteState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    blocking(move || detokenize_body(&state.model, &body))
+    let st = state.clone();
+    state
+        .cpu
+        .run(move || detokenize_body(&st.model, &body))
         .await
         .map(Json)
 }

@@ -45,6 +45,8 @@ pub struct RouteState {
     pub client: Client<HttpConnector, Full<Bytes>>,
     /// Metrics.
     pub metrics: RouteMetrics,
+    /// Parsing and tokenization.
+    pub cpu: crate::cpu::CpuPool,
     admitted: Arc<AtomicUsize>,
     draining: AtomicBool,
     clock: SystemClock,
@@ -68,6 +70,10 @@ impl HttpLimits for RouteState {
 
     fn api_key(&self) -> Option<&str> {
         self.cfg.api_key.as_deref()
+    }
+
+    fn cpu(&self) -> &crate::cpu::CpuPool {
+        &self.cpu
     }
 }
 
@@ -112,7 +118,7 @@ pub fn run(args: &RouteArgs) -> anyhow::Result<()> {
             model: ModelInfo {
                 served_model_name: served,
                 model_name: meta.name,
-                tokenizer: meta.tokenizer,
+                tokenizer: Arc::new(meta.tokenizer),
                 chat_template: meta.chat_template,
                 max_model_len: meta.max_model_len,
                 vocab_size: meta.vocab_size,
@@ -122,6 +128,7 @@ pub fn run(args: &RouteArgs) -> anyhow::Result<()> {
             set: RwLock::new(Arc::new(set)),
             client,
             metrics: RouteMetrics::default(),
+            cpu: crate::cpu::CpuPool::per_core(),
             admitted: Arc::new(AtomicUsize::new(0)),
             draining: AtomicBool::new(false),
             clock: SystemClock::new(),
@@ -150,6 +157,7 @@ pub fn run(args: &RouteArgs) -> anyhow::Result<()> {
         crate::server::serve_until_signal(
             handlers::app(state.clone()),
             listener,
+            state.cfg.listener,
             state.cfg.shutdown_timeout,
             ready,
             move || {
