@@ -26,6 +26,9 @@ if [ ! -x "$PY" ]; then
 fi
 "$PY" -m pip install --quiet --disable-pip-version-check openai pytest pyzmq msgpack
 
+step "layering: no module cycles in any crate"
+python3 scripts/check-module-cycles.py --self-test
+
 step "build (release, all targets)"
 cargo build --release --workspace --all-targets
 

@@ -2,7 +2,7 @@
 //! `cargo bench -p reprise-engine --bench scheduler` (a report, not a timed test).
 
 use reprise_engine::executor::{CostModel, CostModelExecutor, Executor};
-use reprise_engine::kv::BlockPool;
+use reprise_engine::kv::{BlockPool, BlockTable};
 use reprise_engine::scheduler::{Scheduler, SchedulerConfig};
 use std::hint::black_box;
 use std::time::Instant;
@@ -67,17 +67,16 @@ fn main() {
     // Raw pool: allocate a 48-block table per sequence, release, repeat.
     let mut pool = BlockPool::new(80_000, block_size);
     let rounds = 200;
-    let mut tables: Vec<Vec<u32>> = (0..seqs).map(|_| Vec::with_capacity(48)).collect();
     let t = Instant::now();
     for _ in 0..rounds {
+        let mut tables: Vec<BlockTable> = (0..seqs).map(|_| BlockTable::new()).collect();
         for table in tables.iter_mut() {
             for _ in 0..48 {
-                table.push(pool.allocate().expect("pool is large enough"));
+                pool.grow(table).expect("pool is large enough");
             }
         }
-        for table in tables.iter_mut() {
+        for table in tables {
             pool.release(table);
-            table.clear();
         }
     }
     let dt = t.elapsed().as_secs_f64();

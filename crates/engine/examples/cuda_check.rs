@@ -9,15 +9,28 @@
 //!                    [--concurrent 32 --max-tokens 256 --prompt-len 128]
 //! ```
 
-use reprise_engine::model::{load_on, Model, ModelDevice, SeqInput};
-use reprise_engine::sampler::SamplingParams;
+use reprise_engine::cuda::CudaModel;
+use reprise_engine::loader::{load_on, AnyModel, ModelDevice};
+use reprise_engine::model::{Model, SeqInput};
 use reprise_engine::scheduler::SchedulerConfig;
-use reprise_engine::worker::{GenerateRequest, WorkerConfig, WorkerEvent, WorkerHandle};
+use reprise_engine::types::{GenerateRequest, SamplingParams, WorkerEvent};
+use reprise_engine::worker::{WorkerConfig, WorkerHandle};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 type Res<T> = Result<T, String>;
+
+/// The model loaded onto GPU `dev`.
+fn cuda_model(dir: &str, dev: usize) -> Res<Arc<CudaModel>> {
+    match load_on(Some(dir), ModelDevice::Cuda(dev))
+        .map_err(|e| e.to_string())?
+        .model
+    {
+        AnyModel::Cuda(m) => Ok(m),
+        AnyModel::Cpu(_) => Err("the model was loaded on the CPU".into()),
+    }
+}
 
 fn opt(args: &HashMap<String, String>, k: &str) -> Option<String> {
     args.get(k).cloned()
@@ -126,11 +139,12 @@ fn logits(args: &HashMap<String, String>) -> Res<()> {
         std::fs::read_to_string(&prompts_path).map_err(|e| format!("{prompts_path}: {e}"))?;
     let prompts: Vec<Vec<u32>> =
         serde_json::from_str(&text).map_err(|e| format!("{prompts_path}: {e}"))?;
-    let loaded = load_on(Some(&model_dir), ModelDevice::Cuda(dev)).map_err(|e| e.to_string())?;
-    let model = loaded.model;
+    let model = cuda_model(&model_dir, dev)?;
     let bs = 16;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) + steps + 1;
-    let mut cache = model.new_kv_cache(prompts.len() * longest.div_ceil(bs) + 1, bs);
+    let mut cache = model
+        .new_kv_cache(prompts.len() * longest.div_ceil(bs) + 1, bs)
+        .map_err(|e| e.to_string())?;
     let mut blocks = Blocks { next: 0, bs };
     let tables: Vec<Vec<u32>> = prompts.iter().map(|_| blocks.table(longest)).collect();
     // Prefill all prompts in one batch (exercises the prefill kernel with several sequences).
@@ -182,9 +196,8 @@ fn bench(args: &HashMap<String, String>) -> Res<()> {
     let dev = num(args, "device", 0)?;
     let model_dir = opt(args, "model").ok_or("--model is required")?;
     let t0 = Instant::now();
-    let loaded = load_on(Some(&model_dir), ModelDevice::Cuda(dev)).map_err(|e| e.to_string())?;
+    let model = cuda_model(&model_dir, dev)?;
     eprintln!("loaded {model_dir} in {:.1}s", t0.elapsed().as_secs_f64());
-    let model: Arc<dyn Model> = Arc::from(loaded.model);
     let bs = 16;
     let mut report = serde_json::Map::new();
     let ctx = num(args, "ctx", 512)?;
@@ -196,7 +209,9 @@ fn bench(args: &HashMap<String, String>) -> Res<()> {
     let mut decode = serde_json::Map::new();
     for b in list(args, "batches", &[1, 8, 32, 64, 128])? {
         let per = (ctx + decode_steps + 1).div_ceil(bs);
-        let mut cache = model.new_kv_cache(b * per + 1, bs);
+        let mut cache = model
+            .new_kv_cache(b * per + 1, bs)
+            .map_err(|e| e.to_string())?;
         let mut blocks = Blocks { next: 0, bs };
         let tables: Vec<Vec<u32>> = (0..b)
             .map(|_| blocks.table(ctx + decode_steps + 1))
@@ -243,7 +258,9 @@ fn bench(args: &HashMap<String, String>) -> Res<()> {
     let mut prefill = serde_json::Map::new();
     for n in list(args, "prefill", &[2048, 8192])? {
         let chunk = num(args, "chunk", n)?;
-        let mut cache = model.new_kv_cache(n.div_ceil(bs) + 1, bs);
+        let mut cache = model
+            .new_kv_cache(n.div_ceil(bs) + 1, bs)
+            .map_err(|e| e.to_string())?;
         let mut blocks = Blocks { next: 0, bs };
         let table = blocks.table(n);
         let prompt: Vec<u32> = (0..n).map(tok).collect();
@@ -277,7 +294,9 @@ fn bench(args: &HashMap<String, String>) -> Res<()> {
     if n > 0 {
         let cached = num(args, "cached", 9_900)?.min(n - 1);
         let chunk = num(args, "chunk", 8192)?;
-        let mut cache = model.new_kv_cache(n.div_ceil(bs) + 1, bs);
+        let mut cache = model
+            .new_kv_cache(n.div_ceil(bs) + 1, bs)
+            .map_err(|e| e.to_string())?;
         let mut blocks = Blocks { next: 0, bs };
         let table = blocks.table(n);
         let prompt: Vec<u32> = (0..n).map(|i| tok(i + 5)).collect();

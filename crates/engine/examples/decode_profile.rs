@@ -2,7 +2,8 @@
 //! prefill, timed per step, for `perf record` (not part of the test suite).
 //! `cargo run --release -p reprise-engine --example decode_profile [-- STEPS]`
 
-use reprise_engine::model::{self, SeqInput};
+use reprise_engine::loader;
+use reprise_engine::model::{Model, SeqInput};
 use std::time::Instant;
 
 fn main() {
@@ -10,11 +11,11 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
-    let m = model::load(None).expect("load the default model (run models/fetch-default.sh)");
-    let model = m.model;
+    let m = loader::load(None).expect("load the default model (run models/fetch-default.sh)");
+    let model = m.cpu_model().expect("cpu model").clone();
     let bs = 16;
     let blocks = (128 + steps).div_ceil(bs) + 1;
-    let mut cache = model.new_kv_cache(blocks, bs);
+    let mut cache = model.new_kv_cache(blocks, bs).expect("kv cache");
     let table: Vec<u32> = (0..blocks as u32).collect();
     let prompt: Vec<u32> = (0..128u32).map(|i| 300 + i * 7 % 20_000).collect();
     let batch = [SeqInput {

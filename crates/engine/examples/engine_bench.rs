@@ -14,11 +14,12 @@
 //! the same threads right after, and prints both engines side by side.
 
 use rayon::prelude::*;
-use reprise_engine::model::{self, ops, ModelConfig};
-use reprise_engine::sampler::SamplingParams;
+use reprise_engine::cpu::ops;
+use reprise_engine::loader;
+use reprise_engine::model::ModelConfig;
 use reprise_engine::scheduler::SchedulerConfig;
-use reprise_engine::worker::{GenerateRequest, WorkerConfig, WorkerEvent, WorkerHandle};
-use std::sync::Arc;
+use reprise_engine::types::{GenerateRequest, SamplingParams, WorkerEvent};
+use reprise_engine::worker::{WorkerConfig, WorkerHandle};
 use std::time::{Duration, Instant};
 
 fn matmul_gflops() -> f64 {
@@ -230,13 +231,13 @@ fn main() {
     );
     let gflops = matmul_gflops();
     let gbps = copy_gbps();
-    let loaded = model::load(src.as_deref()).unwrap_or_else(|e| {
+    let loaded = loader::load(src.as_deref()).unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(1)
     });
     let cfg = loaded.model.config().clone();
     let (weight_bytes, formats) = loaded.model.weights();
-    let model: Arc<dyn model::Model> = Arc::from(loaded.model);
+    let model = loaded.model.clone();
     let worker_cfg = WorkerConfig {
         index: 0,
         scheduler: SchedulerConfig {
@@ -252,7 +253,7 @@ fn main() {
         step_timeout: None,
         fault: None,
     };
-    let w = WorkerHandle::spawn(worker_cfg, model, Box::new(|_| {})).expect("spawn worker");
+    let w = WorkerHandle::spawn_on(worker_cfg, &model, Box::new(|_| {})).expect("spawn worker");
     let mut id = 0u64;
     let mut next = || {
         id += 1;
@@ -352,7 +353,7 @@ fn main() {
     };
     let gguf = src
         .clone()
-        .unwrap_or_else(|| model::default_model_path().to_string_lossy().into_owned());
+        .unwrap_or_else(|| loader::default_model_path().to_string_lossy().into_owned());
     let mut models = vec![gguf.clone()];
     models.extend(arg("--llama-f32"));
     drop(w);

@@ -3,7 +3,7 @@
 //! (decode) and GFLOP/s (prefill).
 //! `cargo run --release -p reprise-engine --example quant_bench`
 
-use reprise_engine::model::quant::{linear, QMatrix, QType};
+use reprise_engine::cpu::quant::{linear, QMatrix, QType};
 use std::time::Instant;
 
 fn matrix(q: QType, rows: usize, cols: usize) -> QMatrix {

@@ -7,7 +7,7 @@ use crate::detok::{Detokenizer, StopMatcher, StopOutcome};
 use crate::executor::{Executor, ExecutorError};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SeqId};
 use crate::tokenizer::Tokenizer;
-use crate::worker::{FinishReason, GenerateRequest, StopReason, WorkerEvent};
+use crate::types::{FinishReason, GenerateRequest, StopReason, TokenLogprob, WorkerEvent};
 use reprise_router::{KvEvent, TokenId, WorkerLoad};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -125,7 +125,7 @@ struct SeqState {
 }
 
 /// The tokens that end a sequence under `p`: EOS (unless ignored) and its stop ids.
-fn stop_ids(cfg: &EngineConfig, p: &crate::sampler::SamplingParams) -> Vec<TokenId> {
+fn stop_ids(cfg: &EngineConfig, p: &crate::types::SamplingParams) -> Vec<TokenId> {
     let mut ids = p.stop_token_ids.clone();
     if !p.ignore_eos {
         ids.extend(&cfg.eos_token_ids);
@@ -357,12 +357,7 @@ impl<E: Executor> Engine<E> {
         }
     }
 
-    fn on_token(
-        &mut self,
-        seq: SeqId,
-        token: TokenId,
-        logprob: Option<crate::worker::TokenLogprob>,
-    ) {
+    fn on_token(&mut self, seq: SeqId, token: TokenId, logprob: Option<TokenLogprob>) {
         let Some(st) = self.seqs.get_mut(&seq) else {
             return;
         };
@@ -492,7 +487,7 @@ impl<E: Executor> Engine<E> {
 mod tests {
     use super::*;
     use crate::executor::{CostModel, CostModelExecutor};
-    use crate::sampler::SamplingParams;
+    use crate::types::SamplingParams;
 
     fn engine(num_blocks: usize, eos: TokenId) -> Engine<CostModelExecutor> {
         let cost = CostModel {

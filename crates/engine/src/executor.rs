@@ -2,27 +2,11 @@
 //! (paged attention over the block tables) or a cost model with no tensors,
 //! used by tests and the cluster simulator.
 
-use crate::kv::BlockId;
-use crate::sampler::SamplingParams;
 use crate::scheduler::SeqId;
-use crate::worker::TokenLogprob;
+pub use crate::scheduler::StepInput;
+use crate::types::{SamplingParams, TokenLogprob};
 use reprise_router::TokenId;
 use serde::{Deserialize, Serialize};
-
-/// One sequence's share of a step.
-#[derive(Clone, Copy, Debug)]
-pub struct StepInput<'a> {
-    /// The sequence.
-    pub seq: SeqId,
-    /// Tokens to compute this step, at positions `start_pos..start_pos + tokens.len()`.
-    pub tokens: &'a [TokenId],
-    /// Position of `tokens[0]`; K/V of every earlier position is already in the blocks.
-    pub start_pos: usize,
-    /// Physical blocks covering positions `0..start_pos + tokens.len()`.
-    pub block_table: &'a [BlockId],
-    /// Whether a next token must be sampled after the last of `tokens`.
-    pub sample: bool,
-}
 
 /// A token sampled for one sequence in a step.
 #[derive(Clone, Debug, PartialEq)]

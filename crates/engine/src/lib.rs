@@ -1,20 +1,28 @@
-//! reprise's inference engine: the paged KV cache manager (block pool, prefix
-//! cache, scheduler), model families with paged attention, sampling and the
-//! worker loop that ties them together.
+//! reprise's inference engine, in layers that only point down:
+//!
+//! - `types`: the worker boundary's requests, events and sampling parameters;
+//! - `tokenizer`, `chat_template`, `detok`: the text side;
+//! - `kv` (block pool, prefix cache, block tables) → `scheduler` (continuous
+//!   batching) → `executor` (the step seam) → `engine` (requests, stops) → `worker`
+//!   (the thread, the watchdog);
+//! - behind the executor: `model` (the trait backends implement), the backends
+//!   `cpu` and `cuda`, `loader` (files to models), `sampler`, and `model_executor`
+//!   (a model, its KV storage and the samplers as an executor).
 
-pub mod attention;
 pub mod chat_template;
-#[cfg(feature = "cuda")]
+pub mod cpu;
 pub mod cuda;
 pub mod detok;
 pub mod engine;
 pub mod executor;
 pub mod kv;
+pub mod loader;
 pub mod model;
 pub mod model_executor;
 pub mod sampler;
 pub mod scheduler;
 pub mod tokenizer;
+pub mod types;
 pub mod worker;
 
 /// Whether this build has the CUDA model path (cargo feature `cuda`).

@@ -1,41 +1,43 @@
-//! The real executor: a model's forward pass over the paged KV cache, then
-//! each sequence's own sampler, the rows of a batch sampled in parallel.
+//! The real executor: a model's forward pass over its own KV storage, then each
+//! sequence's own sampler, the rows of a batch sampled in parallel.
 
-use crate::attention::PagedKvCache;
+use crate::cpu::ops;
 use crate::executor::{Executor, ExecutorError, Sampled, StepInput};
-use crate::model::{ops, Model, SeqInput};
-use crate::sampler::{Sampler, SamplingParams};
+use crate::model::{Model, ModelError, SeqInput};
+use crate::sampler::Sampler;
 use crate::scheduler::SeqId;
+use crate::types::SamplingParams;
 use rayon::prelude::*;
 use reprise_router::TokenId;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Runs steps on a model whose K/V live in this executor's [`PagedKvCache`].
-pub struct ModelExecutor {
-    model: Arc<dyn Model>,
-    cache: PagedKvCache,
+/// Runs steps on a model whose K/V live in this executor's storage of the model's
+/// own type.
+pub struct ModelExecutor<M: Model> {
+    model: Arc<M>,
+    cache: M::Kv,
     samplers: HashMap<SeqId, Sampler>,
 }
 
-impl ModelExecutor {
-    /// An executor with a KV cache of `num_blocks` blocks of `block_size` tokens.
-    pub fn new(model: Arc<dyn Model>, num_blocks: usize, block_size: usize) -> Self {
-        let cache = model.new_kv_cache(num_blocks, block_size);
-        Self {
+impl<M: Model> ModelExecutor<M> {
+    /// An executor with KV storage for `num_blocks` blocks of `block_size` tokens.
+    pub fn new(model: Arc<M>, num_blocks: usize, block_size: usize) -> Result<Self, ModelError> {
+        let cache = model.new_kv_cache(num_blocks, block_size)?;
+        Ok(Self {
             model,
             cache,
             samplers: HashMap::new(),
-        }
+        })
     }
 
     /// The model.
-    pub fn model(&self) -> &Arc<dyn Model> {
+    pub fn model(&self) -> &Arc<M> {
         &self.model
     }
 }
 
-impl Executor for ModelExecutor {
+impl<M: Model> Executor for ModelExecutor<M> {
     fn execute(&mut self, step: &[StepInput<'_>]) -> Result<Vec<Sampled>, ExecutorError> {
         let batch: Vec<SeqInput> = step
             .iter()

@@ -6,67 +6,14 @@
 //! of log-probabilities for top-p) instead of sorting the vocabulary, into buffers
 //! kept per thread, so the rows of a batch can be sampled in parallel.
 
-use crate::model::ops::exp_sub_sum;
-use crate::worker::TokenLogprob;
+use crate::cpu::ops::exp_sub_sum;
+use crate::types::{SamplingParams, TokenLogprob};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reprise_router::TokenId;
-use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
-
-/// Per-request generation parameters (OpenAI / vLLM semantics).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SamplingParams {
-    /// 0 means greedy.
-    pub temperature: f32,
-    /// 0 means disabled.
-    pub top_k: usize,
-    /// 1.0 means disabled.
-    pub top_p: f32,
-    /// Seed for a reproducible RNG; `None` draws one from the OS.
-    pub seed: Option<u64>,
-    /// Maximum number of generated tokens.
-    pub max_tokens: usize,
-    /// Extra token ids that end generation (the model's EOS ids are added by the engine).
-    pub stop_token_ids: Vec<TokenId>,
-    /// Strings that end generation when the output text contains them.
-    pub stop: Vec<String>,
-    /// Keep generating past EOS until `max_tokens`.
-    pub ignore_eos: bool,
-    /// Return the chosen token's logprob and this many top alternatives.
-    pub logprobs: Option<usize>,
-    /// Drop special tokens from the output text (stop strings are matched on that text).
-    pub skip_special_tokens: bool,
-    /// With `skip_special_tokens` off: false writes consecutive special tokens with
-    /// nothing between them (vLLM's option).
-    pub spaces_between_special_tokens: bool,
-    /// Keep the stop string (or stop token's text) at the end of the output.
-    pub include_stop_str_in_output: bool,
-    /// Tokens generated before EOS, a stop token id or a stop string may end the sequence.
-    pub min_tokens: usize,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        Self {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: None,
-            max_tokens: 16,
-            stop_token_ids: Vec::new(),
-            stop: Vec::new(),
-            ignore_eos: false,
-            logprobs: None,
-            skip_special_tokens: true,
-            spaces_between_special_tokens: true,
-            include_stop_str_in_output: false,
-            min_tokens: 0,
-        }
-    }
-}
 
 /// Draws tokens for one sequence; owns its RNG so a seeded request reproduces
 /// the same tokens whatever else shares its batch.

@@ -8,13 +8,27 @@
 //! preempted, waiting sequences are admitted strictly in order (no skipping
 //! ahead, so none starves), each starting from its longest cached prefix.
 
-use crate::executor::StepInput;
-use crate::kv::{max_cacheable_blocks, BlockId, BlockPool};
+use crate::kv::{max_cacheable_blocks, BlockId, BlockPool, BlockTable};
 use reprise_router::{BlockHasher, BlockKey, HashAlgo, KvEvent, TokenId, WorkerLoad};
 use std::collections::{HashMap, VecDeque};
 
 /// Identity of a sequence inside one scheduler.
 pub type SeqId = u64;
+
+/// One sequence's share of a step, as the executor computes it.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInput<'a> {
+    /// The sequence.
+    pub seq: SeqId,
+    /// Tokens to compute this step, at positions `start_pos..start_pos + tokens.len()`.
+    pub tokens: &'a [TokenId],
+    /// Position of `tokens[0]`; K/V of every earlier position is already in the blocks.
+    pub start_pos: usize,
+    /// Physical blocks covering positions `0..start_pos + tokens.len()`.
+    pub block_table: &'a [BlockId],
+    /// Whether a next token must be sampled after the last of `tokens`.
+    pub sample: bool,
+}
 
 /// Scheduler and block pool settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,7 +107,7 @@ struct Sequence {
     prompt_len: usize,
     /// Tokens whose K/V is in the blocks.
     num_computed: usize,
-    block_table: Vec<BlockId>,
+    block_table: BlockTable,
     /// Keys of the full blocks of `tokens`, extended lazily.
     keys: Vec<BlockKey>,
     /// Leading blocks already registered in the prefix cache.
@@ -224,7 +238,7 @@ impl Scheduler {
                 prompt_len: prompt.len(),
                 tokens: prompt,
                 num_computed: 0,
-                block_table: Vec::new(),
+                block_table: BlockTable::new(),
                 keys: Vec::new(),
                 num_registered: 0,
                 extra,
@@ -263,7 +277,7 @@ impl Scheduler {
 
     /// Block table of a live sequence.
     pub fn block_table(&self, id: SeqId) -> Option<&[BlockId]> {
-        self.seqs.get(&id).map(|s| s.block_table.as_slice())
+        self.seqs.get(&id).map(|s| s.block_table.blocks())
     }
 
     /// Load snapshot for the router.
@@ -326,8 +340,9 @@ impl Scheduler {
             }
             let s = self.seqs.get_mut(&id).expect("running sequence exists");
             for _ in 0..need {
-                let b = self.pool.allocate().expect("free blocks were counted");
-                s.block_table.push(b);
+                self.pool
+                    .grow(&mut s.block_table)
+                    .expect("free blocks were counted");
             }
             plan.seqs.push(ScheduledSeq {
                 seq: id,
@@ -369,15 +384,18 @@ impl Scheduler {
                 // Strict order: the head waits for blocks rather than being overtaken.
                 break;
             }
+            let mut table = BlockTable::new();
             for &b in &hits {
-                self.pool.acquire(b);
+                self.pool.share(&mut table, b);
             }
-            let mut table = hits;
             for _ in 0..new_blocks {
-                table.push(self.pool.allocate().expect("free blocks were counted"));
+                self.pool
+                    .grow(&mut table)
+                    .expect("free blocks were counted");
             }
             s.num_registered = table.len().min(hit_tokens / bs);
-            s.block_table = table;
+            let empty = std::mem::replace(&mut s.block_table, table);
+            self.pool.release(empty);
             s.num_computed = hit_tokens;
             s.running = true;
             s.cached_tokens.get_or_insert(hit_tokens.min(s.prompt_len));
@@ -405,7 +423,8 @@ impl Scheduler {
                     seq: p.seq,
                     tokens: &s.tokens[p.start..p.start + p.len],
                     start_pos: p.start,
-                    block_table: &s.block_table[..blocks_for(p.start + p.len, self.cfg.block_size)],
+                    block_table: &s.block_table.blocks()
+                        [..blocks_for(p.start + p.len, self.cfg.block_size)],
                     sample: p.sample,
                 })
             })
@@ -430,8 +449,13 @@ impl Scheduler {
                 for i in s.num_registered..full {
                     let parent = i.checked_sub(1).map(|j| s.keys[j]);
                     let tokens = &s.tokens[i * bs..(i + 1) * bs];
-                    self.pool
-                        .register(s.block_table[i], s.keys[i], parent, tokens, &s.extra);
+                    self.pool.register(
+                        s.block_table.blocks()[i],
+                        s.keys[i],
+                        parent,
+                        tokens,
+                        &s.extra,
+                    );
                 }
                 s.num_registered = full;
             }
@@ -451,10 +475,10 @@ impl Scheduler {
 
     /// End a sequence (finished or cancelled) and release its blocks at once.
     pub fn finish(&mut self, id: SeqId) -> bool {
-        let Some(s) = self.seqs.remove(&id) else {
+        let Some(mut s) = self.seqs.remove(&id) else {
             return false;
         };
-        self.pool.release(&s.block_table);
+        self.pool.release(std::mem::take(&mut s.block_table));
         if s.running {
             self.running.retain(|r| *r != id);
         } else {
@@ -479,7 +503,7 @@ impl Scheduler {
         s.num_computed = 0;
         s.num_registered = 0;
         s.running = false;
-        self.pool.release(&table);
+        self.pool.release(table);
         self.running.retain(|r| *r != id);
         self.waiting.push_front(id);
         self.stats.preemptions += 1;
@@ -497,7 +521,7 @@ impl Scheduler {
             if s.running && s.block_table.len() < blocks_for(s.num_computed, self.cfg.block_size) {
                 return Err(format!("sequence {id} computed past its block table"));
             }
-            for &b in &s.block_table {
+            for &b in s.block_table.blocks() {
                 refs[b as usize] += 1;
             }
         }
@@ -537,6 +561,16 @@ impl Scheduler {
             return Err("running + waiting != live sequences".into());
         }
         Ok(())
+    }
+}
+
+impl Drop for Scheduler {
+    /// Live sequences give their blocks back (the pool goes with them; this keeps
+    /// every table's release explicit).
+    fn drop(&mut self) {
+        for s in self.seqs.values_mut() {
+            self.pool.release(std::mem::take(&mut s.block_table));
+        }
     }
 }
 

@@ -1,114 +1,23 @@
-//! The engine boundary: what a caller submits to a worker and what it gets
-//! back. One worker thread owns one model, its KV pool and its scheduler.
-
-use crate::sampler::SamplingParams;
-use reprise_router::TokenId;
-use serde::{Deserialize, Serialize};
-use std::sync::Arc;
-use std::time::Instant;
-
-/// A generation request, already tokenized.
-#[derive(Clone, Debug)]
-pub struct GenerateRequest {
-    /// Caller-chosen id, unique among the worker's live requests.
-    pub id: u64,
-    /// The id the client knows the request by (`x-request-id`), for logs.
-    pub request_id: Arc<str>,
-    /// Prompt token ids (never empty).
-    pub prompt: Vec<TokenId>,
-    /// Sampling and stopping parameters.
-    pub params: SamplingParams,
-    /// Number of sequences to generate from the prompt; they share its KV blocks.
-    pub n: usize,
-    /// Extra bytes mixed into every block key (cache salt / adapter name).
-    pub cache_salt: Vec<u8>,
-}
-
-/// Why a sequence stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// EOS or a stop token id.
-    Stop,
-    /// `max_tokens` or the context length reached.
-    Length,
-    /// Cancelled by the caller.
-    Abort,
-}
-
-/// What ended a sequence stopped by `stop_token_ids` or a stop string (vLLM's
-/// `stop_reason`; EOS leaves it empty).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum StopReason {
-    /// A stop token id.
-    Token(TokenId),
-    /// A stop string.
-    Text(String),
-}
-
-/// Log-probability information for one generated token.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TokenLogprob {
-    /// Log-probability of the chosen token.
-    pub logprob: f32,
-    /// The most likely tokens at this step with their log-probabilities.
-    pub top: Vec<(TokenId, f32)>,
-}
-
-/// One thing a worker reports about a request, in order.
-#[derive(Clone, Debug, PartialEq)]
-pub enum WorkerEvent {
-    /// Sequence `index` produced `token`.
-    Token {
-        /// Which of the request's `n` sequences.
-        index: usize,
-        /// The generated token id.
-        token: TokenId,
-        /// Present when the request asked for logprobs.
-        logprob: Option<TokenLogprob>,
-        /// The EOS or stop token id that ends this sequence: counted, but (as vLLM
-        /// does) left out of the text unless the stop string is to be included.
-        is_stop_token: bool,
-    },
-    /// Sequence `index` is done; the request is done when all `n` are.
-    Finished {
-        /// Which of the request's `n` sequences.
-        index: usize,
-        /// Why it stopped.
-        reason: FinishReason,
-        /// The stop token id or stop string, when one ended it.
-        stop_reason: Option<StopReason>,
-        /// Prompt length in tokens.
-        prompt_tokens: usize,
-        /// Prompt tokens whose KV came from the prefix cache.
-        cached_tokens: usize,
-        /// Tokens generated for this sequence.
-        completion_tokens: usize,
-    },
-    /// The request was scheduled for the first time (sent once, before its tokens).
-    Scheduled {
-        /// When the worker took the request in.
-        queued_at: Instant,
-        /// When a step first computed any of it.
-        scheduled_at: Instant,
-    },
-    /// The request failed; nothing more follows.
-    Error(String),
-}
+//! The worker: one thread owning one model, its KV pool and its scheduler, behind
+//! a channel; a watchdog beside it fails the worker when a step hangs.
 
 use crate::engine::{Engine, EngineConfig, SubmitError, WorkerSnapshot};
-use crate::executor::ExecutorError;
+use crate::executor::{Executor, ExecutorError};
+use crate::loader::AnyModel;
 use crate::model::Model;
 use crate::model_executor::ModelExecutor;
 use crate::scheduler::SchedulerConfig;
 use crate::tokenizer::Tokenizer;
+use crate::types::{GenerateRequest, WorkerEvent};
 use parking_lot::Mutex;
+use reprise_router::TokenId;
 use reprise_router::{KvEvent, KvEventData};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 /// A fault injected for tests at an engine step (counted from 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,12 +119,13 @@ pub type EventSink = Box<dyn FnMut(Vec<KvEvent>) + Send>;
 impl WorkerHandle {
     /// Spawn the worker thread owning a KV cache for `model` (and, with a step
     /// timeout, the watchdog thread that fails it when a step hangs).
-    pub fn spawn(
+    pub fn spawn<M: Model + 'static>(
         cfg: WorkerConfig,
-        model: Arc<dyn Model>,
+        model: Arc<M>,
         on_events: EventSink,
     ) -> Result<WorkerHandle, WorkerError> {
-        let exec = ModelExecutor::new(model, cfg.scheduler.num_blocks, cfg.scheduler.block_size);
+        let exec = ModelExecutor::new(model, cfg.scheduler.num_blocks, cfg.scheduler.block_size)
+            .map_err(|e| WorkerError::Start(e.to_string()))?;
         let engine_cfg = EngineConfig {
             scheduler: cfg.scheduler.clone(),
             max_model_len: cfg.max_model_len,
@@ -259,6 +169,19 @@ impl WorkerHandle {
             tx,
             shared,
         })
+    }
+
+    /// [`WorkerHandle::spawn`] for whichever backend `model` is on.
+    pub fn spawn_on(
+        cfg: WorkerConfig,
+        model: &AnyModel,
+        on_events: EventSink,
+    ) -> Result<WorkerHandle, WorkerError> {
+        match model {
+            AnyModel::Cpu(m) => Self::spawn(cfg, m.clone(), on_events),
+            #[cfg(feature = "cuda")]
+            AnyModel::Cuda(m) => Self::spawn(cfg, m.clone(), on_events),
+        }
     }
 
     /// Worker index.
@@ -343,8 +266,8 @@ fn watchdog(sh: &Shared, limit: Duration) {
     }
 }
 
-fn run(
-    mut engine: Engine<ModelExecutor>,
+fn run<E: Executor>(
+    mut engine: Engine<E>,
     rx: flume::Receiver<Msg>,
     sh: &Shared,
     mut on_events: EventSink,
@@ -354,8 +277,7 @@ fn run(
     let mut steps = 0u64;
     // Sequence number of the next KV event (for the `AllCleared` sent if the worker dies).
     let mut next_seq = 0u64;
-    let handle = |engine: &mut Engine<ModelExecutor>, msg: Msg, shutting_down: &mut bool| match msg
-    {
+    let handle = |engine: &mut Engine<E>, msg: Msg, shutting_down: &mut bool| match msg {
         Msg::Submit(req, etx, ack) => {
             let (id, request_id) = (req.id, req.request_id.clone());
             let res = if *shutting_down {
@@ -377,7 +299,7 @@ fn run(
         Msg::Cancel(id) => engine.cancel(id),
         Msg::Shutdown => *shutting_down = true,
     };
-    let publish = |engine: &mut Engine<ModelExecutor>| {
+    let publish = |engine: &mut Engine<E>| {
         let ended = engine.drain_ended();
         if !ended.is_empty() {
             let mut live = sh.live.lock();
@@ -458,8 +380,8 @@ fn run(
 
 /// Ends a worker that cannot be trusted any more: fails its requests, takes it out
 /// of service and tells the KV-event sink its cache is gone.
-fn die(
-    engine: &mut Engine<ModelExecutor>,
+fn die<E: Executor>(
+    engine: &mut Engine<E>,
     sh: &Shared,
     on_events: &mut EventSink,
     next_seq: u64,

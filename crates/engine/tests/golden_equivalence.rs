@@ -1,8 +1,10 @@
 //! The same prompt computed as one prefill, in 64-token chunks, from a cached
 //! prefix, or batched with other sequences gives the same logits and greedy tokens.
 
-use reprise_engine::attention::PagedKvCache;
-use reprise_engine::model::{self, LoadedModel, Model, SeqInput};
+use reprise_engine::cpu::attention::PagedKvCache;
+use reprise_engine::cpu::Transformer;
+use reprise_engine::loader::{self, LoadedModel};
+use reprise_engine::model::{Model, SeqInput};
 use reprise_engine::sampler::argmax;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -11,7 +13,7 @@ const BS: usize = 16;
 const STEPS: usize = 8;
 
 fn load() -> (LoadedModel, Value) {
-    let path = model::default_model_path();
+    let path = loader::default_model_path();
     if !path.is_file() {
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/fetch-default.sh");
@@ -25,7 +27,7 @@ fn load() -> (LoadedModel, Value) {
         .join("../../tests/data/golden/smollm2_golden_public.json");
     let g: Value =
         serde_json::from_str(&std::fs::read_to_string(g).expect("golden")).expect("json");
-    (model::load(path.to_str()).expect("load"), g)
+    (loader::load(path.to_str()).expect("load"), g)
 }
 
 fn prompt(g: &Value, id: &str) -> Vec<u32> {
@@ -68,7 +70,7 @@ impl Seq {
 }
 
 /// Runs every sequence to STEPS greedy tokens, all in one batch per step.
-fn run(m: &dyn Model, cache: &mut PagedKvCache, seqs: &mut [&mut Seq]) {
+fn run(m: &Transformer, cache: &mut PagedKvCache, seqs: &mut [&mut Seq]) {
     loop {
         let mut inputs: Vec<(usize, Vec<u32>, usize)> = Vec::new();
         for (i, s) in seqs.iter().enumerate() {
@@ -119,7 +121,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn prefill_chunked_prefix_cached_and_batched_agree() {
     let (lm, g) = load();
-    let m = lm.model.as_ref();
+    let m = lm.cpu_model().expect("cpu model").as_ref();
     let bread = prompt(&g, "p05_shared_prefix_recipes_bread");
     let coconut = prompt(&g, "p06_shared_prefix_recipes_coconut");
     let others = [
@@ -127,7 +129,7 @@ fn prefill_chunked_prefix_cached_and_batched_agree() {
         prompt(&g, "p02_code_is_prime"),
         prompt(&g, "p07_multilingual_multiturn"),
     ];
-    let mut cache = m.new_kv_cache(400, BS);
+    let mut cache = m.new_kv_cache(400, BS).expect("kv cache");
     // Interleaved physical order so tables are scattered.
     let mut alloc: Vec<u32> = (0..400u32).map(|i| (i * 7) % 400).collect();
 
@@ -190,8 +192,8 @@ fn prefill_chunked_prefix_cached_and_batched_agree() {
 #[test]
 fn bad_inputs_are_errors_not_panics() {
     let (lm, _) = load();
-    let m = lm.model.as_ref();
-    let mut cache = m.new_kv_cache(4, BS);
+    let m = lm.cpu_model().expect("cpu model").as_ref();
+    let mut cache = m.new_kv_cache(4, BS).expect("kv cache");
     let short = [0u32];
     let toks: Vec<u32> = (0..20).collect();
     let bad = [

@@ -2,7 +2,8 @@
 //! tokenization, chat template, last-position logits and greedy generation.
 
 use reprise_engine::chat_template::ChatMessage;
-use reprise_engine::model::{self, LoadedModel, Model, SeqInput};
+use reprise_engine::loader::{self, LoadedModel};
+use reprise_engine::model::{Model, SeqInput};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -17,7 +18,7 @@ fn golden() -> Value {
 fn model() -> &'static LoadedModel {
     static M: OnceLock<LoadedModel> = OnceLock::new();
     M.get_or_init(|| {
-        let path = model::default_model_path();
+        let path = loader::default_model_path();
         if !path.is_file() {
             let script =
                 PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/fetch-default.sh");
@@ -27,7 +28,7 @@ fn model() -> &'static LoadedModel {
                 .expect("run fetch-default.sh");
             assert!(status.success(), "models/fetch-default.sh failed");
         }
-        model::load(path.to_str()).expect("load default model")
+        loader::load(path.to_str()).expect("load default model")
     })
 }
 
@@ -40,10 +41,15 @@ fn ids(v: &Value) -> Vec<u32> {
 }
 
 /// Prefill then greedy decode with a contiguous block table; returns the prefill logits and tokens.
-fn greedy(m: &dyn Model, prompt: &[u32], max_new: usize, eos: Option<u32>) -> (Vec<f32>, Vec<u32>) {
+fn greedy<M: Model>(
+    m: &M,
+    prompt: &[u32],
+    max_new: usize,
+    eos: Option<u32>,
+) -> (Vec<f32>, Vec<u32>) {
     let bs = 16;
     let blocks = (prompt.len() + max_new).div_ceil(bs);
-    let mut cache = m.new_kv_cache(blocks, bs);
+    let mut cache = m.new_kv_cache(blocks, bs).expect("kv cache");
     let table: Vec<u32> = (0..blocks as u32).collect();
     let mut logits = m
         .forward(
@@ -146,7 +152,12 @@ fn greedy_and_logits_match_transformers() {
     let mut worst = 0f32;
     for case in g["cases"].as_array().expect("cases") {
         let prompt = ids(&case["prompt_token_ids"]);
-        let (logits, toks) = greedy(m.model.as_ref(), &prompt, max_new, Some(2));
+        let (logits, toks) = greedy(
+            m.cpu_model().expect("cpu model").as_ref(),
+            &prompt,
+            max_new,
+            Some(2),
+        );
         for pair in case["last_logits_top10"].as_array().expect("top10") {
             let id = pair[0].as_u64().expect("id") as usize;
             let want = pair[1].as_f64().expect("logit") as f32;
@@ -170,7 +181,7 @@ fn metadata_only_load_tokenizes_and_renders_like_the_full_load() {
     let g = golden();
     let full = model();
     let t0 = std::time::Instant::now();
-    let meta = model::load_meta(model::default_model_path().to_str()).expect("load_meta");
+    let meta = loader::load_meta(loader::default_model_path().to_str()).expect("load_meta");
     let meta_secs = t0.elapsed().as_secs_f64();
     assert_eq!(meta.name, full.name);
     assert_eq!(meta.eos_token_ids, full.eos_token_ids);

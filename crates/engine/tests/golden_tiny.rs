@@ -1,7 +1,8 @@
 //! Random-weight Llama / Qwen2 / Qwen3 checkpoints in the HF layout against
 //! transformers: greedy tokens (32, EOS ignored) and last-position top-10 logits.
 
-use reprise_engine::model::{self, Model, SeqInput};
+use reprise_engine::loader;
+use reprise_engine::model::{Model, ModelError, SeqInput};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -19,10 +20,10 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-fn greedy(m: &dyn Model, prompt: &[u32], max_new: usize) -> (Vec<f32>, Vec<u32>) {
+fn greedy<M: Model>(m: &M, prompt: &[u32], max_new: usize) -> (Vec<f32>, Vec<u32>) {
     let bs = 16;
     let blocks = (prompt.len() + max_new).div_ceil(bs);
-    let mut cache = m.new_kv_cache(blocks, bs);
+    let mut cache = m.new_kv_cache(blocks, bs).expect("kv cache");
     // Reversed table: physical order need not follow logical order.
     let table: Vec<u32> = (0..blocks as u32).rev().collect();
     let mut logits = m
@@ -66,14 +67,18 @@ fn check(family: &str) {
     let golden: Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("golden.json")).expect("golden.json"))
             .expect("json");
-    let lm = model::load(d.to_str()).expect("load");
+    let lm = loader::load(d.to_str()).expect("load");
     assert_eq!(lm.eos_token_ids, vec![2]);
     assert!(lm.chat_template.is_some());
     let mut worst = 0f32;
     for case in golden["cases"].as_array().expect("cases") {
         let prompt = ids(&case["prompt_token_ids"]);
         let want = ids(&case["greedy_token_ids"]);
-        let (logits, toks) = greedy(lm.model.as_ref(), &prompt, want.len());
+        let (logits, toks) = greedy(
+            lm.cpu_model().expect("cpu model").as_ref(),
+            &prompt,
+            want.len(),
+        );
         for pair in case["last_logits_top10"].as_array().expect("top10") {
             let id = pair[0].as_u64().expect("id") as usize;
             let w = pair[1].as_f64().expect("logit") as f32;
@@ -112,17 +117,17 @@ fn malformed_sources_are_errors() {
     let bad = tmp.join("bad.gguf");
     std::fs::write(&bad, b"not a gguf file at all").expect("write");
     assert!(matches!(
-        model::load(bad.to_str()),
-        Err(model::ModelError::Malformed { .. })
+        loader::load(bad.to_str()),
+        Err(ModelError::Malformed { .. })
     ));
     std::fs::write(tmp.join("config.json"), r#"{"model_type": "gpt_bigcode"}"#).expect("write");
     assert!(matches!(
-        model::load(tmp.to_str()),
-        Err(model::ModelError::UnsupportedArchitecture(_))
+        loader::load(tmp.to_str()),
+        Err(ModelError::UnsupportedArchitecture(_))
     ));
     assert!(matches!(
-        model::load(Some("no-such-org/no-such-model")),
-        Err(model::ModelError::SourceNotFound(_))
+        loader::load(Some("no-such-org/no-such-model")),
+        Err(ModelError::SourceNotFound(_))
     ));
     std::fs::remove_dir_all(&tmp).ok();
 }
@@ -133,7 +138,7 @@ fn malformed_sources_are_errors() {
 fn metadata_only_load_needs_no_weights() {
     for family in ["llama", "qwen2", "qwen3"] {
         let d = dir(family);
-        let full = model::load(d.to_str()).expect("load");
+        let full = loader::load(d.to_str()).expect("load");
         let tmp =
             std::env::temp_dir().join(format!("reprise-meta-{family}-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).expect("tmp dir");
@@ -145,9 +150,9 @@ fn metadata_only_load_needs_no_weights() {
         ] {
             std::fs::copy(d.join(f), tmp.join(f)).expect("copy");
         }
-        let meta = model::load_meta(tmp.to_str()).expect("load_meta without weights");
+        let meta = loader::load_meta(tmp.to_str()).expect("load_meta without weights");
         assert!(
-            model::load(tmp.to_str()).is_err(),
+            loader::load(tmp.to_str()).is_err(),
             "the full load needs the weights"
         );
         assert_eq!(meta.eos_token_ids, full.eos_token_ids, "{family}");

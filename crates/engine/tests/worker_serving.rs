@@ -2,19 +2,20 @@
 //! scheduler) serving the public golden cases: greedy output must not depend
 //! on batching, prefix-cache hits, prefill chunking or preemption.
 
-use reprise_engine::model::{self, LoadedModel, Logits, Model};
-use reprise_engine::sampler::SamplingParams;
+use reprise_engine::cpu::attention::PagedKvCache;
+use reprise_engine::cpu::Transformer;
+use reprise_engine::loader::{self, LoadedModel};
+use reprise_engine::model::{Logits, Model};
 use reprise_engine::scheduler::SchedulerConfig;
-use reprise_engine::worker::{
-    Fault, FinishReason, GenerateRequest, WorkerConfig, WorkerEvent, WorkerHandle,
-};
+use reprise_engine::types::{FinishReason, GenerateRequest, SamplingParams, WorkerEvent};
+use reprise_engine::worker::{Fault, WorkerConfig, WorkerHandle};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 struct Shared {
-    model: Arc<dyn Model>,
+    model: Arc<Transformer>,
     eos: Vec<u32>,
     max_model_len: usize,
 }
@@ -22,7 +23,7 @@ struct Shared {
 fn shared() -> &'static Shared {
     static S: OnceLock<Shared> = OnceLock::new();
     S.get_or_init(|| {
-        let path = model::default_model_path();
+        let path = loader::default_model_path();
         if !path.is_file() {
             let script =
                 PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/fetch-default.sh");
@@ -37,9 +38,9 @@ fn shared() -> &'static Shared {
             eos_token_ids,
             max_model_len,
             ..
-        } = model::load(path.to_str()).expect("load default model");
+        } = loader::load(path.to_str()).expect("load default model");
         Shared {
-            model: Arc::from(model),
+            model: model.cpu().expect("cpu model").clone(),
             eos: eos_token_ids,
             max_model_len,
         }
@@ -294,8 +295,8 @@ fn dropping_the_stream_frees_the_blocks() {
 }
 
 /// A worker over `model` with a fault and a watchdog.
-fn faulty(
-    model: Arc<dyn Model>,
+fn faulty<M: Model + 'static>(
+    model: Arc<M>,
     fault: Option<Fault>,
     step_timeout: Option<Duration>,
 ) -> WorkerHandle {
@@ -355,9 +356,19 @@ fn a_hung_step_fails_the_worker_within_the_step_timeout() {
 }
 
 /// A model that loses the last row of logits whenever it runs a batch.
-struct DropsARow(Arc<dyn Model>);
+struct DropsARow(Arc<Transformer>);
 
 impl Model for DropsARow {
+    type Kv = PagedKvCache;
+
+    fn new_kv_cache(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<PagedKvCache, reprise_engine::model::ModelError> {
+        self.0.new_kv_cache(num_blocks, block_size)
+    }
+
     fn config(&self) -> &reprise_engine::model::ModelConfig {
         self.0.config()
     }
@@ -365,7 +376,7 @@ impl Model for DropsARow {
     fn forward(
         &self,
         batch: &[reprise_engine::model::SeqInput],
-        cache: &mut reprise_engine::attention::PagedKvCache,
+        cache: &mut PagedKvCache,
     ) -> Result<Logits, reprise_engine::model::ModelError> {
         let l = self.0.forward(batch, cache)?;
         let rows: Vec<f32> = l

@@ -3,7 +3,6 @@
 
 use crate::block_key::{BlockHasher, BlockKeyError, HashAlgo};
 use crate::index::MAX_WORKERS;
-use crate::policy::PolicyKind;
 use crate::scorer::{OverloadGuard, ScoreWeights};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -122,6 +121,62 @@ impl RouterConfig {
     /// Speculative credit lifetime.
     pub fn speculative_ttl(&self) -> Duration {
         Duration::from_millis(self.speculative_ttl_ms)
+    }
+}
+
+/// A policy by name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKind {
+    /// Cache-aware from KV events.
+    #[default]
+    Precise,
+    /// Cache-aware from the router's own decisions.
+    Approximate,
+    /// Queue depth and KV usage only.
+    Load,
+    /// Round robin over available workers.
+    RoundRobin,
+    /// Seeded uniform random.
+    Random,
+}
+
+impl PolicyKind {
+    /// Every policy, in documentation order.
+    pub const ALL: [PolicyKind; 5] = [
+        PolicyKind::Precise,
+        PolicyKind::Approximate,
+        PolicyKind::Load,
+        PolicyKind::RoundRobin,
+        PolicyKind::Random,
+    ];
+
+    /// The policy's name as accepted by `--policy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Precise => "precise",
+            PolicyKind::Approximate => "approximate",
+            PolicyKind::Load => "load",
+            PolicyKind::RoundRobin => "round-robin",
+            PolicyKind::Random => "random",
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for PolicyKind {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase().replace('_', "-");
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == t || (t == "roundrobin" && *k == PolicyKind::RoundRobin))
+            .ok_or_else(|| ConfigError::UnknownPolicy(s.to_string()))
     }
 }
 

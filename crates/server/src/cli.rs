@@ -19,7 +19,7 @@ pub enum Command {
     /// Route requests to remote workers (reprise or vLLM servers) by their KV events.
     Route(RouteArgs),
     /// Benchmark a server, compare routing policies, or simulate a cluster.
-    Bench(crate::bench::BenchArgs),
+    Bench(reprise_bench::BenchArgs),
 }
 
 /// Options of `reprise route`.

@@ -5,10 +5,11 @@ use crate::errors::ApiError;
 use crate::generate::{
     finish_reason_str, prepare, stop_reason_json, Generation, Output, TokenInfo, Usage,
 };
+use crate::middleware::{with_request_id, Arrival, RequestId};
 use crate::params::Endpoint;
-use crate::server::{with_request_id, Arrival, RequestId};
+use crate::prompt::prompt_tokens;
 use crate::sse::{self, ChunkFormat};
-use crate::state::{AppState, ModelInfo};
+use crate::state::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -82,80 +83,6 @@ pub async fn completions(
     });
     let resp = sse::with_worker(Json(body).into_response(), worker);
     Ok(with_request_id(resp, &request_id))
-}
-
-/// The prompt's token ids: a string, a list of token ids, or a one-element list of either.
-fn prompt_tokens(
-    model: &ModelInfo,
-    v: Option<&Value>,
-    add_special_tokens: bool,
-) -> Result<Vec<u32>, ApiError> {
-    let mut all = prompt_list(model, v, add_special_tokens)?;
-    if all.len() != 1 {
-        return Err(ApiError::bad(
-            "prompt",
-            format!(
-                "a list of {} prompts is not supported; send one request per prompt",
-                all.len()
-            ),
-        ));
-    }
-    Ok(all.remove(0))
-}
-
-/// Every prompt's token ids: a string, a list of token ids, or a list of either
-/// (`add_special_tokens` applies to strings: the tokenizer's BOS and the like).
-pub fn prompt_list(
-    model: &ModelInfo,
-    v: Option<&Value>,
-    add_special_tokens: bool,
-) -> Result<Vec<Vec<u32>>, ApiError> {
-    let bad = |m: &str| ApiError::bad("prompt", m.to_string());
-    match v {
-        Some(Value::Array(a))
-            if !a.is_empty() && a.iter().all(|x| x.is_string() || x.is_array()) =>
-        {
-            a.iter()
-                .map(|p| one_prompt(model, Some(p), add_special_tokens))
-                .collect()
-        }
-        Some(Value::Array(a)) if !a.iter().all(Value::is_number) => Err(bad(
-            "prompt must be a string, a list of token ids, or a list of either",
-        )),
-        other => Ok(vec![one_prompt(model, other, add_special_tokens)?]),
-    }
-}
-
-fn one_prompt(
-    model: &ModelInfo,
-    v: Option<&Value>,
-    add_special_tokens: bool,
-) -> Result<Vec<u32>, ApiError> {
-    let bad = |m: &str| ApiError::bad("prompt", m.to_string());
-    let ids = |a: &[Value]| -> Result<Vec<u32>, ApiError> {
-        let ids: Vec<u32> = a
-            .iter()
-            .map(|x| {
-                x.as_u64()
-                    .and_then(|i| u32::try_from(i).ok())
-                    .ok_or_else(|| bad("a token-id prompt must be a list of non-negative integers"))
-            })
-            .collect::<Result<_, _>>()?;
-        model.check_token_ids(&ids, "prompt")?;
-        Ok(ids)
-    };
-    match v {
-        None => Err(bad("prompt is required")),
-        Some(Value::String(s)) => model
-            .tokenizer
-            .encode(s, add_special_tokens)
-            .map_err(|e| ApiError::Internal(e.to_string())),
-        Some(Value::Array(a)) if a.is_empty() => Err(bad("the prompt is empty")),
-        Some(Value::Array(a)) if a.iter().all(Value::is_number) => ids(a),
-        Some(_) => Err(bad(
-            "prompt must be a string, a list of token ids, or a list of either",
-        )),
-    }
 }
 
 /// The legacy `logprobs` object; `offset` is the text offset of the first token.

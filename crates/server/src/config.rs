@@ -18,10 +18,10 @@ pub enum Device {
 
 impl Device {
     /// Where the engine puts the model for this device.
-    pub fn model_device(self) -> reprise_engine::model::ModelDevice {
+    pub fn model_device(self) -> reprise_engine::loader::ModelDevice {
         match self {
-            Device::Cpu => reprise_engine::model::ModelDevice::Cpu,
-            Device::Cuda(n) => reprise_engine::model::ModelDevice::Cuda(n),
+            Device::Cpu => reprise_engine::loader::ModelDevice::Cpu,
+            Device::Cuda(n) => reprise_engine::loader::ModelDevice::Cuda(n),
         }
     }
 }

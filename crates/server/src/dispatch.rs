@@ -5,12 +5,12 @@
 use crate::errors::ApiError;
 use crate::metrics::Metrics;
 use reprise_engine::engine::{SubmitError, WorkerSnapshot};
-use reprise_engine::sampler::SamplingParams;
-use reprise_engine::worker::{GenerateRequest, WorkerError, WorkerEvent, WorkerHandle};
+use reprise_engine::types::{GenerateRequest, SamplingParams, WorkerEvent};
+use reprise_engine::worker::{WorkerError, WorkerHandle};
 use reprise_router::{Clock, RouteError, Router, SystemClock};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Routes requests to workers and keeps the router's view of them current.
 pub struct Dispatcher {
@@ -255,15 +255,5 @@ impl Dispatcher {
             }
         }
         Err(ApiError::Unavailable("no worker is available".into()))
-    }
-}
-
-/// Keeps the router's load view fresh and notices dead workers.
-pub async fn refresh_loop(d: Arc<crate::state::AppState>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tick.tick().await;
-        d.dispatcher.refresh();
     }
 }

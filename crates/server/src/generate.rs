@@ -9,7 +9,7 @@ use crate::params::{parse_common, resolve_max_tokens, Endpoint, Fields, GenOptio
 use crate::state::{AppState, ModelInfo};
 use bytes::Bytes;
 use reprise_engine::detok::{Detokenizer, StopMatcher, StopOutcome};
-use reprise_engine::worker::{FinishReason, StopReason, TokenLogprob, WorkerEvent};
+use reprise_engine::types::{FinishReason, StopReason, TokenLogprob, WorkerEvent};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;

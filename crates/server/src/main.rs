@@ -7,7 +7,6 @@
 //! `dispatch.rs` (router, worker channel) → `generate.rs` (worker events → text via
 //! the engine's `detok`) → JSON, or SSE via `sse.rs`.
 
-mod bench;
 mod body;
 mod chat;
 mod cli;
@@ -23,7 +22,9 @@ mod generate;
 mod kv_publisher;
 mod listener;
 mod metrics;
+mod middleware;
 mod params;
+mod prompt;
 mod render;
 mod route;
 mod server;
@@ -106,11 +107,11 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_main(args: bench::BenchArgs) -> anyhow::Result<()> {
+fn bench_main(args: reprise_bench::BenchArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(bench::run(args))
+    rt.block_on(reprise_bench::run(args))
 }
 
 fn main() -> ExitCode {

@@ -5,7 +5,7 @@
 use crate::errors::ApiError;
 use crate::fields;
 pub use crate::fields::Endpoint;
-use reprise_engine::sampler::SamplingParams;
+use reprise_engine::types::SamplingParams;
 use serde_json::{Map, Value};
 
 /// Typed access to a JSON object's fields; `null` counts as absent.

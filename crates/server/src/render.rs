@@ -8,10 +8,9 @@
 //! endpoints validate them.
 
 use crate::body::JsonBody;
-use crate::chat::chat_prompt;
-use crate::completions::prompt_list;
 use crate::errors::ApiError;
 use crate::params::{parse_common, resolve_max_tokens, Endpoint, Fields, GenOptions};
+use crate::prompt::{chat_prompt, prompt_list};
 use crate::state::{AppState, ModelInfo};
 use axum::extract::State;
 use axum::Json;

@@ -1,22 +1,22 @@
-//! The HTTP surface: routes, request ids, API-key check, body limit, fallbacks,
-//! and the serve loop with graceful shutdown.
+//! The HTTP surface of `reprise serve`: its routes and layers, health, metrics,
+//! the load-refresh loop, and the serve loop with graceful shutdown (shared by
+//! `reprise route`).
 
 use crate::errors::ApiError;
 use crate::listener::{self, ListenerLimits};
+use crate::middleware::{auth, method_not_allowed, not_found, request_id, stamp_arrival, version};
 use crate::shutdown::{signal, Shutdown};
-use crate::state::{AppState, HttpLimits};
+use crate::state::AppState;
 use crate::{chat, completions, render, tokenize};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
-use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode, Uri};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tracing::Instrument;
+use std::time::Duration;
 
 /// The application: every route and layer.
 pub fn app(state: Arc<AppState>) -> Router {
@@ -43,138 +43,6 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The header carrying a request's id, echoed on every response.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// A request's id: the client's `x-request-id`, or one made up on arrival. It names
-/// the response (`cmpl-<id>`), the request's log lines and the worker's.
-#[derive(Clone, Debug)]
-pub struct RequestId {
-    /// The id.
-    pub id: Arc<str>,
-    /// Whether the client sent it (a body's vLLM `request_id` field only counts otherwise).
-    pub from_client: bool,
-}
-
-impl RequestId {
-    /// The id to use: the header's, else the body's `request_id`, else the made-up one.
-    pub fn resolve(&self, body_request_id: Option<&str>) -> Arc<str> {
-        match body_request_id {
-            Some(b) if !self.from_client && valid_request_id(b) => b.into(),
-            _ => self.id.clone(),
-        }
-    }
-}
-
-fn valid_request_id(s: &str) -> bool {
-    (1..=256).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// Reads or makes up the request id, puts it on the request (so `reprise route`
-/// forwards it), in the log span of everything the request does, and on the response.
-pub async fn request_id(mut req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .map(|v| v.to_str().map(str::to_string));
-    let (id, from_client) = match given {
-        None => (crate::request_id(), false),
-        Some(Ok(s)) if valid_request_id(&s) => (s, true),
-        Some(_) => {
-            return ApiError::bad_request(
-                "the x-request-id header must be 1 to 256 visible ASCII characters",
-            )
-            .into_response()
-        }
-    };
-    let Ok(value) = HeaderValue::from_str(&id) else {
-        return ApiError::Internal("request id is not a header value".into()).into_response();
-    };
-    req.headers_mut().insert(REQUEST_ID_HEADER, value.clone());
-    let span = tracing::info_span!("request", request_id = %id, path = %req.uri().path());
-    req.extensions_mut().insert(RequestId {
-        id: id.into(),
-        from_client,
-    });
-    let mut resp = next.run(req).instrument(span).await;
-    // A handler that took the body's `request_id` has set the header already.
-    resp.headers_mut().entry(REQUEST_ID_HEADER).or_insert(value);
-    resp
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for RequestId {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(|| RequestId {
-                id: crate::request_id().into(),
-                from_client: false,
-            }))
-    }
-}
-
-/// Sets `x-request-id` on a generation response (the id may be the body's).
-pub fn with_request_id(mut resp: Response, id: &str) -> Response {
-    if let Ok(v) = HeaderValue::from_str(id) {
-        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
-    }
-    resp
-}
-
-/// When a request arrived, before its body was read, parsed and tokenized: where
-/// vLLM starts its TTFT and end-to-end clocks.
-#[derive(Clone, Copy, Debug)]
-pub struct Arrival(pub Instant);
-
-/// Stamps [`Arrival`] on every request.
-pub async fn stamp_arrival(mut req: Request, next: Next) -> Response {
-    req.extensions_mut().insert(Arrival(Instant::now()));
-    next.run(req).await
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Arrival {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<Arrival>()
-            .copied()
-            .unwrap_or(Arrival(Instant::now())))
-    }
-}
-
-/// Checks `Authorization: Bearer <key>` when a key is configured.
-pub async fn auth<S: HttpLimits>(
-    State(state): State<Arc<S>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if let Some(key) = state.api_key() {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
-            return ApiError::Unauthorized.into_response();
-        }
-    }
-    next.run(req).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let snaps = state.dispatcher.snapshots();
     let alive = snaps.iter().filter(|(s, r)| s.alive && *r).count();
@@ -196,11 +64,6 @@ async fn ping(State(state): State<Arc<AppState>>) -> Response {
     } else {
         ApiError::Unavailable("no worker is alive".into()).into_response()
     }
-}
-
-/// vLLM's `/version`.
-pub async fn version() -> Json<serde_json::Value> {
-    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
@@ -227,16 +90,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// 404 for an unknown route.
-pub async fn not_found(uri: Uri) -> ApiError {
-    ApiError::RouteNotFound(uri.path().to_string())
-}
-
-/// 405 for a known route with another method.
-pub async fn method_not_allowed(uri: Uri) -> ApiError {
-    ApiError::MethodNotAllowed(uri.path().to_string())
-}
-
 /// Serves until SIGTERM / ctrl-c, then drains: no new requests, in-flight ones
 /// get `timeout` to finish, then the workers are told to exit.
 pub async fn serve(
@@ -246,7 +99,7 @@ pub async fn serve(
     timeout: Duration,
     ready_line: String,
 ) -> std::io::Result<()> {
-    let refresher = tokio::spawn(crate::dispatch::refresh_loop(state.clone()));
+    let refresher = tokio::spawn(refresh_loop(state.clone()));
     let drain_state = state.clone();
     serve_until_signal(
         app(state.clone()),
@@ -306,4 +159,14 @@ pub async fn serve_until_signal(
         }
     }
     Ok(())
+}
+
+/// Keeps the router's load view fresh and notices dead workers.
+async fn refresh_loop(d: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        d.dispatcher.refresh();
+    }
 }

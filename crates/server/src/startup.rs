@@ -8,7 +8,8 @@ use crate::metrics::{Metrics, ProcessInfo};
 use crate::state::{AppState, ModelInfo};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use reprise_engine::model::{self, LoadedModel, Model, ModelDevice, ModelError, ModelMeta};
+use reprise_engine::loader::{self, AnyModel, LoadedModel, ModelDevice, ModelMeta};
+use reprise_engine::model::{self, ModelError};
 use reprise_engine::scheduler::SchedulerConfig;
 use reprise_engine::worker::{WorkerConfig, WorkerHandle};
 use reprise_router::{Router, RouterConfig};
@@ -79,13 +80,13 @@ fn fetch_default_model() -> anyhow::Result<String> {
 
 /// Loads `source` (or the default model, fetching it first if it is missing).
 pub fn load_model(source: Option<&str>, device: ModelDevice) -> anyhow::Result<LoadedModel> {
-    load_fetching(source, |s| model::load_on(s, device))
+    load_fetching(source, |s| loader::load_on(s, device))
 }
 
 /// Loads only `source`'s tokenizer side (for `reprise route`), fetching the default
 /// model first if it is missing.
 pub fn load_meta(source: Option<&str>) -> anyhow::Result<ModelMeta> {
-    load_fetching(source, model::load_meta)
+    load_fetching(source, loader::load_meta)
 }
 
 /// Runs `load` on `source` with a spinner; the default model is fetched first when
@@ -149,15 +150,14 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
         name,
         ..
     } = loaded;
-    let model: Arc<dyn Model> = Arc::from(model);
     let vocab_size = model.config().vocab_size;
     let tokenizer = Arc::new(tokenizer);
     // One copy of the weights per device, shared by that device's workers.
-    let mut per_device: Vec<(Device, Arc<dyn Model>)> = vec![(cfg.devices[0], model.clone())];
+    let mut per_device: Vec<(Device, AnyModel)> = vec![(cfg.devices[0], model.clone())];
     for d in &cfg.devices {
         if per_device.iter().all(|(x, _)| x != d) {
             let m = load_model(cfg.model.as_deref(), d.model_device())?;
-            per_device.push((*d, Arc::from(m.model)));
+            per_device.push((*d, m.model));
         }
     }
     let bytes_per_block = model.kv_block_bytes(cfg.block_size);
@@ -247,7 +247,7 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
                 p.worker_events(i, &evs);
             }
         });
-        let h = WorkerHandle::spawn(wcfg, worker_model, sink)
+        let h = WorkerHandle::spawn_on(wcfg, &worker_model, sink)
             .map_err(|e| anyhow::anyhow!("worker {i}: {e}"))?;
         workers.push(h);
     }

@@ -3,9 +3,9 @@
 //! same endpoints without weights.
 
 use crate::body::JsonBody;
-use crate::chat::{parse_messages, render_and_tokenize};
 use crate::errors::ApiError;
 use crate::params::{kind, Fields};
+use crate::prompt::{parse_messages, render_and_tokenize};
 use crate::state::HttpLimits;
 use crate::state::{AppState, ModelInfo};
 use axum::extract::State;

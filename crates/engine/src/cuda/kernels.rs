@@ -1,12 +1,10 @@
 //! Launch wrappers for `kernels/reprise.cu` (compiled to PTX by build.rs) and the
 //! GPU self-test that checks each kernel against its f32 reference in
-//! [`crate::attention::reference`] on fresh random inputs.
+//! [`super::reference`] on fresh random inputs.
 
-use super::{drv_err, open_device, DevBuf};
-use crate::attention::reference::{
-    self, bf16_round, paged_decode_split_k, qkv_rope_row, QkvRopeParams,
-};
-use crate::attention::{paged_attention, AttnSeq, AttnShape};
+use super::device::{drv_err, open_device, to_bf16, DevBuf};
+use super::reference::{self, bf16_round, paged_decode_split_k, qkv_rope_row, QkvRopeParams};
+use crate::cpu::attention::{paged_attention, AttnSeq, AttnShape};
 use crate::model::ModelError;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use rand::{Rng, SeedableRng};
@@ -397,7 +395,7 @@ fn rel_err(got: &[f32], want: &[f32]) -> f64 {
 }
 
 fn bf16_bits(x: &[f32]) -> Vec<u16> {
-    super::to_bf16(x)
+    to_bf16(x)
 }
 
 fn from_bf16(x: &[u16]) -> Vec<f32> {
@@ -569,7 +567,7 @@ pub fn self_test(ordinal: usize, seed: u64) -> Result<Vec<CheckResult>, ModelErr
                 scale: 1.0 / (hd as f32).sqrt(),
             },
         )?;
-        let mut cache = crate::attention::PagedKvCache::new(1, num_blocks, bs, nkv, hd);
+        let mut cache = crate::cpu::attention::PagedKvCache::new(1, num_blocks, bs, nkv, hd);
         for slot in 0..num_blocks * bs {
             cache.write(
                 0,

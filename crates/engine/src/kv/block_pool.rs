@@ -7,11 +7,10 @@
 //! evicts it (that is the moment `BlockRemoved` is emitted); a hit on a block
 //! in the free queue takes it out of the queue (touch-on-hit).
 
+use super::block_table::BlockTable;
 use super::prefix_cache::PrefixCache;
+use super::BlockId;
 use reprise_router::{BlockKey, EventSequencer, KvEvent, KvEventData, MemoryTier, TokenId};
-
-/// Index of a physical block in the pool (and in the model's KV tensors).
-pub type BlockId = u32;
 
 const NIL: u32 = u32::MAX;
 
@@ -124,9 +123,31 @@ impl BlockPool {
         self.cache.iter()
     }
 
+    /// Appends a fresh block to `table` (evicting its old key, if it had one);
+    /// `None` when no block is free.
+    pub fn grow(&mut self, table: &mut BlockTable) -> Option<BlockId> {
+        let id = self.allocate()?;
+        table.push(id);
+        Some(id)
+    }
+
+    /// Appends a block found through the prefix cache to `table`, adding a reference.
+    pub fn share(&mut self, table: &mut BlockTable, id: BlockId) {
+        self.acquire(id);
+        table.push(id);
+    }
+
+    /// Returns a table's blocks: blocks whose count reaches zero join the free
+    /// queue's tail in reverse table order, so that a request's last
+    /// (longest-prefix) block is evicted first.
+    pub fn release(&mut self, mut table: BlockTable) {
+        let blocks = table.take();
+        self.release_ids(&blocks);
+    }
+
     /// Take the free queue's head with a reference count of one, evicting its
     /// key if it had one; `None` when every block is in use.
-    pub fn allocate(&mut self) -> Option<BlockId> {
+    fn allocate(&mut self) -> Option<BlockId> {
         let id = self.head;
         if id == NIL {
             return None;
@@ -139,17 +160,14 @@ impl BlockPool {
 
     /// Add a reference to a block found through the prefix cache; a block in
     /// the free queue leaves it (touch-on-hit).
-    pub fn acquire(&mut self, id: BlockId) {
+    fn acquire(&mut self, id: BlockId) {
         if self.blocks[id as usize].in_free_queue {
             self.unlink(id);
         }
         self.blocks[id as usize].ref_count += 1;
     }
 
-    /// Drop one reference to each block of a block table. Blocks whose count
-    /// reaches zero join the free queue's tail in reverse table order, so that
-    /// a request's last (longest-prefix) block is evicted first.
-    pub fn release(&mut self, table: &[BlockId]) {
+    fn release_ids(&mut self, table: &[BlockId]) {
         for &id in table.iter().rev() {
             let b = &mut self.blocks[id as usize];
             debug_assert!(b.ref_count > 0, "double free of block {id}");
@@ -280,7 +298,7 @@ mod tests {
         let b = p.allocate().unwrap();
         assert_eq!((a, b), (0, 1));
         assert_eq!(p.free_queue(), vec![2, 3]);
-        p.release(&[a, b]);
+        p.release_ids(&[a, b]);
         // The table's last block goes first: it is the least likely to be shared.
         assert_eq!(p.free_queue(), vec![2, 3, 1, 0]);
         assert_eq!(p.num_in_use(), 0);
@@ -291,7 +309,7 @@ mod tests {
         let mut p = BlockPool::new(1, 2);
         let a = p.allocate().unwrap();
         assert!(p.register(a, key(7), None, &[1, 2], b""));
-        p.release(&[a]);
+        p.release_ids(&[a]);
         assert_eq!(p.lookup(key(7)), Some(a));
         let b = p.allocate().unwrap();
         assert_eq!(b, a);
@@ -308,7 +326,7 @@ mod tests {
         let mut p = BlockPool::new(3, 1);
         let a = p.allocate().unwrap();
         p.register(a, key(1), None, &[5], b"");
-        p.release(&[a]);
+        p.release_ids(&[a]);
         assert!(p.is_free(a));
         p.acquire(a);
         assert!(!p.is_free(a));
@@ -336,12 +354,38 @@ mod tests {
         let a = p.allocate().unwrap();
         p.register(a, key(1), None, &[3], b"");
         assert!(!p.reset_prefix_cache());
-        p.release(&[a]);
+        p.release_ids(&[a]);
         assert!(p.reset_prefix_cache());
         assert_eq!(p.num_cached(), 0);
         assert!(matches!(
             p.drain_events().last().unwrap().data,
             KvEventData::AllCleared
         ));
+    }
+
+    #[test]
+    fn tables_take_and_give_back_their_blocks() {
+        let mut p = BlockPool::new(3, 2);
+        let mut t = BlockTable::new();
+        assert_eq!(p.grow(&mut t), Some(0));
+        let a = p.grow(&mut t).unwrap();
+        assert!(p.register(a, key(9), None, &[1, 2], b""));
+        let mut u = BlockTable::new();
+        p.share(&mut u, a);
+        assert_eq!((t.blocks(), u.blocks()), (&[0, 1][..], &[1][..]));
+        assert_eq!(p.ref_count(a), 2);
+        p.release(t);
+        assert_eq!((p.ref_count(a), p.num_in_use()), (1, 1));
+        p.release(u);
+        assert_eq!(p.num_in_use(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "without BlockPool::release")]
+    fn a_table_dropped_with_its_blocks_is_caught() {
+        let mut p = BlockPool::new(1, 1);
+        let mut t = BlockTable::new();
+        p.grow(&mut t);
+        drop(t);
     }
 }

@@ -1,7 +1,7 @@
 //! The prefix cache: block key → the block holding that prefix's KV, and the
 //! longest-cached-chain lookup over a prompt's keys.
 
-use super::block_pool::BlockId;
+use super::BlockId;
 use reprise_router::BlockKey;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

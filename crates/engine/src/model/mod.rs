@@ -1,24 +1,14 @@
-//! Model families and loaders.
-//!
-//! One decoder-only transformer implementation covers Llama (SmolLM2, Llama 3),
-//! Qwen2 and Qwen3 through family flags in [`ModelConfig`]; the [`Model`]
-//! trait is the seam other families (and other devices) plug into.
+//! The model seam: the [`Model`] trait every backend implements (the CPU
+//! transformer in `cpu/`, the CUDA one in `cuda/`), its configuration, the logits it
+//! returns and its errors. One decoder-only architecture covers Llama (SmolLM2,
+//! Llama 3), Qwen2 and Qwen3 through family flags in [`ModelConfig`].
 
-mod config;
-mod loader;
-pub mod ops;
-pub mod quant;
-mod transformer;
+pub(crate) mod config;
 
 pub use config::{Family, ModelConfig, RopeScaling};
-pub use loader::{
-    default_model_path, load, load_gguf, load_hf_dir, load_meta, load_on, ModelDevice, ModelMeta,
-};
-pub use transformer::Transformer;
 
-use crate::attention::PagedKvCache;
-use crate::chat_template::{ChatTemplate, ChatTemplateError};
-use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::chat_template::ChatTemplateError;
+use crate::tokenizer::TokenizerError;
 use std::path::PathBuf;
 
 /// Everything that can go wrong loading or running a model.
@@ -126,18 +116,32 @@ impl Logits {
     }
 }
 
+/// K/V storage in blocks as an attention backend lays it out: what the block
+/// tables index into.
+pub trait KvStorage: Send {
+    /// Blocks in the pool.
+    fn num_blocks(&self) -> usize;
+    /// Tokens per block.
+    fn block_size(&self) -> usize;
+}
+
 /// A causal language model computing through a paged KV cache (`Sync` so workers
 /// on one device can share one copy of the weights).
 pub trait Model: Send + Sync {
+    /// The K/V storage of this model's attention backend (host f32 blocks on the CPU,
+    /// a bf16 pool with its stream on a GPU), one per worker.
+    type Kv: KvStorage;
     /// The model's hyper-parameters.
     fn config(&self) -> &ModelConfig;
     /// Runs one step over a batch of sequences (prefill chunks and decodes mixed),
     /// writes their new K/V into `cache` and returns the logits of each input's last token.
-    fn forward(&self, batch: &[SeqInput], cache: &mut PagedKvCache) -> Result<Logits, ModelError>;
-    /// Bytes one KV block of `block_size` tokens takes across all layers (K and V).
+    fn forward(&self, batch: &[SeqInput], cache: &mut Self::Kv) -> Result<Logits, ModelError>;
+    /// Allocates a worker's KV storage with this model's layer and head geometry.
+    fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<Self::Kv, ModelError>;
+    /// Bytes one KV block of `block_size` tokens takes across all layers (K and V, f32).
     fn kv_block_bytes(&self, block_size: usize) -> usize {
         let c = self.config();
-        PagedKvCache::block_bytes(c.num_layers, block_size, c.num_kv_heads, c.head_dim)
+        2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim * std::mem::size_of::<f32>()
     }
     /// The memory of the device holding the weights, for sizing KV pools; `None` on the host.
     fn device_memory(&self) -> Option<DeviceMemory> {
@@ -151,17 +155,6 @@ pub trait Model: Send + Sync {
     /// the formats they are in, e.g. `"Q4_1 ×210, Q8_0 ×1"`.
     fn weights(&self) -> (u64, String) {
         (0, String::new())
-    }
-    /// Allocates a KV cache with this model's layer and head geometry.
-    fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> PagedKvCache {
-        let c = self.config();
-        PagedKvCache::new(
-            c.num_layers,
-            num_blocks,
-            block_size,
-            c.num_kv_heads,
-            c.head_dim,
-        )
     }
 }
 
@@ -208,26 +201,15 @@ pub fn kv_pool_bytes_per_worker(
     Ok(left / workers)
 }
 
-/// Rejects a batch that does not fit the model or the cache (shared by every model).
+/// Rejects a batch that does not fit the model or a cache of `num_blocks` blocks of
+/// `block_size` tokens (shared by every backend).
 pub(crate) fn check_batch(
     c: &ModelConfig,
     batch: &[SeqInput],
-    cache: &PagedKvCache,
+    num_blocks: usize,
+    block_size: usize,
 ) -> Result<(), ModelError> {
-    if let Some(e) = cache.device_error() {
-        return Err(ModelError::Device(format!(
-            "KV cache allocation failed: {e}"
-        )));
-    }
-    if cache.num_layers() != c.num_layers
-        || cache.n_kv_heads() != c.num_kv_heads
-        || cache.head_dim() != c.head_dim
-    {
-        return Err(ModelError::InvalidInput(
-            "KV cache geometry does not match the model".into(),
-        ));
-    }
-    let bs = cache.block_size();
+    let bs = block_size;
     for (i, s) in batch.iter().enumerate() {
         if s.tokens.is_empty() {
             return Err(ModelError::InvalidInput(format!(
@@ -243,11 +225,10 @@ pub(crate) fn check_batch(
         }
         if let Some(b) = s.block_table[..end.div_ceil(bs)]
             .iter()
-            .find(|&&b| b as usize >= cache.num_blocks())
+            .find(|&&b| b as usize >= num_blocks)
         {
             return Err(ModelError::InvalidInput(format!(
-                "sequence {i}: block {b} out of range ({} blocks)",
-                cache.num_blocks()
+                "sequence {i}: block {b} out of range ({num_blocks} blocks)"
             )));
         }
         if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
@@ -258,51 +239,6 @@ pub(crate) fn check_batch(
         }
     }
     Ok(())
-}
-
-/// A model with everything needed to serve it.
-pub struct LoadedModel {
-    /// The network.
-    pub model: Box<dyn Model>,
-    /// Its tokenizer.
-    pub tokenizer: Tokenizer,
-    /// Its chat template, when it ships one.
-    pub chat_template: Option<ChatTemplate>,
-    /// Token ids that end generation.
-    pub eos_token_ids: Vec<u32>,
-    /// Beginning-of-sequence token, when the model has one.
-    pub bos_token_id: Option<u32>,
-    /// Longest context (prompt + generated) the model supports.
-    pub max_model_len: usize,
-    /// Display name (file stem or repo id).
-    pub name: String,
-}
-
-impl LoadedModel {
-    /// The weights `model` with the tokenizer side `meta`.
-    pub fn new(model: Box<dyn Model>, meta: ModelMeta) -> Self {
-        Self {
-            model,
-            tokenizer: meta.tokenizer,
-            chat_template: meta.chat_template,
-            eos_token_ids: meta.eos_token_ids,
-            bos_token_id: meta.bos_token_id,
-            max_model_len: meta.max_model_len,
-            name: meta.name,
-        }
-    }
-}
-
-impl std::fmt::Debug for LoadedModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedModel")
-            .field("name", &self.name)
-            .field("config", self.model.config())
-            .field("eos_token_ids", &self.eos_token_ids)
-            .field("bos_token_id", &self.bos_token_id)
-            .field("max_model_len", &self.max_model_len)
-            .finish_non_exhaustive()
-    }
 }
 
 #[cfg(test)]

@@ -17,71 +17,15 @@ pub mod random;
 pub mod round_robin;
 
 use crate::block_key::BlockKey;
+pub use crate::config::PolicyKind;
 use crate::config::{ConfigError, RouterConfig};
 use crate::error::RouteError;
 use crate::index::precise::PreciseIndex;
 use crate::index::{all_workers, WorkerMask};
 use crate::keymap::fold;
 use crate::scorer::{Scorer, WorkerView};
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A policy by name.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PolicyKind {
-    /// Cache-aware from KV events.
-    #[default]
-    Precise,
-    /// Cache-aware from the router's own decisions.
-    Approximate,
-    /// Queue depth and KV usage only.
-    Load,
-    /// Round robin over available workers.
-    RoundRobin,
-    /// Seeded uniform random.
-    Random,
-}
-
-impl PolicyKind {
-    /// Every policy, in documentation order.
-    pub const ALL: [PolicyKind; 5] = [
-        PolicyKind::Precise,
-        PolicyKind::Approximate,
-        PolicyKind::Load,
-        PolicyKind::RoundRobin,
-        PolicyKind::Random,
-    ];
-
-    /// The policy's name as accepted by `--policy`.
-    pub fn name(self) -> &'static str {
-        match self {
-            PolicyKind::Precise => "precise",
-            PolicyKind::Approximate => "approximate",
-            PolicyKind::Load => "load",
-            PolicyKind::RoundRobin => "round-robin",
-            PolicyKind::Random => "random",
-        }
-    }
-}
-
-impl std::fmt::Display for PolicyKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for PolicyKind {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let t = s.trim().to_ascii_lowercase().replace('_', "-");
-        Self::ALL
-            .into_iter()
-            .find(|k| k.name() == t || (t == "roundrobin" && *k == PolicyKind::RoundRobin))
-            .ok_or_else(|| ConfigError::UnknownPolicy(s.to_string()))
-    }
-}
 
 /// One prompt to route, with everything the policy may look at.
 #[derive(Clone, Copy, Debug)]

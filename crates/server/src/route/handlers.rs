@@ -5,14 +5,13 @@
 use super::proxy::{admit, forward, Target};
 use super::RouteState;
 use crate::body::{JsonBody, RawJson};
-use crate::chat::chat_prompt;
-use crate::completions::prompt_list;
 use crate::errors::ApiError;
 use crate::metrics::RouteWorkerView;
-use crate::params::Fields;
-use crate::server::{
+use crate::middleware::{
     auth, method_not_allowed, not_found, request_id, stamp_arrival, version, Arrival,
 };
+use crate::params::Fields;
+use crate::prompt::{chat_prompt, prompt_list};
 use crate::tokenize::{detokenize_body, tokenize_body};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};

@@ -2,10 +2,10 @@
 //! computing on the CPU through a [`PagedKvCache`]: f32 activations, weights in their
 //! file's format ([`QMatrix`]: GGUF blocks, bf16, f16 or f32).
 
+use super::attention::{paged_attention, AttnSeq, AttnShape, PagedKvCache};
 use super::ops::{self, rms_norm, rms_norm_inplace, rope_half, swiglu};
 use super::quant::{self, QMatrix};
-use super::{Logits, ModelConfig, ModelError, SeqInput};
-use crate::attention::{paged_attention, AttnSeq, AttnShape, PagedKvCache};
+use crate::model::{Logits, ModelConfig, ModelError, SeqInput};
 
 /// A 1-D tensor's shape and its f32 values.
 pub(crate) type NamedTensor = (Vec<usize>, Vec<f32>);
@@ -257,51 +257,93 @@ impl Transformer {
     }
 
     fn check_batch(&self, batch: &[SeqInput], cache: &PagedKvCache) -> Result<(), ModelError> {
-        if !cache.is_host() {
+        let c = &self.cfg;
+        if cache.num_layers() != c.num_layers
+            || cache.n_kv_heads() != c.num_kv_heads
+            || cache.head_dim() != c.head_dim
+        {
             return Err(ModelError::InvalidInput(
-                "the CPU model needs a host KV cache".into(),
+                "KV cache geometry does not match the model".into(),
             ));
         }
-        super::check_batch(&self.cfg, batch, cache)
+        crate::model::check_batch(c, batch, cache.num_blocks(), cache.block_size())
     }
 
-    /// Hands the weights over for upload to a device (fused layout, f32).
+    /// Hands the weights over, as f32 in the fused layout a layer at a time, for a
+    /// device model to upload.
     #[cfg(feature = "cuda")]
-    pub(crate) fn into_cuda(
-        self,
-        ctx: std::sync::Arc<cudarc::driver::CudaContext>,
-    ) -> Result<crate::cuda::CudaModel, ModelError> {
-        // The GPU path computes in bf16 from f32 host copies, made a layer at a time.
+    pub(crate) fn into_host_weights(self) -> HostWeights {
         let rows_f32 =
             |parts: &[QMatrix]| -> Vec<f32> { parts.iter().flat_map(|p| p.to_f32()).collect() };
-        let layers = self.layers.into_iter().map(move |l| {
-            Ok(crate::cuda::HostLayer {
-                attn_norm: l.attn_norm,
-                wqkv: rows_f32(&l.wqkv),
-                bqkv: l.bqkv,
-                q_norm: l.q_norm,
-                k_norm: l.k_norm,
-                wo: l.wo.to_f32(),
-                mlp_norm: l.mlp_norm,
-                wgu: rows_f32(&l.wgu),
-                wdown: l.wdown.to_f32(),
-            })
+        let layers = self.layers.into_iter().map(move |l| HostLayer {
+            attn_norm: l.attn_norm,
+            wqkv: rows_f32(&l.wqkv),
+            bqkv: l.bqkv,
+            q_norm: l.q_norm,
+            k_norm: l.k_norm,
+            wo: l.wo.to_f32(),
+            mlp_norm: l.mlp_norm,
+            wgu: rows_f32(&l.wgu),
+            wdown: l.wdown.to_f32(),
         });
-        crate::cuda::CudaModel::upload(
-            self.cfg,
-            ctx,
-            self.embed.to_f32(),
-            layers,
-            self.final_norm,
-            self.lm_head.map(|h| h.to_f32()),
-            self.inv_freq,
-        )
+        HostWeights {
+            embed: self.embed.to_f32(),
+            lm_head: self.lm_head.map(|h| h.to_f32()),
+            cfg: self.cfg,
+            layers: Box::new(layers),
+            final_norm: self.final_norm,
+            inv_freq: self.inv_freq,
+        }
     }
 }
 
-impl super::Model for Transformer {
+/// A model's weights as f32 in the fused layout, the layers converted one at a
+/// time as they are consumed (so a device upload holds one layer on the host).
+#[cfg(feature = "cuda")]
+pub(crate) struct HostWeights {
+    pub cfg: ModelConfig,
+    pub embed: Vec<f32>,
+    pub layers: Box<dyn Iterator<Item = HostLayer>>,
+    pub final_norm: Vec<f32>,
+    /// `None` when the head is tied to the embedding.
+    pub lm_head: Option<Vec<f32>>,
+    pub inv_freq: Vec<f32>,
+}
+
+/// One layer of [`HostWeights`].
+#[cfg(feature = "cuda")]
+pub(crate) struct HostLayer {
+    pub attn_norm: Vec<f32>,
+    pub wqkv: Vec<f32>,
+    pub bqkv: Option<Vec<f32>>,
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub wo: Vec<f32>,
+    pub mlp_norm: Vec<f32>,
+    pub wgu: Vec<f32>,
+    pub wdown: Vec<f32>,
+}
+
+impl crate::model::Model for Transformer {
+    type Kv = PagedKvCache;
+
     fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    fn new_kv_cache(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<PagedKvCache, ModelError> {
+        let c = &self.cfg;
+        Ok(PagedKvCache::new(
+            c.num_layers,
+            num_blocks,
+            block_size,
+            c.num_kv_heads,
+            c.head_dim,
+        ))
     }
 
     fn weights(&self) -> (u64, String) {

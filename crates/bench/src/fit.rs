@@ -200,9 +200,9 @@ pub fn run(a: &FitArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::sim::{simulate, ClusterConfig, Stage};
-    use crate::bench::stats::Slo;
-    use crate::bench::workload::{Workload, WorkloadArgs, WorkloadKind};
+    use crate::sim::{simulate, ClusterConfig, Stage};
+    use crate::stats::Slo;
+    use crate::workload::{Workload, WorkloadArgs, WorkloadKind};
     use reprise_router::{PolicyKind, RouterConfig};
 
     #[test]

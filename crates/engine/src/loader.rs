@@ -1,11 +1,12 @@
 //! Finding and loading models: GGUF files, HF layout directories, HF repo ids
-//! through hf-hub's local cache, and the default model.
+//! through hf-hub's local cache, and the default model; the weights are read into
+//! the CPU transformer and, for a GPU, uploaded to the CUDA backend.
 
-use super::config::{id_list, parse_rope_scaling};
-use super::quant::{QMatrix, QType};
-use super::transformer::{Naming, TensorSource, Transformer};
-use super::{Family, LoadedModel, ModelConfig, ModelError};
 use crate::chat_template::ChatTemplate;
+use crate::cpu::quant::{QMatrix, QType};
+use crate::cpu::transformer::{Naming, TensorSource, Transformer};
+use crate::model::config::{id_list, parse_rope_scaling};
+use crate::model::{DeviceMemory, Family, Model, ModelConfig, ModelError};
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
@@ -14,6 +15,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// File name of the default model.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -42,6 +44,125 @@ pub enum ModelDevice {
     Cuda(usize),
 }
 
+/// A loaded model on whichever backend it was placed; workers of one device
+/// share it (the weights are read-only).
+#[derive(Clone)]
+pub enum AnyModel {
+    /// The CPU transformer.
+    Cpu(Arc<Transformer>),
+    /// The CUDA model on one GPU.
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<crate::cuda::CudaModel>),
+}
+
+impl AnyModel {
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            AnyModel::Cpu(m) => m.config(),
+            #[cfg(feature = "cuda")]
+            AnyModel::Cuda(m) => m.config(),
+        }
+    }
+
+    /// Bytes of one KV block of `block_size` tokens on this backend.
+    pub fn kv_block_bytes(&self, block_size: usize) -> usize {
+        match self {
+            AnyModel::Cpu(m) => m.kv_block_bytes(block_size),
+            #[cfg(feature = "cuda")]
+            AnyModel::Cuda(m) => m.kv_block_bytes(block_size),
+        }
+    }
+
+    /// The device's memory (`None` on the host).
+    pub fn device_memory(&self) -> Option<DeviceMemory> {
+        match self {
+            AnyModel::Cpu(m) => m.device_memory(),
+            #[cfg(feature = "cuda")]
+            AnyModel::Cuda(m) => m.device_memory(),
+        }
+    }
+
+    /// A worker's scratch at these batch limits.
+    pub fn workspace_bytes(&self, max_batched_tokens: usize, max_seqs: usize) -> u64 {
+        match self {
+            AnyModel::Cpu(m) => m.workspace_bytes(max_batched_tokens, max_seqs),
+            #[cfg(feature = "cuda")]
+            AnyModel::Cuda(m) => m.workspace_bytes(max_batched_tokens, max_seqs),
+        }
+    }
+
+    /// Weight bytes and formats.
+    pub fn weights(&self) -> (u64, String) {
+        match self {
+            AnyModel::Cpu(m) => m.weights(),
+            #[cfg(feature = "cuda")]
+            AnyModel::Cuda(m) => m.weights(),
+        }
+    }
+
+    /// The CPU model, when that is where it is.
+    pub fn cpu(&self) -> Option<&Arc<Transformer>> {
+        match self {
+            AnyModel::Cpu(m) => Some(m),
+            #[cfg(feature = "cuda")]
+            AnyModel::Cuda(_) => None,
+        }
+    }
+}
+
+/// A model with everything needed to serve it.
+pub struct LoadedModel {
+    /// The network, on its backend.
+    pub model: AnyModel,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Its chat template, when it ships one.
+    pub chat_template: Option<ChatTemplate>,
+    /// Token ids that end generation.
+    pub eos_token_ids: Vec<u32>,
+    /// Beginning-of-sequence token, when the model has one.
+    pub bos_token_id: Option<u32>,
+    /// Longest context (prompt + generated) the model supports.
+    pub max_model_len: usize,
+    /// Display name (file stem or repo id).
+    pub name: String,
+}
+
+impl LoadedModel {
+    /// The weights `model` with the tokenizer side `meta`.
+    pub fn new(model: AnyModel, meta: ModelMeta) -> Self {
+        Self {
+            model,
+            tokenizer: meta.tokenizer,
+            chat_template: meta.chat_template,
+            eos_token_ids: meta.eos_token_ids,
+            bos_token_id: meta.bos_token_id,
+            max_model_len: meta.max_model_len,
+            name: meta.name,
+        }
+    }
+
+    /// The CPU model (tests and tools that load for the CPU).
+    pub fn cpu_model(&self) -> Result<&Arc<Transformer>, ModelError> {
+        self.model
+            .cpu()
+            .ok_or_else(|| ModelError::Device("the model is not on the CPU".into()))
+    }
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("name", &self.name)
+            .field("config", self.model.config())
+            .field("eos_token_ids", &self.eos_token_ids)
+            .field("bos_token_id", &self.bos_token_id)
+            .field("max_model_len", &self.max_model_len)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Loads a model like [`load`], then places it on `device`. For CUDA the host f32
 /// weights are converted to bf16 while uploading, layer by layer.
 pub fn load_on(source: Option<&str>, device: ModelDevice) -> Result<LoadedModel, ModelError> {
@@ -52,8 +173,8 @@ pub fn load_on(source: Option<&str>, device: ModelDevice) -> Result<LoadedModel,
             // Open the device first so a missing GPU fails before a long load.
             let ctx = crate::cuda::open_device(ordinal)?;
             load_with(source, &mut |t: Transformer| {
-                t.into_cuda(ctx.clone())
-                    .map(|m| Box::new(m) as Box<dyn super::Model>)
+                crate::cuda::CudaModel::from_host(t, ctx.clone())
+                    .map(|m| AnyModel::Cuda(Arc::new(m)))
             })
         }
         #[cfg(not(feature = "cuda"))]
@@ -64,12 +185,16 @@ pub fn load_on(source: Option<&str>, device: ModelDevice) -> Result<LoadedModel,
 }
 
 /// Turns the host model into the served one (identity on the CPU).
-type Place<'a> = dyn FnMut(Transformer) -> Result<Box<dyn super::Model>, ModelError> + 'a;
+type Place<'a> = dyn FnMut(Transformer) -> Result<AnyModel, ModelError> + 'a;
+
+fn on_cpu(t: Transformer) -> Result<AnyModel, ModelError> {
+    Ok(AnyModel::Cpu(Arc::new(t)))
+}
 
 /// Loads a model from a GGUF file, an HF layout directory, an HF repo id in the
 /// local hf-hub cache, or (for `None` / empty) the default model.
 pub fn load(source: Option<&str>) -> Result<LoadedModel, ModelError> {
-    load_with(source, &mut |t| Ok(Box::new(t)))
+    load_with(source, &mut on_cpu)
 }
 
 fn load_with(source: Option<&str>, place: &mut Place) -> Result<LoadedModel, ModelError> {
@@ -279,7 +404,7 @@ impl Md<'_> {
 
 /// Loads a GGUF file (llama, qwen2 or qwen3 architecture), dequantizing every tensor to f32.
 pub fn load_gguf(path: &Path) -> Result<LoadedModel, ModelError> {
-    gguf_with(path, &mut |t| Ok(Box::new(t)))
+    gguf_with(path, &mut on_cpu)
 }
 
 fn gguf_with(path: &Path, place: &mut Place) -> Result<LoadedModel, ModelError> {
@@ -490,7 +615,7 @@ fn hf_chat_template(dir: &Path, tok_cfg: &Value) -> Result<Option<String>, Model
 
 /// Loads an HF layout directory: config.json, *.safetensors, tokenizer.json, tokenizer_config.json.
 pub fn load_hf_dir(dir: &Path, name: &str) -> Result<LoadedModel, ModelError> {
-    hf_dir_with(dir, name, &mut |t| Ok(Box::new(t)))
+    hf_dir_with(dir, name, &mut on_cpu)
 }
 
 fn hf_dir_with(dir: &Path, name: &str, place: &mut Place) -> Result<LoadedModel, ModelError> {

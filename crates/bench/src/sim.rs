@@ -468,7 +468,7 @@ fn start_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::workload::{WorkloadArgs, WorkloadKind};
+    use crate::workload::{WorkloadArgs, WorkloadKind};
     use reprise_engine::kv::max_cacheable_blocks;
 
     fn cost() -> CostModel {

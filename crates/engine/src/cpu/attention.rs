@@ -1,18 +1,15 @@
-//! Attention backends reading K/V through block tables.
+//! The CPU attention backend: K/V in host blocks, read through block tables.
 //!
 //! [`PagedKvCache`] owns every layer's K and V in fixed-size blocks laid out
 //! `[num_blocks][block_size][n_kv_heads][head_dim]` (f32), so one position's
 //! keys for all kv heads are one contiguous row and a block is the unit the
-//! KV cache manager hands out. [`paged_attention`] is the CPU kernel.
+//! KV cache manager hands out. [`paged_attention`] is the kernel.
 
-pub mod plan;
-pub mod reference;
-
-use crate::model::ops::{axpy, dot, exp_sub_sum, gemm_f32};
+use super::ops::{axpy, dot, exp_sub_sum, gemm_f32};
+use crate::model::KvStorage;
 use rayon::prelude::*;
 
-/// Per-layer K and V storage in blocks: host f32 vectors for the CPU model, or a
-/// device model's own storage (e.g. the CUDA path's bf16 pool and stream).
+/// Per-layer K and V storage in host blocks (f32).
 #[derive(Debug)]
 pub struct PagedKvCache {
     num_layers: usize,
@@ -22,15 +19,15 @@ pub struct PagedKvCache {
     head_dim: usize,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
-    device: Option<DeviceKv>,
 }
 
-/// Device-resident KV storage, opaque to the engine; the model that made it downcasts it.
-pub struct DeviceKv(Box<dyn std::any::Any + Send>);
+impl KvStorage for PagedKvCache {
+    fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
 
-impl std::fmt::Debug for DeviceKv {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DeviceKv")
+    fn block_size(&self) -> usize {
+        self.block_size
     }
 }
 
@@ -52,53 +49,7 @@ impl PagedKvCache {
             head_dim,
             k: (0..num_layers).map(|_| vec![0.0; per_layer]).collect(),
             v: (0..num_layers).map(|_| vec![0.0; per_layer]).collect(),
-            device: None,
         }
-    }
-
-    /// A cache whose storage lives on a device (no host vectors). When the device
-    /// storage could not be made, the error is kept and reported by the first forward.
-    pub fn with_device<E: std::fmt::Display>(
-        num_layers: usize,
-        num_blocks: usize,
-        block_size: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-        storage: Result<Box<dyn std::any::Any + Send>, E>,
-    ) -> Self {
-        let device = match storage {
-            Ok(s) => DeviceKv(s),
-            Err(e) => DeviceKv(Box::new(DeviceKvError(e.to_string()))),
-        };
-        Self {
-            num_layers,
-            num_blocks,
-            block_size,
-            n_kv_heads,
-            head_dim,
-            k: Vec::new(),
-            v: Vec::new(),
-            device: Some(device),
-        }
-    }
-
-    /// Whether K/V live in host memory (the CPU model's cache).
-    pub fn is_host(&self) -> bool {
-        self.device.is_none()
-    }
-
-    /// The device storage, if it is a `T`.
-    pub fn device_mut<T: 'static>(&mut self) -> Option<&mut T> {
-        self.device.as_mut()?.0.downcast_mut::<T>()
-    }
-
-    /// Why the device storage could not be made, if it could not.
-    pub fn device_error(&self) -> Option<&str> {
-        self.device
-            .as_ref()?
-            .0
-            .downcast_ref::<DeviceKvError>()
-            .map(|e| e.0.as_str())
     }
 
     /// Bytes one block takes across all layers (K and V), for sizing the pool from memory.
@@ -159,9 +110,6 @@ impl PagedKvCache {
         (&self.k[layer], &self.v[layer])
     }
 }
-
-/// Placeholder storage recording why a device cache could not be allocated.
-struct DeviceKvError(String);
 
 /// One sequence's slice of the batch, as the attention kernel sees it.
 #[derive(Clone, Copy, Debug)]

@@ -1,6 +1,8 @@
 //! `reprise bench`: the benchmark harness (live, against any OpenAI-compatible
 //! server), the policy comparison, the cluster simulator and the cost-model fit.
-//! Outputs follow `vllm bench serve`'s field names; see `bench/README.md`.
+//! Outputs follow `vllm bench serve`'s field names; see `bench/README.md`. The
+//! `reprise` binary's `bench` subcommand parses [`BenchArgs`] and calls [`run`]; the
+//! live comparison starts `reprise serve` children from the running executable.
 
 pub mod fit;
 pub mod live;
@@ -179,15 +181,15 @@ const SMALL: Preset = Preset {
 const SHIPPED_COST_MODELS: [(&str, &str); 3] = [
     (
         "qwen3-32b-tp2-h100",
-        include_str!("../../../../bench/cost-models/qwen3-32b-tp2-h100.json"),
+        include_str!("../../../bench/cost-models/qwen3-32b-tp2-h100.json"),
     ),
     (
         "qwen3-32b-tp2-h100-roofline",
-        include_str!("../../../../bench/cost-models/qwen3-32b-tp2-h100-roofline.json"),
+        include_str!("../../../bench/cost-models/qwen3-32b-tp2-h100-roofline.json"),
     ),
     (
         "reprise-cpu-smollm2-135m",
-        include_str!("../../../../bench/cost-models/reprise-cpu-smollm2-135m.json"),
+        include_str!("../../../bench/cost-models/reprise-cpu-smollm2-135m.json"),
     ),
 ];
 

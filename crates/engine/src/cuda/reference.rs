@@ -4,12 +4,12 @@
 //! kernel computes: split-K paged decode with its log-sum-exp merge, the fused
 //! bias / q-k norm / rotary / reshape-and-cache step, RMSNorm and SiLU-gate.
 //! The tests below pin them to the engine's CPU path ([`super::paged_attention`]
-//! and [`crate::model::ops`]); the GPU self-test (`examples/cuda_check.rs`)
+//! and [`crate::cpu::ops`]); the GPU self-test (`examples/cuda_check.rs`)
 //! compares the kernels against them on fresh random inputs. Keeping both
 //! comparisons against one reference is what lets a GPU run check the kernels
 //! without re-deriving their semantics.
 
-use super::AttnShape;
+use crate::cpu::attention::AttnShape;
 
 /// Rounds to the nearest bf16 (ties to even), returned as f32: the storage precision of the CUDA path.
 pub fn bf16_round(x: f32) -> f32 {
@@ -218,8 +218,8 @@ pub fn decode_num_splits(max_ctx: usize, partition: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attention::{paged_attention, AttnSeq, PagedKvCache};
-    use crate::model::ops::{rms_norm_inplace, rope_half};
+    use crate::cpu::attention::{paged_attention, AttnSeq, PagedKvCache};
+    use crate::cpu::ops::{rms_norm_inplace, rope_half};
     use rand::{Rng, SeedableRng};
 
     fn rand_vec(rng: &mut impl Rng, n: usize) -> Vec<f32> {

@@ -1,0 +1,151 @@
+//! The worker boundary's vocabulary, at the bottom of the engine: what a caller
+//! submits (a tokenized request and its sampling parameters) and what it gets back
+//! (tokens, logprobs, finish and stop reasons). Everything above uses these; they
+//! use nothing of the engine.
+
+use reprise_router::TokenId;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Per-request generation parameters (OpenAI / vLLM semantics).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 means disabled.
+    pub top_k: usize,
+    /// 1.0 means disabled.
+    pub top_p: f32,
+    /// Seed for a reproducible RNG; `None` draws one from the OS.
+    pub seed: Option<u64>,
+    /// Maximum number of generated tokens.
+    pub max_tokens: usize,
+    /// Extra token ids that end generation (the model's EOS ids are added by the engine).
+    pub stop_token_ids: Vec<TokenId>,
+    /// Strings that end generation when the output text contains them.
+    pub stop: Vec<String>,
+    /// Keep generating past EOS until `max_tokens`.
+    pub ignore_eos: bool,
+    /// Return the chosen token's logprob and this many top alternatives.
+    pub logprobs: Option<usize>,
+    /// Drop special tokens from the output text (stop strings are matched on that text).
+    pub skip_special_tokens: bool,
+    /// With `skip_special_tokens` off: false writes consecutive special tokens with
+    /// nothing between them (vLLM's option).
+    pub spaces_between_special_tokens: bool,
+    /// Keep the stop string (or stop token's text) at the end of the output.
+    pub include_stop_str_in_output: bool,
+    /// Tokens generated before EOS, a stop token id or a stop string may end the sequence.
+    pub min_tokens: usize,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: None,
+            max_tokens: 16,
+            stop_token_ids: Vec::new(),
+            stop: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+            skip_special_tokens: true,
+            spaces_between_special_tokens: true,
+            include_stop_str_in_output: false,
+            min_tokens: 0,
+        }
+    }
+}
+
+/// A generation request, already tokenized.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    /// Caller-chosen id, unique among the worker's live requests.
+    pub id: u64,
+    /// The id the client knows the request by (`x-request-id`), for logs.
+    pub request_id: Arc<str>,
+    /// Prompt token ids (never empty).
+    pub prompt: Vec<TokenId>,
+    /// Sampling and stopping parameters.
+    pub params: SamplingParams,
+    /// Number of sequences to generate from the prompt; they share its KV blocks.
+    pub n: usize,
+    /// Extra bytes mixed into every block key (cache salt / adapter name).
+    pub cache_salt: Vec<u8>,
+}
+
+/// Why a sequence stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// EOS or a stop token id.
+    Stop,
+    /// `max_tokens` or the context length reached.
+    Length,
+    /// Cancelled by the caller.
+    Abort,
+}
+
+/// What ended a sequence stopped by `stop_token_ids` or a stop string (vLLM's
+/// `stop_reason`; EOS leaves it empty).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StopReason {
+    /// A stop token id.
+    Token(TokenId),
+    /// A stop string.
+    Text(String),
+}
+
+/// Log-probability information for one generated token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    /// Log-probability of the chosen token.
+    pub logprob: f32,
+    /// The most likely tokens at this step with their log-probabilities.
+    pub top: Vec<(TokenId, f32)>,
+}
+
+/// One thing a worker reports about a request, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WorkerEvent {
+    /// Sequence `index` produced `token`.
+    Token {
+        /// Which of the request's `n` sequences.
+        index: usize,
+        /// The generated token id.
+        token: TokenId,
+        /// Present when the request asked for logprobs.
+        logprob: Option<TokenLogprob>,
+        /// The EOS or stop token id that ends this sequence: counted, but (as vLLM
+        /// does) left out of the text unless the stop string is to be included.
+        is_stop_token: bool,
+    },
+    /// Sequence `index` is done; the request is done when all `n` are.
+    Finished {
+        /// Which of the request's `n` sequences.
+        index: usize,
+        /// Why it stopped.
+        reason: FinishReason,
+        /// The stop token id or stop string, when one ended it.
+        stop_reason: Option<StopReason>,
+        /// Prompt length in tokens.
+        prompt_tokens: usize,
+        /// Prompt tokens whose KV came from the prefix cache.
+        cached_tokens: usize,
+        /// Tokens generated for this sequence.
+        completion_tokens: usize,
+    },
+    /// The request was scheduled for the first time (sent once, before its tokens).
+    Scheduled {
+        /// When the worker took the request in.
+        queued_at: Instant,
+        /// When a step first computed any of it.
+        scheduled_at: Instant,
+    },
+    /// The request failed; nothing more follows.
+    Error(String),
+}
