@@ -121,7 +121,7 @@ fn prefixes_follow_the_worker_that_holds_them_and_sse_passes_through() {
     let resp = r.post(
         "/v1/chat/completions",
         &json!({"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 6,
-                "stream": true, "stream_options": {"include_usage": true}}),
+                "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}),
     );
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert!(resp
@@ -131,7 +131,19 @@ fn prefixes_follow_the_worker_that_holds_them_and_sse_passes_through() {
     let chunks = resp.chunks();
     let usage = chunks.last().expect("chunks")["usage"].clone();
     assert_eq!(usage["completion_tokens"], 6, "{usage}");
-    assert!(chunks.len() >= 7, "role, tokens, finish, usage: {chunks:?}");
+    // A character spread over several tokens arrives in one chunk, so six
+    // tokens make one to six content chunks between the role and the finish.
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"]["role"], "assistant",
+        "{chunks:?}"
+    );
+    let finish = &chunks[chunks.len() - 2]["choices"][0];
+    assert_eq!(finish["finish_reason"], "length", "{chunks:?}");
+    let content = chunks.len() - 3;
+    assert!(
+        (1..=6).contains(&content),
+        "role, tokens, finish, usage: {chunks:?}"
+    );
 
     // The router serves models, health, tokenize and metrics itself.
     let (_, m) = r.ok_get("/v1/models");

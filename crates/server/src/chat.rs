@@ -2,19 +2,19 @@
 //! template (as HF `apply_chat_template(..., add_generation_prompt=True)`), then
 //! the same generation path as completions.
 
-use crate::body::BodyBytes;
-use crate::errors::ApiError;
 use crate::generate::{
     finish_reason_str, prepare, stop_reason_json, Generation, Output, TokenInfo, Usage,
 };
-use crate::middleware::{with_request_id, Arrival, RequestId};
-use crate::params::Endpoint;
-use crate::prompt::chat_prompt;
 use crate::sse::{self, ChunkFormat};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use reprise_api::body::BodyBytes;
+use reprise_api::errors::ApiError;
+use reprise_api::middleware::{with_request_id, Arrival, RequestId};
+use reprise_api::params::Endpoint;
+use reprise_api::prompt::chat_prompt;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -36,7 +36,7 @@ pub async fn chat_completions(
     let worker = gen.worker();
     let id = format!("chatcmpl-{request_id}");
     let model = state.model.served_model_name.clone();
-    let created = crate::unix_now();
+    let created = reprise_api::unix_now();
     if opts.stream {
         let fmt = ChatChunks {
             id,

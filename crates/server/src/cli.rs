@@ -1,6 +1,8 @@
 //! The command line (clap derive). Values are checked in `config.rs`, in one place.
 
 use clap::{Args, Parser, Subcommand};
+use reprise_api::options::ListenerArgs;
+use reprise_route::RouteArgs;
 
 /// reprise: an LLM inference server with cache-aware routing over in-process workers.
 #[derive(Debug, Parser)]
@@ -20,101 +22,6 @@ pub enum Command {
     Route(RouteArgs),
     /// Benchmark a server, compare routing policies, or simulate a cluster.
     Bench(reprise_bench::BenchArgs),
-}
-
-/// Options of `reprise route`.
-#[derive(Debug, Clone, Args)]
-pub struct RouteArgs {
-    /// A worker, repeatable (order = worker index): `URL[,events=ZMQ_ADDR][,replay=ZMQ_ADDR]`,
-    /// e.g. `http://10.0.0.5:8000,events=tcp://10.0.0.5:5557,replay=tcp://10.0.0.5:5558`.
-    #[arg(long = "worker", value_name = "SPEC")]
-    pub workers: Vec<String>,
-
-    /// A JSON or YAML list of `{url, events, replay}` workers, re-read when it changes
-    /// (after the --worker ones).
-    #[arg(long, value_name = "FILE")]
-    pub workers_file: Option<String>,
-
-    /// Where the tokenizer and chat template come from (the same forms as `serve
-    /// --model`; only those are loaded, never weights). Default: the default model.
-    #[arg(long)]
-    pub model: Option<String>,
-
-    /// Routing policy: precise, approximate, load, round-robin or random (default:
-    /// the router config's, else precise).
-    #[arg(long)]
-    pub policy: Option<String>,
-
-    /// A JSON or YAML file of router settings (policy, block_size, hash_algo, weights,
-    /// overload, speculative_ttl_ms, seed).
-    #[arg(long, value_name = "FILE")]
-    pub router_config: Option<String>,
-
-    /// Tokens per block of the router's keys; every worker's block size must be a
-    /// multiple of it (default: the router config's, else 16).
-    #[arg(long)]
-    pub block_size: Option<usize>,
-
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-
-    /// Port to listen on (0 picks a free one; the ready line names it).
-    #[arg(long, default_value_t = 8000)]
-    pub port: u16,
-
-    /// Require `Authorization: Bearer <key>` on every route except /health and /metrics.
-    #[arg(long, env = "REPRISE_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-
-    /// Model name reported by /v1/models and accepted in requests (default: the model's
-    /// name); other names are forwarded as LoRA adapters of it.
-    #[arg(long)]
-    pub served_model_name: Option<String>,
-
-    /// Most requests in flight over all workers; more get 429.
-    #[arg(long, default_value_t = 1024)]
-    pub max_queue: usize,
-
-    /// Largest accepted request body, e.g. `8MiB` (larger gets 413).
-    #[arg(long, default_value = "8MiB")]
-    pub max_body_bytes: String,
-
-    /// Seconds between health checks of each worker (two failures take it out of
-    /// routing, two successes bring it back).
-    #[arg(long, default_value_t = 0.25)]
-    pub health_check_interval: f64,
-
-    /// Seconds to wait for a worker's TCP connection.
-    #[arg(long, default_value_t = 2.0)]
-    pub connect_timeout: f64,
-
-    /// Seconds to wait for a worker's response headers (a non-streaming response's
-    /// headers come when it is complete).
-    #[arg(long, default_value_t = 600.0)]
-    pub first_byte_timeout: f64,
-
-    /// Seconds to let in-flight requests finish after SIGTERM / ctrl-c.
-    #[arg(long, default_value_t = 30.0)]
-    pub shutdown_timeout: f64,
-
-    /// Connection limits of the HTTP listener.
-    #[command(flatten)]
-    pub listener: ListenerArgs,
-}
-
-/// Options of the HTTP listener, shared by `serve` and `route`.
-#[derive(Debug, Clone, Args)]
-pub struct ListenerArgs {
-    /// Most client connections open at once; one more is answered 503 and closed.
-    #[arg(long, default_value_t = 2048)]
-    pub max_connections: usize,
-
-    /// Seconds a connection has to send a request's complete headers (a client that
-    /// connects and sends nothing, or trickles its headers, is cut off; an idle
-    /// keep-alive connection is closed after this long).
-    #[arg(long, default_value_t = 30.0)]
-    pub header_read_timeout: f64,
 }
 
 /// Options of `reprise serve`.

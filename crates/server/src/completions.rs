@@ -1,18 +1,18 @@
 //! `POST /v1/completions`: a prompt (text or token ids) in, text out.
 
-use crate::body::BodyBytes;
-use crate::errors::ApiError;
 use crate::generate::{
     finish_reason_str, prepare, stop_reason_json, Generation, Output, TokenInfo, Usage,
 };
-use crate::middleware::{with_request_id, Arrival, RequestId};
-use crate::params::Endpoint;
-use crate::prompt::prompt_tokens;
 use crate::sse::{self, ChunkFormat};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use reprise_api::body::BodyBytes;
+use reprise_api::errors::ApiError;
+use reprise_api::middleware::{with_request_id, Arrival, RequestId};
+use reprise_api::params::Endpoint;
+use reprise_api::prompt::prompt_tokens;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
@@ -45,7 +45,7 @@ pub async fn completions(
     let worker = gen.worker();
     let id = format!("cmpl-{request_id}");
     let model = state.model.served_model_name.clone();
-    let created = crate::unix_now();
+    let created = reprise_api::unix_now();
     let want_logprobs = opts.params.logprobs.is_some();
     if opts.stream {
         let fmt = CompletionChunks {

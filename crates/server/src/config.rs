@@ -1,10 +1,14 @@
 //! Validation of `reprise serve`'s options, in one place: everything the
 //! server needs, checked and converted, or one clear error.
 
-use crate::cli::{ListenerArgs, ServeArgs};
-use crate::listener::ListenerLimits;
+use crate::cli::ServeArgs;
+use reprise_api::listener::ListenerLimits;
+use reprise_api::options::{
+    check_served_name, listen_addr, listener_limits, max_body_bytes, seconds,
+};
+pub use reprise_api::options::{check_zmq_endpoint, err, parse_size, ConfigError};
 use reprise_router::PolicyKind;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Where a worker runs.
@@ -73,20 +77,6 @@ pub struct ServeConfig {
     pub listener: ListenerLimits,
 }
 
-/// `--max-connections` and `--header-read-timeout`, checked.
-pub fn listener_limits(a: &ListenerArgs) -> Result<ListenerLimits, ConfigError> {
-    if a.max_connections == 0 || a.max_connections > 1_000_000 {
-        return Err(err(
-            "max-connections",
-            format!("{} is out of range 1..=1000000", a.max_connections),
-        ));
-    }
-    Ok(ListenerLimits {
-        max_connections: a.max_connections,
-        header_read_timeout: seconds("header-read-timeout", a.header_read_timeout, 0.01, 3600.0)?,
-    })
-}
-
 /// `WORKER:STEP` of a fault-injection option.
 fn worker_step(option: &'static str, s: &str, workers: usize) -> Result<(usize, u64), ConfigError> {
     let parsed = s.split_once(':').and_then(|(w, st)| {
@@ -116,37 +106,6 @@ pub struct KvEventsConfig {
     pub buffer_steps: usize,
 }
 
-/// Checks a ZMQ endpoint: `tcp://HOST:PORT` (PORT a number or `*`), `ipc://PATH` or
-/// `inproc://NAME`.
-pub fn check_zmq_endpoint(option: &'static str, s: &str) -> Result<(), ConfigError> {
-    let bad = |why: String| {
-        err(
-            option,
-            format!("'{s}' {why} (expected tcp://HOST:PORT, e.g. tcp://*:5557, ipc://PATH or inproc://NAME)"),
-        )
-    };
-    let Some((scheme, rest)) = s.split_once("://") else {
-        return Err(bad("has no scheme".into()));
-    };
-    match scheme {
-        "tcp" => {
-            let Some((host, port)) = rest.rsplit_once(':') else {
-                return Err(bad("has no port".into()));
-            };
-            if host.is_empty() {
-                return Err(bad("has no host".into()));
-            }
-            if port != "*" && !port.parse::<u16>().is_ok_and(|p| p > 0) {
-                return Err(bad(format!("has an invalid port '{port}'")));
-            }
-            Ok(())
-        }
-        "ipc" | "inproc" if !rest.is_empty() => Ok(()),
-        "ipc" | "inproc" => Err(bad("has an empty name".into())),
-        other => Err(bad(format!("uses the unsupported transport '{other}'"))),
-    }
-}
-
 /// KV cache size of one worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvSize {
@@ -154,57 +113,6 @@ pub enum KvSize {
     Blocks(usize),
     /// A byte budget, turned into blocks once the model's geometry is known.
     Bytes(u64),
-}
-
-/// A rejected option: one line naming the option.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("--{option}: {message}")]
-pub struct ConfigError {
-    /// The option, without dashes.
-    pub option: &'static str,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// A [`ConfigError`] about `option`.
-pub fn err(option: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        option,
-        message: message.into(),
-    }
-}
-
-/// Parses `512MiB`, `2GiB`, `1.5GB`, `64k`, `1000`: a byte count with an optional unit.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (e.g. 512MiB, 2GiB, 1000000)"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "ki" | "kib" => 1024.0,
-        "mi" | "mib" => 1024.0 * 1024.0,
-        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "ti" | "tib" => 1024.0f64.powi(4),
-        "t" | "tb" => 1e12,
-        u => {
-            return Err(format!(
-                "unknown size unit '{u}' in '{s}' (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ))
-        }
-    };
-    let bytes = value * mult;
-    if !bytes.is_finite() || !(1.0..=1e15).contains(&bytes) {
-        return Err(format!("'{s}' is out of range"));
-    }
-    Ok(bytes as u64)
 }
 
 fn parse_devices(s: &str) -> Result<Vec<Device>, ConfigError> {
@@ -233,46 +141,6 @@ fn parse_devices(s: &str) -> Result<Vec<Device>, ConfigError> {
         ));
     }
     Ok(out)
-}
-
-/// The address `--host` and `--port` name.
-pub fn listen_addr(host: &str, port: u16) -> Result<SocketAddr, ConfigError> {
-    match host.parse::<IpAddr>() {
-        Ok(ip) => Ok(SocketAddr::new(ip, port)),
-        Err(_) => (host, port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut it| it.next())
-            .ok_or_else(|| err("host", format!("cannot resolve '{host}'"))),
-    }
-}
-
-/// `--served-model-name` must not be blank.
-pub fn check_served_name(name: Option<&str>) -> Result<(), ConfigError> {
-    match name {
-        Some(n) if n.trim().is_empty() => Err(err("served-model-name", "must not be empty")),
-        _ => Ok(()),
-    }
-}
-
-/// `--max-body-bytes` in bytes (at least 1 KiB).
-pub fn max_body_bytes(s: &str) -> Result<usize, ConfigError> {
-    let max_body = parse_size(s).map_err(|m| err("max-body-bytes", m))?;
-    if max_body < 1024 {
-        return Err(err("max-body-bytes", "must be at least 1KiB"));
-    }
-    Ok(usize::try_from(max_body).unwrap_or(usize::MAX))
-}
-
-/// A duration option in seconds within `min..=max`.
-pub fn seconds(option: &'static str, v: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
-    if !v.is_finite() || v < min || v > max {
-        return Err(err(
-            option,
-            format!("must be between {min} and {max} seconds, got {v}"),
-        ));
-    }
-    Ok(Duration::from_secs_f64(v))
 }
 
 impl ServeConfig {

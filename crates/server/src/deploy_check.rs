@@ -187,7 +187,7 @@ fn every_manifest_parses_and_its_reprise_arguments_are_valid() {
                     serve_pods.push((labels.clone(), a.port));
                 }
                 Command::Route(a) => {
-                    let cfg = crate::route::config::RouteConfig::from_args(&a)
+                    let cfg = reprise_route::config::RouteConfig::from_args(&a)
                         .unwrap_or_else(|e| panic!("{file}: reprise route refuses: {e}"));
                     assert!(
                         ports.contains(&a.port),

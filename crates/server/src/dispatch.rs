@@ -2,8 +2,8 @@
 //! decision, submission to the chosen worker's channel, and a guard that cancels
 //! the request (freeing its KV blocks at once) if the caller goes away.
 
-use crate::errors::ApiError;
 use crate::metrics::Metrics;
+use reprise_api::errors::ApiError;
 use reprise_engine::engine::{SubmitError, WorkerSnapshot};
 use reprise_engine::types::{GenerateRequest, SamplingParams, WorkerEvent};
 use reprise_engine::worker::{WorkerError, WorkerHandle};

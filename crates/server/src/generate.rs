@@ -2,12 +2,13 @@
 //! per-choice text out (incremental detokenization, stop strings), logprobs,
 //! usage, latency metrics. Completions and chat only format what this yields.
 
-use crate::body::parse_json;
 use crate::dispatch::{Permit, Submitted};
-use crate::errors::ApiError;
-use crate::params::{parse_common, resolve_max_tokens, Endpoint, Fields, GenOptions};
-use crate::state::{AppState, ModelInfo};
+use crate::state::AppState;
 use bytes::Bytes;
+use reprise_api::body::parse_json;
+use reprise_api::errors::ApiError;
+use reprise_api::model_info::ModelInfo;
+use reprise_api::params::{parse_common, resolve_max_tokens, Endpoint, Fields, GenOptions};
 use reprise_engine::detok::{Detokenizer, StopMatcher, StopOutcome};
 use reprise_engine::types::{FinishReason, StopReason, TokenLogprob, WorkerEvent};
 use std::sync::atomic::Ordering;

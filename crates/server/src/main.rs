@@ -1,5 +1,7 @@
 //! `reprise`: the binary. `reprise serve` starts the workers, the router and
-//! the OpenAI-compatible HTTP API in one process.
+//! the OpenAI-compatible HTTP API in one process; `reprise route` (crate
+//! `reprise-route`) routes to remote workers; `reprise bench` (crate `reprise-bench`)
+//! measures. The HTTP layer both servers share is the crate `reprise-api`.
 //!
 //! A request's path: `listener.rs` (connections) → `server.rs` (request id, route,
 //! auth) → `body.rs` (413) → `completions.rs` / `chat.rs` (admission, then on the
@@ -7,28 +9,18 @@
 //! `dispatch.rs` (router, worker channel) → `generate.rs` (worker events → text via
 //! the engine's `detok`) → JSON, or SSE via `sse.rs`.
 
-mod body;
 mod chat;
 mod cli;
 mod completions;
 mod config;
-mod cpu;
 #[cfg(test)]
 mod deploy_check;
 mod dispatch;
-mod errors;
-mod fields;
 mod generate;
 mod kv_publisher;
-mod listener;
 mod metrics;
-mod middleware;
-mod params;
-mod prompt;
 mod render;
-mod route;
 mod server;
-mod shutdown;
 mod sse;
 mod startup;
 mod state;
@@ -37,18 +29,6 @@ mod tokenize;
 use clap::Parser;
 use cli::{Cli, Command, ServeArgs};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-/// A unique id for a response (`cmpl-…`, `chatcmpl-…`).
-pub(crate) fn request_id() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    format!("{:012x}{:06x}", t & 0xffff_ffff_ffff, n & 0xff_ffff)
-}
 
 /// Seconds since the Unix epoch, with fractions (KV-event batch timestamps).
 pub(crate) fn unix_now_f64() -> f64 {
@@ -56,14 +36,6 @@ pub(crate) fn unix_now_f64() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
@@ -74,7 +46,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.addr))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let loaded = startup::load_model(cfg.model.as_deref(), cfg.devices[0].model_device())?;
+    let loaded =
+        reprise_api::fetch::load_model(cfg.model.as_deref(), cfg.devices[0].model_device())?;
     let started = startup::start(&cfg, loaded, addr)?;
     let state = started.state;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -127,7 +100,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
-        Command::Route(args) => route::run(&args),
+        Command::Route(args) => reprise_route::run(&args).map_err(anyhow::Error::from),
         Command::Bench(args) => bench_main(args),
     };
     match result {

@@ -7,13 +7,14 @@
 //! and the resolved `sampling_params`. Requests are validated as the generating
 //! endpoints validate them.
 
-use crate::body::JsonBody;
-use crate::errors::ApiError;
-use crate::params::{parse_common, resolve_max_tokens, Endpoint, Fields, GenOptions};
-use crate::prompt::{chat_prompt, prompt_list};
-use crate::state::{AppState, ModelInfo};
+use crate::state::AppState;
 use axum::extract::State;
 use axum::Json;
+use reprise_api::body::JsonBody;
+use reprise_api::errors::ApiError;
+use reprise_api::model_info::ModelInfo;
+use reprise_api::params::{parse_common, resolve_max_tokens, Endpoint, Fields, GenOptions};
+use reprise_api::prompt::{chat_prompt, prompt_list};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -81,7 +82,7 @@ fn generate_request(
     let salt = (!opts.cache_salt.is_empty())
         .then(|| String::from_utf8_lossy(&opts.cache_salt).into_owned());
     Ok(json!({
-        "request_id": format!("{prefix}-{}", crate::request_id()),
+        "request_id": format!("{prefix}-{}", reprise_api::request_id()),
         "token_ids": token_ids,
         "features": null,
         "sampling_params": {

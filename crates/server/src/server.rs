@@ -2,10 +2,6 @@
 //! the load-refresh loop, and the serve loop with graceful shutdown (shared by
 //! `reprise route`).
 
-use crate::errors::ApiError;
-use crate::listener::{self, ListenerLimits};
-use crate::middleware::{auth, method_not_allowed, not_found, request_id, stamp_arrival, version};
-use crate::shutdown::{signal, Shutdown};
 use crate::state::AppState;
 use crate::{chat, completions, render, tokenize};
 use axum::extract::{DefaultBodyLimit, State};
@@ -14,6 +10,12 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use reprise_api::errors::ApiError;
+use reprise_api::listener::ListenerLimits;
+use reprise_api::middleware::{
+    auth, method_not_allowed, not_found, request_id, stamp_arrival, version,
+};
+use reprise_api::serve::serve_until_signal;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,49 +117,6 @@ pub async fn serve(
     .await?;
     refresher.abort();
     state.dispatcher.shutdown_workers();
-    Ok(())
-}
-
-/// Prints the ready line, serves `app` until SIGTERM / ctrl-c, then stops accepting,
-/// calls `drain` (which stops admission and returns the requests in flight) and
-/// gives those requests `timeout` to finish. Shared by `serve` and `route`.
-pub async fn serve_until_signal(
-    app: Router,
-    listener: tokio::net::TcpListener,
-    limits: ListenerLimits,
-    timeout: Duration,
-    ready_line: String,
-    drain: impl Fn() -> usize + Send + Sync + 'static,
-) -> std::io::Result<()> {
-    let drain = Arc::new(drain);
-    let (trigger, shutdown) = Shutdown::new();
-    let signalled = signal();
-    let d = drain.clone();
-    let server = listener::serve(listener, app, limits, async move {
-        signalled.await;
-        let in_flight = d();
-        tracing::info!(
-            in_flight,
-            "shutting down: no new requests; waiting for in-flight ones"
-        );
-        let _ = trigger.send(true);
-    });
-    println!("{ready_line}");
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
-    let deadline = async {
-        shutdown.started().await;
-        tokio::time::sleep(timeout).await;
-    };
-    tokio::select! {
-        _ = server => {},
-        _ = deadline => {
-            tracing::warn!(
-                in_flight = drain(),
-                "shutdown deadline passed; dropping the remaining requests"
-            );
-        }
-    }
     Ok(())
 }
 

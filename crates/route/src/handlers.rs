@@ -4,21 +4,21 @@
 
 use super::proxy::{admit, forward, Target};
 use super::RouteState;
-use crate::body::{JsonBody, RawJson};
-use crate::errors::ApiError;
 use crate::metrics::RouteWorkerView;
-use crate::middleware::{
-    auth, method_not_allowed, not_found, request_id, stamp_arrival, version, Arrival,
-};
-use crate::params::Fields;
-use crate::prompt::{chat_prompt, prompt_list};
-use crate::tokenize::{detokenize_body, tokenize_body};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use reprise_api::body::{JsonBody, RawJson};
+use reprise_api::errors::ApiError;
+use reprise_api::middleware::{
+    auth, method_not_allowed, not_found, request_id, stamp_arrival, version, Arrival,
+};
+use reprise_api::params::Fields;
+use reprise_api::prompt::{chat_prompt, prompt_list};
+use reprise_api::tokenize::{detokenize_body, tokenize_body};
 use reprise_router::block_key::extra_bytes;
 use serde_json::{json, Value};
 use std::sync::Arc;

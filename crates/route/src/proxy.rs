@@ -7,14 +7,14 @@
 //! error, in OpenAI's shape.
 
 use super::RouteState;
-use crate::errors::ApiError;
-use crate::sse::WORKER_HEADER;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
+use reprise_api::errors::ApiError;
+use reprise_api::middleware::WORKER_HEADER;
 use reprise_router::{index::bit, Clock, RouteError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

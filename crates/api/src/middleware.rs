@@ -3,7 +3,7 @@
 //! `/version` both apps share.
 
 use crate::errors::ApiError;
-use crate::state::HttpLimits;
+use crate::model_info::HttpLimits;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Uri};
@@ -14,6 +14,9 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
+
+/// The response header naming the worker that served a request.
+pub const WORKER_HEADER: &str = "x-reprise-worker";
 
 /// The header carrying a request's id, echoed on every response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

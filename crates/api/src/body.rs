@@ -4,7 +4,7 @@
 
 use crate::cpu::INLINE_PARSE_BYTES;
 use crate::errors::ApiError;
-use crate::state::HttpLimits;
+use crate::model_info::HttpLimits;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header::CONTENT_LENGTH;

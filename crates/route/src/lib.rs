@@ -14,21 +14,23 @@ mod discovery;
 mod events;
 mod handlers;
 mod health;
+pub mod metrics;
 mod pool;
 mod proxy;
 mod worker;
 
-use crate::cli::RouteArgs;
-use crate::metrics::RouteMetrics;
-use crate::state::{HttpLimits, ModelInfo};
 use bytes::Bytes;
+pub use config::RouteArgs;
 use config::RouteConfig;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use metrics::RouteMetrics;
 use parking_lot::RwLock;
 use pool::WorkerSet;
+use reprise_api::model_info::{HttpLimits, ModelInfo};
+use reprise_api::options::ConfigError;
 use reprise_router::SystemClock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -46,7 +48,7 @@ pub struct RouteState {
     /// Metrics.
     pub metrics: RouteMetrics,
     /// Parsing and tokenization.
-    pub cpu: crate::cpu::CpuPool,
+    pub cpu: reprise_api::cpu::CpuPool,
     admitted: Arc<AtomicUsize>,
     draining: AtomicBool,
     clock: SystemClock,
@@ -72,31 +74,53 @@ impl HttpLimits for RouteState {
         self.cfg.api_key.as_deref()
     }
 
-    fn cpu(&self) -> &crate::cpu::CpuPool {
+    fn cpu(&self) -> &reprise_api::cpu::CpuPool {
         &self.cpu
     }
 }
 
+/// Why `reprise route` could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A bad option.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The tokenizer side of the model could not be loaded.
+    #[error(transparent)]
+    Load(#[from] reprise_api::fetch::LoadError),
+    /// Listening or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Anything else, said in one line.
+    #[error("{0}")]
+    Other(String),
+}
+
 /// `reprise route`: load the tokenizer, connect to the workers, serve until a signal.
-pub fn run(args: &RouteArgs) -> anyhow::Result<()> {
+pub fn run(args: &RouteArgs) -> Result<(), RunError> {
     let cfg = RouteConfig::from_args(args)?;
-    let listener = std::net::TcpListener::bind(cfg.addr)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.addr))?;
+    let listener = std::net::TcpListener::bind(cfg.addr).map_err(|e| {
+        RunError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", cfg.addr),
+        ))
+    })?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let meta = crate::startup::load_meta(cfg.model.as_deref())?;
+    let meta = reprise_api::fetch::load_meta(cfg.model.as_deref())?;
     let mut specs = cfg.workers.clone();
     if let Some(f) = &cfg.workers_file {
         specs.extend(
-            config::read_workers_file(f).map_err(|m| anyhow::anyhow!("--workers-file: {m}"))?,
+            config::read_workers_file(f)
+                .map_err(|m| RunError::Other(format!("--workers-file: {m}")))?,
         );
     }
     if specs.len() > reprise_router::index::MAX_WORKERS {
-        anyhow::bail!(
+        return Err(RunError::Other(format!(
             "--worker: {} workers; at most {}",
             specs.len(),
             reprise_router::index::MAX_WORKERS
-        );
+        )));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -122,13 +146,13 @@ pub fn run(args: &RouteArgs) -> anyhow::Result<()> {
                 chat_template: meta.chat_template,
                 max_model_len: meta.max_model_len,
                 vocab_size: meta.vocab_size,
-                created: crate::unix_now(),
+                created: reprise_api::unix_now(),
             },
             cfg,
             set: RwLock::new(Arc::new(set)),
             client,
             metrics: RouteMetrics::default(),
-            cpu: crate::cpu::CpuPool::per_core(),
+            cpu: reprise_api::cpu::CpuPool::per_core(),
             admitted: Arc::new(AtomicUsize::new(0)),
             draining: AtomicBool::new(false),
             clock: SystemClock::new(),
@@ -154,7 +178,7 @@ pub fn run(args: &RouteArgs) -> anyhow::Result<()> {
         );
         drop(set);
         let drain_state = state.clone();
-        crate::server::serve_until_signal(
+        reprise_api::serve::serve_until_signal(
             handlers::app(state.clone()),
             listener,
             state.cfg.listener,
@@ -169,7 +193,7 @@ pub fn run(args: &RouteArgs) -> anyhow::Result<()> {
         for l in loops {
             l.abort();
         }
-        anyhow::Ok(())
+        Ok::<(), RunError>(())
     })?;
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())

@@ -1,8 +1,8 @@
 //! `reprise route`'s options, checked in one place, and the worker list: `--worker`
 //! specs and the `--workers-file` format.
 
-use crate::cli::RouteArgs;
-use crate::config::{
+use clap::Args;
+use reprise_api::options::{
     check_served_name, check_zmq_endpoint, err, listen_addr, max_body_bytes, seconds, ConfigError,
 };
 use reprise_router::{PolicyKind, RouterConfig};
@@ -118,6 +118,87 @@ pub fn read_workers_file(path: &std::path::Path) -> Result<Vec<WorkerSpec>, Stri
     Ok(list)
 }
 
+/// Options of `reprise route`.
+#[derive(Debug, Clone, Args)]
+pub struct RouteArgs {
+    /// A worker, repeatable (order = worker index): `URL[,events=ZMQ_ADDR][,replay=ZMQ_ADDR]`,
+    /// e.g. `http://10.0.0.5:8000,events=tcp://10.0.0.5:5557,replay=tcp://10.0.0.5:5558`.
+    #[arg(long = "worker", value_name = "SPEC")]
+    pub workers: Vec<String>,
+
+    /// A JSON or YAML list of `{url, events, replay}` workers, re-read when it changes
+    /// (after the --worker ones).
+    #[arg(long, value_name = "FILE")]
+    pub workers_file: Option<String>,
+
+    /// Where the tokenizer and chat template come from (the same forms as `serve
+    /// --model`; only those are loaded, never weights). Default: the default model.
+    #[arg(long)]
+    pub model: Option<String>,
+
+    /// Routing policy: precise, approximate, load, round-robin or random (default:
+    /// the router config's, else precise).
+    #[arg(long)]
+    pub policy: Option<String>,
+
+    /// A JSON or YAML file of router settings (policy, block_size, hash_algo, weights,
+    /// overload, speculative_ttl_ms, seed).
+    #[arg(long, value_name = "FILE")]
+    pub router_config: Option<String>,
+
+    /// Tokens per block of the router's keys; every worker's block size must be a
+    /// multiple of it (default: the router config's, else 16).
+    #[arg(long)]
+    pub block_size: Option<usize>,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on (0 picks a free one; the ready line names it).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+
+    /// Require `Authorization: Bearer <key>` on every route except /health and /metrics.
+    #[arg(long, env = "REPRISE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Model name reported by /v1/models and accepted in requests (default: the model's
+    /// name); other names are forwarded as LoRA adapters of it.
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+
+    /// Most requests in flight over all workers; more get 429.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queue: usize,
+
+    /// Largest accepted request body, e.g. `8MiB` (larger gets 413).
+    #[arg(long, default_value = "8MiB")]
+    pub max_body_bytes: String,
+
+    /// Seconds between health checks of each worker (two failures take it out of
+    /// routing, two successes bring it back).
+    #[arg(long, default_value_t = 0.25)]
+    pub health_check_interval: f64,
+
+    /// Seconds to wait for a worker's TCP connection.
+    #[arg(long, default_value_t = 2.0)]
+    pub connect_timeout: f64,
+
+    /// Seconds to wait for a worker's response headers (a non-streaming response's
+    /// headers come when it is complete).
+    #[arg(long, default_value_t = 600.0)]
+    pub first_byte_timeout: f64,
+
+    /// Seconds to let in-flight requests finish after SIGTERM / ctrl-c.
+    #[arg(long, default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
+
+    /// Connection limits of the HTTP listener.
+    #[command(flatten)]
+    pub listener: reprise_api::options::ListenerArgs,
+}
+
 /// `reprise route`'s validated settings.
 #[derive(Clone, Debug)]
 pub struct RouteConfig {
@@ -148,7 +229,7 @@ pub struct RouteConfig {
     /// Drain deadline.
     pub shutdown_timeout: Duration,
     /// Connection limits of the listener.
-    pub listener: crate::listener::ListenerLimits,
+    pub listener: reprise_api::listener::ListenerLimits,
 }
 
 impl RouteConfig {
@@ -211,7 +292,7 @@ impl RouteConfig {
             connect_timeout: seconds("connect-timeout", a.connect_timeout, 0.01, 600.0)?,
             first_byte_timeout: seconds("first-byte-timeout", a.first_byte_timeout, 0.01, 86400.0)?,
             shutdown_timeout: seconds("shutdown-timeout", a.shutdown_timeout, 0.0, 86400.0)?,
-            listener: crate::config::listener_limits(&a.listener)?,
+            listener: reprise_api::options::listener_limits(&a.listener)?,
         })
     }
 }
@@ -219,16 +300,18 @@ impl RouteConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, Command};
     use clap::Parser;
 
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: RouteArgs,
+    }
+
     fn args(extra: &[&str]) -> RouteArgs {
-        let mut v = vec!["reprise", "route"];
+        let mut v = vec!["route"];
         v.extend_from_slice(extra);
-        match Cli::try_parse_from(v).expect("parse").command {
-            Command::Route(a) => a,
-            other => unreachable!("parsed `route`, got {other:?}"),
-        }
+        Cmd::try_parse_from(v).expect("parse").args
     }
 
     #[test]

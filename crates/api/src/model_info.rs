@@ -1,0 +1,86 @@
+//! What the HTTP layer knows about the served model (its tokenizer side, shared by
+//! `reprise serve` and `reprise route`, which has no weights) and the limits an
+//! app's state gives the extractors.
+
+use crate::cpu::CpuPool;
+use crate::errors::ApiError;
+use reprise_engine::chat_template::ChatTemplate;
+use reprise_engine::tokenizer::Tokenizer;
+use std::sync::Arc;
+
+/// What the HTTP layer knows about the served model, shared by `reprise serve` and
+/// `reprise route` (which has the tokenizer and template but no weights).
+pub struct ModelInfo {
+    /// Name reported by /v1/models and accepted in `model`.
+    pub served_model_name: String,
+    /// The model's own name (also accepted).
+    pub model_name: String,
+    /// The tokenizer (shared with the workers, which find stop strings with it).
+    pub tokenizer: Arc<Tokenizer>,
+    /// The chat template, when the model has one.
+    pub chat_template: Option<ChatTemplate>,
+    /// Context length served.
+    pub max_model_len: usize,
+    /// Rows of the embedding: token ids must be below this.
+    pub vocab_size: usize,
+    /// Unix time the server started (the model's `created`).
+    pub created: u64,
+}
+
+impl ModelInfo {
+    /// Whether `model` (absent, or a name) names the served model.
+    pub fn is_served(&self, model: Option<&str>) -> bool {
+        model.is_none_or(|m| m == self.served_model_name || m == self.model_name)
+    }
+
+    /// 404 unless `model` is absent or names the served model.
+    pub fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        match model {
+            m if self.is_served(m) => Ok(()),
+            m => Err(ApiError::ModelNotFound(
+                m.unwrap_or_default().to_string(),
+                self.served_model_name.clone(),
+            )),
+        }
+    }
+
+    /// 400 unless every id is a valid token.
+    pub fn check_token_ids(&self, ids: &[u32], param: &str) -> Result<(), ApiError> {
+        match ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            Some(id) => Err(ApiError::bad(
+                param,
+                format!(
+                    "token id {id} is out of range (vocabulary size {})",
+                    self.vocab_size
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The `/v1/models` answer.
+    pub fn models_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "object": "list",
+            "data": [{
+                "id": self.served_model_name,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "reprise",
+                "root": self.model_name,
+                "parent": null,
+                "max_model_len": self.max_model_len,
+            }],
+        })
+    }
+}
+
+/// The limits the HTTP layers (`serve`'s and `route`'s) read from their state.
+pub trait HttpLimits {
+    /// Largest accepted request body in bytes.
+    fn max_body_bytes(&self) -> usize;
+    /// The bearer token requests must carry, if any.
+    fn api_key(&self) -> Option<&str>;
+    /// Where per-request CPU work runs.
+    fn cpu(&self) -> &CpuPool;
+}
