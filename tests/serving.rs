@@ -267,7 +267,7 @@ fn limits_are_400s_that_name_the_field() {
             json!({"prompt": "hi", "use_beam_search": true}),
             "use_beam_search",
         ),
-        (C, json!({"prompt": "hi", "min_p": 0.1}), "min_p"),
+        (C, json!({"prompt": "hi", "min_p": 1.5}), "min_p"),
         (
             C,
             json!({"prompt": "hi", "min_tokens": 9, "max_tokens": 8}),
@@ -275,13 +275,15 @@ fn limits_are_400s_that_name_the_field() {
         ),
         (
             CHAT,
-            json!({"messages": msgs, "response_format": {"type": "json_object"}}),
+            json!({"messages": msgs, "response_format": {"type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}}),
             "response_format",
         ),
         (
             CHAT,
-            json!({"messages": msgs, "tools": [{"type": "function", "function": {"name": "f"}}]}),
-            "tools",
+            json!({"messages": msgs, "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+            "tool_choice",
         ),
         (C, json!({"prompt": "hi", "temprature": 0.2}), "temprature"),
     ];

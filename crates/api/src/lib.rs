@@ -17,9 +17,12 @@ pub mod model_info;
 pub mod options;
 pub mod params;
 pub mod prompt;
+pub mod reader;
 pub mod serve;
 pub mod shutdown;
+pub mod structured;
 pub mod tokenize;
+pub mod tools;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -4,9 +4,11 @@
 
 use crate::cpu::CpuPool;
 use crate::errors::ApiError;
+use crate::tools::ToolParser;
 use reprise_engine::chat_template::ChatTemplate;
+use reprise_engine::grammar::{Constraint, GrammarCompiler, GrammarError, GrammarSpec};
 use reprise_engine::tokenizer::Tokenizer;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// What the HTTP layer knows about the served model, shared by `reprise serve` and
 /// `reprise route` (which has the tokenizer and template but no weights).
@@ -25,6 +27,12 @@ pub struct ModelInfo {
     pub vocab_size: usize,
     /// Unix time the server started (the model's `created`).
     pub created: u64,
+    /// The token a finished grammar ends with (the model's first EOS).
+    pub eos_token_id: Option<u32>,
+    /// How `auto` tool calls are found in the output.
+    pub tool_parser: ToolParser,
+    /// The grammar compiler, built on first use (the token trie takes a moment).
+    pub grammar: OnceLock<Result<Arc<GrammarCompiler>, String>>,
 }
 
 impl ModelInfo {
@@ -56,6 +64,27 @@ impl ModelInfo {
             )),
             None => Ok(()),
         }
+    }
+
+    /// Compiles a structured-output grammar over this model's vocabulary; an
+    /// invalid one is a 400 naming `param`.
+    pub fn compile_grammar(&self, spec: &GrammarSpec, param: &str) -> Result<Constraint, ApiError> {
+        let compiler = self
+            .grammar
+            .get_or_init(|| {
+                let eos = self.eos_token_id.ok_or_else(|| {
+                    "the model has no EOS token to end a grammar with".to_string()
+                })?;
+                GrammarCompiler::new(self.tokenizer.clone(), self.vocab_size, eos)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| ApiError::bad(param, e.clone()))?;
+        compiler.compile(spec).map_err(|e| match e {
+            GrammarError::Invalid(m) => ApiError::bad(param, format!("invalid {param}: {m}")),
+            other => ApiError::bad(param, other.to_string()),
+        })
     }
 
     /// The `/v1/models` answer.

@@ -5,103 +5,15 @@
 use crate::errors::ApiError;
 use crate::fields;
 pub use crate::fields::Endpoint;
+pub use crate::reader::{kind, Fields};
+use crate::structured::{self, Structured};
+use crate::tools::{self, Tools};
+use reprise_engine::grammar::Constraint;
 use reprise_engine::types::SamplingParams;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-/// Typed access to a JSON object's fields; `null` counts as absent.
-pub struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-}
-
-impl<'a> Fields<'a> {
-    /// The body must be a JSON object.
-    pub fn new(v: &'a Value) -> Result<Self, ApiError> {
-        v.as_object()
-            .map(|obj| Self { obj })
-            .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))
-    }
-
-    /// The whole object.
-    pub fn object(&self) -> &'a Map<String, Value> {
-        self.obj
-    }
-
-    /// A field's raw value (absent or null: `None`).
-    pub fn value(&self, k: &str) -> Option<&'a Value> {
-        self.obj.get(k).filter(|v| !v.is_null())
-    }
-
-    /// A number.
-    pub fn f64(&self, k: &str) -> Result<Option<f64>, ApiError> {
-        match self.value(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .filter(|x| x.is_finite())
-                .map(Some)
-                .ok_or_else(|| ApiError::bad(k, format!("{k} must be a number, got {}", kind(v)))),
-        }
-    }
-
-    /// An integer (a float with a fraction or a string is an error).
-    pub fn int(&self, k: &str) -> Result<Option<i64>, ApiError> {
-        match self.value(k) {
-            None => Ok(None),
-            Some(v) => {
-                if let Some(i) = v.as_i64() {
-                    Ok(Some(i))
-                } else if v.as_u64().is_some() {
-                    Ok(Some(i64::MAX))
-                } else {
-                    Err(ApiError::bad(
-                        k,
-                        format!("{k} must be an integer, got {}", kind(v)),
-                    ))
-                }
-            }
-        }
-    }
-
-    /// A boolean.
-    pub fn bool(&self, k: &str) -> Result<Option<bool>, ApiError> {
-        match self.value(k) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(ApiError::bad(
-                k,
-                format!("{k} must be a boolean, got {}", kind(v)),
-            )),
-        }
-    }
-
-    /// A string.
-    pub fn str(&self, k: &str) -> Result<Option<&'a str>, ApiError> {
-        match self.value(k) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => Err(ApiError::bad(
-                k,
-                format!("{k} must be a string, got {}", kind(v)),
-            )),
-        }
-    }
-}
-
-/// JSON type name of a value, for messages.
-pub fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(n) if n.is_f64() => "a non-integer number",
-        Value::Number(_) => "an integer",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// Bounds on request fields that depend on the server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Bounds on request fields that depend on the server, and its defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ParseLimits {
     /// Token ids must be below this.
     pub vocab_size: usize,
@@ -109,6 +21,75 @@ pub struct ParseLimits {
     pub max_logprobs: usize,
     /// Largest `n` (the running batch must hold every choice).
     pub max_n: usize,
+    /// The model's sampling defaults for fields a request leaves out.
+    pub defaults: GenerationDefaults,
+}
+
+/// Sampling defaults from the model's `generation_config.json` (vLLM's
+/// `--generation-config auto`): used where a request leaves the field out.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GenerationDefaults {
+    /// `temperature`.
+    pub temperature: Option<f64>,
+    /// `top_p`.
+    pub top_p: Option<f64>,
+    /// `top_k`.
+    pub top_k: Option<i64>,
+    /// `min_p`.
+    pub min_p: Option<f64>,
+    /// `repetition_penalty`.
+    pub repetition_penalty: Option<f64>,
+    /// `max_new_tokens`, the default `max_tokens`.
+    pub max_tokens: Option<usize>,
+}
+
+impl GenerationDefaults {
+    /// No defaults: vLLM's own (`--generation-config vllm`).
+    pub const NONE: Self = Self {
+        temperature: None,
+        top_p: None,
+        top_k: None,
+        min_p: None,
+        repetition_penalty: None,
+        max_tokens: None,
+    };
+
+    /// The fields vLLM reads from a `generation_config.json` value.
+    pub fn from_json(v: &Value) -> Self {
+        let num = |k: &str| v.get(k).and_then(Value::as_f64).filter(|x| x.is_finite());
+        Self {
+            temperature: num("temperature"),
+            top_p: num("top_p"),
+            top_k: v.get("top_k").and_then(Value::as_i64),
+            min_p: num("min_p"),
+            repetition_penalty: num("repetition_penalty"),
+            max_tokens: v
+                .get("max_new_tokens")
+                .and_then(Value::as_u64)
+                .and_then(|m| usize::try_from(m).ok())
+                .filter(|&m| m > 0),
+        }
+    }
+
+    /// The fields set, as `name=value` pairs for the startup log.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let mut add = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                parts.push(format!("{k}={v}"));
+            }
+        };
+        add("temperature", self.temperature.map(|x| x.to_string()));
+        add("top_p", self.top_p.map(|x| x.to_string()));
+        add("top_k", self.top_k.map(|x| x.to_string()));
+        add("min_p", self.min_p.map(|x| x.to_string()));
+        add(
+            "repetition_penalty",
+            self.repetition_penalty.map(|x| x.to_string()),
+        );
+        add("max_tokens", self.max_tokens.map(|x| x.to_string()));
+        parts.join(", ")
+    }
 }
 
 /// Which part of a prompt `truncate_prompt_tokens` keeps.
@@ -123,7 +104,7 @@ pub enum Truncation {
 }
 
 /// The generation options shared by completions and chat, validated.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct GenOptions {
     /// Requested model name.
     pub model: Option<String>,
@@ -145,8 +126,14 @@ pub struct GenOptions {
     pub truncation: Option<Truncation>,
     /// vLLM's `request_id` body field (the `x-request-id` header wins over it).
     pub request_id: Option<String>,
-    /// Token id → bias (validated; applied by the sampler once supported).
-    pub logit_bias: Vec<(u32, f32)>,
+    /// `bad_words` as given (tokenized with the prompt, on the CPU pool).
+    pub bad_words: Vec<String>,
+    /// The grammar the output must follow, when one was asked for.
+    pub structured: Option<Structured>,
+    /// A chat request's tools.
+    pub tools: Option<Tools>,
+    /// The compiled grammar (from `structured` or a tool choice), set after parsing.
+    pub constraint: Option<Constraint>,
 }
 
 /// Most stop strings per request.
@@ -181,21 +168,22 @@ pub fn parse_common(
             break;
         }
     }
-    let temperature = f.f64("temperature")?.unwrap_or(1.0);
+    let d = &limits.defaults;
+    let temperature = f.f64("temperature")?.or(d.temperature).unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::bad(
             "temperature",
             format!("temperature must be between 0 and 2, got {temperature}"),
         ));
     }
-    let top_p = f.f64("top_p")?.unwrap_or(1.0);
+    let top_p = f.f64("top_p")?.or(d.top_p).unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::bad(
             "top_p",
             format!("top_p must be in (0, 1], got {top_p}"),
         ));
     }
-    let top_k = match f.int("top_k")? {
+    let top_k = match f.int("top_k")?.or(d.top_k) {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
         Some(k) => {
@@ -243,7 +231,11 @@ pub fn parse_common(
             }
         }
     }
-    for k in ["presence_penalty", "frequency_penalty"] {
+    let mut penalty = [0.0f32; 2];
+    for (k, slot) in ["presence_penalty", "frequency_penalty"]
+        .into_iter()
+        .zip(penalty.iter_mut())
+    {
         if let Some(p) = f.f64(k)? {
             if !(-2.0..=2.0).contains(&p) {
                 return Err(ApiError::bad(
@@ -251,9 +243,77 @@ pub fn parse_common(
                     format!("{k} must be between -2 and 2, got {p}"),
                 ));
             }
+            *slot = p as f32;
         }
     }
+    let [presence_penalty, frequency_penalty] = penalty;
+    let repetition_penalty = f
+        .f64("repetition_penalty")?
+        .or(d.repetition_penalty)
+        .unwrap_or(1.0);
+    if !(repetition_penalty > 0.0 && repetition_penalty <= 2.0) {
+        return Err(ApiError::bad(
+            "repetition_penalty",
+            format!("repetition_penalty must be in (0, 2], got {repetition_penalty}"),
+        ));
+    }
+    let min_p = f.f64("min_p")?.or(d.min_p).unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&min_p) {
+        return Err(ApiError::bad(
+            "min_p",
+            format!("min_p must be between 0 and 1, got {min_p}"),
+        ));
+    }
     let logit_bias = parse_logit_bias(f.value("logit_bias"), limits.vocab_size)?;
+    let bad_words = parse_bad_words(f.value("bad_words"))?;
+    let allowed_token_ids = match f.value("allowed_token_ids") {
+        None => None,
+        Some(Value::Array(a)) if !a.is_empty() => Some(
+            a.iter()
+                .map(|v| {
+                    v.as_u64()
+                        .filter(|&id| (id as usize) < limits.vocab_size)
+                        .map(|id| id as u32)
+                        .ok_or_else(|| {
+                            ApiError::bad(
+                                "allowed_token_ids",
+                                format!(
+                                    "allowed_token_ids must be token ids below {}",
+                                    limits.vocab_size
+                                ),
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "allowed_token_ids",
+                "allowed_token_ids must be a non-empty list of token ids",
+            ))
+        }
+    };
+    let structured = structured::parse(f)?;
+    let tools = match endpoint {
+        Endpoint::Chat => tools::parse(f)?,
+        Endpoint::Completions => None,
+    };
+    if let (Some(s), Some(t)) = (&structured, &tools) {
+        if t.grammar().is_some() {
+            return Err(ApiError::bad(
+                s.param,
+                "a required or named tool_choice already constrains the output; drop the structured output field",
+            ));
+        }
+    }
+    let ignore_eos = f.bool("ignore_eos")?.unwrap_or(false);
+    if ignore_eos && (structured.is_some() || tools.as_ref().is_some_and(|t| t.grammar().is_some()))
+    {
+        return Err(ApiError::bad(
+            "ignore_eos",
+            "ignore_eos cannot be combined with structured outputs: a finished grammar ends with EOS",
+        ));
+    }
     let stop = parse_stop(f.value("stop"))?;
     let stop_token_ids = match f.value("stop_token_ids") {
         None => Vec::new(),
@@ -341,12 +401,20 @@ pub fn parse_common(
             max_tokens: max_tokens.unwrap_or(16),
             stop_token_ids,
             stop,
-            ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
+            ignore_eos,
             logprobs,
             skip_special_tokens: f.bool("skip_special_tokens")?.unwrap_or(true),
             spaces_between_special_tokens: f.bool("spaces_between_special_tokens")?.unwrap_or(true),
             include_stop_str_in_output: f.bool("include_stop_str_in_output")?.unwrap_or(false),
             min_tokens,
+            presence_penalty,
+            frequency_penalty,
+            repetition_penalty: repetition_penalty as f32,
+            min_p: min_p as f32,
+            logit_bias,
+            // Tokenized with the prompt.
+            bad_words: Vec::new(),
+            allowed_token_ids,
         },
         n,
         stream,
@@ -355,7 +423,10 @@ pub fn parse_common(
         add_special_tokens: f.bool("add_special_tokens")?,
         truncation,
         request_id,
-        logit_bias,
+        bad_words,
+        structured,
+        tools,
+        constraint: None,
     };
     if let Some(b) = f.value("add_generation_prompt") {
         if !b.is_boolean() {
@@ -403,6 +474,51 @@ fn parse_stop(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
         ));
     }
     Ok(stop)
+}
+
+/// Most `bad_words` per request.
+pub const MAX_BAD_WORDS: usize = 128;
+
+fn parse_bad_words(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    let bad = || ApiError::bad("bad_words", "bad_words must be a list of strings");
+    match v {
+        None => Ok(Vec::new()),
+        Some(Value::Array(a)) if a.len() > MAX_BAD_WORDS => Err(ApiError::bad(
+            "bad_words",
+            format!("at most {MAX_BAD_WORDS} bad words, got {}", a.len()),
+        )),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|w| w.as_str().map(str::to_string).ok_or_else(bad))
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
+/// `bad_words` as token sequences, as vLLM builds them: each word as given and
+/// with a leading space (when that spells it differently with as many tokens).
+pub fn bad_word_tokens(
+    tokenizer: &reprise_engine::tokenizer::Tokenizer,
+    words: &[String],
+) -> Result<Vec<Vec<u32>>, ApiError> {
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    for w in words {
+        let w = w.trim_start();
+        let plain = tokenizer
+            .encode(w, false)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let spaced = tokenizer
+            .encode(&format!(" {w}"), false)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let differs = spaced.len() == plain.len() && spaced.first() != plain.first();
+        if !plain.is_empty() {
+            out.push(plain);
+        }
+        if differs && !spaced.is_empty() {
+            out.push(spaced);
+        }
+    }
+    Ok(out)
 }
 
 fn parse_logit_bias(v: Option<&Value>, vocab_size: usize) -> Result<Vec<(u32, f32)>, ApiError> {
@@ -551,12 +667,13 @@ pub fn resolve_max_tokens(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Map};
 
     const LIMITS: ParseLimits = ParseLimits {
         vocab_size: 100,
         max_logprobs: 20,
         max_n: 64,
+        defaults: GenerationDefaults::NONE,
     };
 
     fn parse(v: Value) -> Result<GenOptions, ApiError> {
@@ -647,8 +764,16 @@ mod tests {
                 "stream_options",
             ),
             (json!({"presence_penalty": 3}), "presence_penalty"),
-            (json!({"frequency_penalty": 0.5}), "frequency_penalty"),
-            (json!({"logit_bias": {"1": 5}}), "logit_bias"),
+            (json!({"frequency_penalty": -2.5}), "frequency_penalty"),
+            (json!({"repetition_penalty": 0}), "repetition_penalty"),
+            (json!({"min_p": 1.5}), "min_p"),
+            (json!({"allowed_token_ids": [100]}), "allowed_token_ids"),
+            (json!({"allowed_token_ids": []}), "allowed_token_ids"),
+            (json!({"bad_words": "x"}), "bad_words"),
+            (
+                json!({"ignore_eos": true, "guided_regex": "a"}),
+                "ignore_eos",
+            ),
             (json!({"logit_bias": {"x": 5}}), "logit_bias"),
             (json!({"logit_bias": {"100": 5}}), "logit_bias"),
             (json!({"logit_bias": bias}), "logit_bias"),
@@ -677,6 +802,38 @@ mod tests {
             assert_eq!(param_of(e), p, "{v}");
         }
         assert!(parse(json!([1, 2])).is_err());
+    }
+
+    #[test]
+    fn sampling_fields_and_model_defaults() {
+        let o = parse(json!({"presence_penalty": 0.5, "frequency_penalty": -1, "repetition_penalty": 1.3,
+            "min_p": 0.1, "logit_bias": {"7": 500}, "allowed_token_ids": [1, 2], "bad_words": ["x y"]}))
+        .unwrap();
+        let p = &o.params;
+        assert_eq!((p.presence_penalty, p.frequency_penalty), (0.5, -1.0));
+        assert_eq!((p.repetition_penalty, p.min_p), (1.3, 0.1));
+        assert_eq!(p.logit_bias, vec![(7, 100.0)], "clamped to 100");
+        assert_eq!(p.allowed_token_ids, Some(vec![1, 2]));
+        assert_eq!(o.bad_words, vec!["x y".to_string()]);
+        let defaults = GenerationDefaults::from_json(&json!({"temperature": 0.6, "top_p": 0.9,
+            "top_k": 20, "repetition_penalty": 1.1, "max_new_tokens": 64, "eos_token_id": 2}));
+        let limits = ParseLimits { defaults, ..LIMITS };
+        let with = |v: Value| {
+            parse_common(&Fields::new(&v).unwrap(), Endpoint::Completions, &limits).unwrap()
+        };
+        let o = with(json!({"prompt": "x"}));
+        assert_eq!(
+            (o.params.temperature, o.params.top_p, o.params.top_k),
+            (0.6, 0.9, 20)
+        );
+        assert_eq!(o.params.repetition_penalty, 1.1);
+        let o = with(json!({"temperature": 0, "top_k": -1}));
+        assert_eq!(
+            (o.params.temperature, o.params.top_k),
+            (0.0, 0),
+            "the request wins"
+        );
+        assert_eq!(defaults.max_tokens, Some(64));
     }
 
     #[test]

@@ -6,8 +6,8 @@
 use crate::errors::ApiError;
 use crate::model_info::ModelInfo;
 use crate::params::{kind, Fields};
-use reprise_engine::chat_template::ChatMessage;
-use serde_json::Value;
+use crate::tools::{self, Tools};
+use serde_json::{Map, Value};
 
 /// The prompt's token ids: a string, a list of token ids, or a one-element list of either.
 pub fn prompt_tokens(
@@ -83,26 +83,30 @@ fn one_prompt(
     }
 }
 
-/// The token ids of a chat request's `messages` through the model's template
-/// (`add_generation_prompt` and `add_special_tokens` as the request says).
+/// The token ids of a chat request's `messages` (and `tools`) through the model's
+/// template (`add_generation_prompt` and `add_special_tokens` as the request says).
 pub fn chat_prompt(
     model: &ModelInfo,
     f: &Fields,
     add_special_tokens: Option<bool>,
 ) -> Result<Vec<u32>, ApiError> {
     let messages = parse_messages(f.value("messages"))?;
+    let tools = tools::parse(f)?;
     let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
     render_and_tokenize(
         model,
         &messages,
+        tools.as_ref().and_then(Tools::for_template),
         add_generation_prompt,
         add_special_tokens.unwrap_or(false),
     )
 }
 
-/// Messages as the template sees them: role and text content. Content may be a
-/// string, null, or a list of `{"type": "text", "text": ...}` parts.
-pub fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
+/// Messages as the template sees them (as HF's `apply_chat_template` after vLLM's
+/// parsing): role and text content (a string, null, or a list of `{"type":
+/// "text"}` parts), an assistant's `tool_calls` with their arguments as objects,
+/// a tool message's `tool_call_id` and `name`.
+pub fn parse_messages(v: Option<&Value>) -> Result<Value, ApiError> {
     let bad = |m: String| ApiError::bad("messages", m);
     let arr = match v {
         None => return Err(bad("messages is required".into())),
@@ -150,17 +154,76 @@ pub fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
                     )))
                 }
             };
-            Ok(ChatMessage::new(role, content))
+            let mut out = Map::new();
+            out.insert("role".into(), Value::from(role));
+            out.insert("content".into(), Value::from(content));
+            match obj.get("tool_calls") {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(calls)) => {
+                    let calls = calls
+                        .iter()
+                        .enumerate()
+                        .map(|(j, c)| tool_call_for_template(c).ok_or_else(|| {
+                            bad(format!("messages[{i}].tool_calls[{j}] must be {{\"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}}"))
+                        }))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    out.insert("tool_calls".into(), Value::Array(calls));
+                }
+                Some(other) => {
+                    return Err(bad(format!(
+                        "messages[{i}].tool_calls must be a list, got {}",
+                        kind(other)
+                    )))
+                }
+            }
+            for k in ["tool_call_id", "name"] {
+                match obj.get(k) {
+                    None | Some(Value::Null) => {}
+                    Some(Value::String(s)) => {
+                        out.insert(k.into(), Value::from(s.as_str()));
+                    }
+                    Some(other) => {
+                        return Err(bad(format!(
+                            "messages[{i}].{k} must be a string, got {}",
+                            kind(other)
+                        )))
+                    }
+                }
+            }
+            Ok(Value::Object(out))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()
+        .map(Value::Array)
 }
 
-/// Renders the messages with the model's template and tokenizes the result (the
-/// template writes the special tokens itself; `add_special_tokens` adds the
-/// tokenizer's own on top, as vLLM's option does).
+/// An assistant's tool call as templates expect it: arguments as an object (vLLM
+/// parses OpenAI's JSON text for them), the rest as given.
+fn tool_call_for_template(c: &Value) -> Option<Value> {
+    let func = c.get("function")?.as_object()?;
+    let name = func.get("name")?.as_str()?;
+    let arguments = match func.get("arguments") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(Value::String(s)) => {
+            serde_json::from_str(s).unwrap_or_else(|_| Value::from(s.as_str()))
+        }
+        Some(v) => v.clone(),
+    };
+    let mut out = c.as_object()?.clone();
+    out.insert("type".into(), Value::from("function"));
+    out.insert(
+        "function".into(),
+        serde_json::json!({"name": name, "arguments": arguments}),
+    );
+    Some(Value::Object(out))
+}
+
+/// Renders the messages (and tools) with the model's template and tokenizes the
+/// result (the template writes the special tokens itself; `add_special_tokens`
+/// adds the tokenizer's own on top, as vLLM's option does).
 pub fn render_and_tokenize(
     model: &ModelInfo,
-    messages: &[ChatMessage],
+    messages: &Value,
+    tools: Option<&Value>,
     add_generation_prompt: bool,
     add_special_tokens: bool,
 ) -> Result<Vec<u32>, ApiError> {
@@ -168,7 +231,7 @@ pub fn render_and_tokenize(
         ApiError::bad_request("this model has no chat template; use /v1/completions")
     })?;
     let text = template
-        .render(messages, add_generation_prompt)
+        .render_json(messages, tools, add_generation_prompt)
         .map_err(|e| ApiError::bad("messages", e.to_string()))?;
     model
         .tokenizer
@@ -189,8 +252,19 @@ mod tests {
             {"role": "assistant", "content": null}
         ])))
         .unwrap();
-        assert_eq!(m[1].content, "ab");
-        assert_eq!(m[2].content, "");
+        assert_eq!(m[1]["content"], "ab");
+        assert_eq!(m[2]["content"], "");
+        let m = parse_messages(Some(&json!([
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "42"}
+        ])))
+        .unwrap();
+        assert_eq!(
+            m[0]["tool_calls"][0]["function"]["arguments"],
+            json!({"x": 1})
+        );
+        assert_eq!(m[1]["tool_call_id"], "c1");
         for bad in [
             json!(null),
             json!([]),
@@ -198,6 +272,8 @@ mod tests {
             json!([{"content": "x"}]),
             json!([{"role": "user", "content": 5}]),
             json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+            json!([{"role": "assistant", "tool_calls": [{"type": "function"}]}]),
+            json!([{"role": "tool", "tool_call_id": 5}]),
         ] {
             let v = if bad.is_null() { None } else { Some(&bad) };
             assert_eq!(

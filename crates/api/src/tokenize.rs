@@ -4,7 +4,7 @@
 use crate::errors::ApiError;
 use crate::model_info::ModelInfo;
 use crate::params::{kind, Fields};
-use crate::prompt::{parse_messages, render_and_tokenize};
+use crate::prompt::chat_prompt;
 use serde_json::{json, Value};
 
 /// The answer of `/tokenize` to `body`.
@@ -12,10 +12,7 @@ pub fn tokenize_body(model: &ModelInfo, body: &Value) -> Result<Value, ApiError>
     let f = Fields::new(body)?;
     model.check_model(f.str("model")?)?;
     let tokens = if f.value("messages").is_some() {
-        let messages = parse_messages(f.value("messages"))?;
-        let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
-        let add_special = f.bool("add_special_tokens")?.unwrap_or(false);
-        render_and_tokenize(model, &messages, add_generation_prompt, add_special)?
+        chat_prompt(model, &f, f.bool("add_special_tokens")?)?
     } else {
         let prompt = f
             .str("prompt")?

@@ -374,6 +374,7 @@ fn bench(args: &HashMap<String, String>) -> Res<()> {
                     },
                     n: 1,
                     cache_salt: Vec::new(),
+                    constraint: None,
                 })
                 .map_err(|e| e.to_string())
             })

@@ -162,6 +162,7 @@ fn request_with(
         },
         n: 1,
         cache_salt: Vec::new(),
+        constraint: None,
     }
 }
 

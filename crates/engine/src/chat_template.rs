@@ -97,10 +97,34 @@ impl ChatTemplate {
         self.render_value(Value::from_serialize(messages), add_generation_prompt)
     }
 
+    /// Renders message objects (e.g. with tool calls) and the request's tools, as
+    /// HF's `apply_chat_template(messages, tools=tools)` does.
+    pub fn render_json(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatTemplateError> {
+        self.render_with(
+            Value::from_serialize(messages),
+            tools.map(Value::from_serialize),
+            add_generation_prompt,
+        )
+    }
+
     /// Renders arbitrary message objects (e.g. with tool calls) given as a minijinja value.
     pub fn render_value(
         &self,
         messages: Value,
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatTemplateError> {
+        self.render_with(messages, None, add_generation_prompt)
+    }
+
+    fn render_with(
+        &self,
+        messages: Value,
+        tools: Option<Value>,
         add_generation_prompt: bool,
     ) -> Result<String, ChatTemplateError> {
         let tmpl = self
@@ -109,6 +133,7 @@ impl ChatTemplate {
             .map_err(|e| ChatTemplateError::Compile(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone(),
             eos_token => self.eos_token.clone(),

@@ -4,7 +4,7 @@
 //! it on a thread behind a channel.
 
 use crate::detok::{Detokenizer, StopMatcher, StopOutcome};
-use crate::executor::{Executor, ExecutorError};
+use crate::executor::{Executor, ExecutorError, NewSequence};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SeqId};
 use crate::tokenizer::Tokenizer;
 use crate::types::{FinishReason, GenerateRequest, StopReason, TokenLogprob, WorkerEvent};
@@ -230,8 +230,15 @@ impl<E: Executor> Engine<E> {
             return Err(SubmitError::NoTokenizer);
         }
         let seq = self.sched.add(req.prompt.clone(), req.cache_salt.clone())?;
-        self.exec
-            .add_sequence(seq, &req.params, &stop_ids(&self.cfg, &req.params));
+        self.exec.add_sequence(
+            seq,
+            &NewSequence {
+                params: &req.params,
+                prompt: &req.prompt,
+                stop_ids: &stop_ids(&self.cfg, &req.params),
+                constraint: req.constraint.as_ref(),
+            },
+        );
         let state = seq_state(&self.cfg, &req, 0);
         self.seqs.insert(seq, state);
         self.prompt_tokens += req.prompt.len() as u64;
@@ -429,8 +436,15 @@ impl<E: Executor> Engine<E> {
                 .add(r.req.prompt.clone(), r.req.cache_salt.clone())
             {
                 Ok(seq) => {
-                    self.exec
-                        .add_sequence(seq, &params, &stop_ids(&self.cfg, &params));
+                    self.exec.add_sequence(
+                        seq,
+                        &NewSequence {
+                            params: &params,
+                            prompt: &r.req.prompt,
+                            stop_ids: &stop_ids(&self.cfg, &params),
+                            constraint: r.req.constraint.as_ref(),
+                        },
+                    );
                     let state = seq_state(&self.cfg, &r.req, index);
                     self.seqs.insert(seq, state);
                     r.seqs[index] = Some(seq);
@@ -524,6 +538,7 @@ mod tests {
             },
             n,
             cache_salt: Vec::new(),
+            constraint: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! (paged attention over the block tables) or a cost model with no tensors,
 //! used by tests and the cluster simulator.
 
+use crate::grammar::Constraint;
 use crate::scheduler::SeqId;
 pub use crate::scheduler::StepInput;
 use crate::types::{SamplingParams, TokenLogprob};
@@ -32,14 +33,26 @@ pub enum ExecutorError {
     Fault(String),
 }
 
+/// What the executor needs to sample a new sequence.
+#[derive(Clone, Copy, Debug)]
+pub struct NewSequence<'a> {
+    /// Its sampling parameters.
+    pub params: &'a SamplingParams,
+    /// Its prompt (the repetition penalty covers it).
+    pub prompt: &'a [TokenId],
+    /// The tokens that would end it (EOS unless ignored, and `stop_token_ids`),
+    /// which the sampler holds back for the first `params.min_tokens` tokens.
+    pub stop_ids: &'a [TokenId],
+    /// The grammar its output follows, if any.
+    pub constraint: Option<&'a Constraint>,
+}
+
 /// Computes one scheduler step.
 pub trait Executor {
     /// Run the step and return one [`Sampled`] for every input with `sample` set, in order.
     fn execute(&mut self, step: &[StepInput<'_>]) -> Result<Vec<Sampled>, ExecutorError>;
-    /// A sequence starts; it will be sampled under `params`. `stop_ids` are the tokens
-    /// that would end it (EOS unless ignored, and `stop_token_ids`), which the sampler
-    /// holds back for the first `params.min_tokens` tokens.
-    fn add_sequence(&mut self, _seq: SeqId, _params: &SamplingParams, _stop_ids: &[TokenId]) {}
+    /// A sequence starts; it will be sampled as `new` says.
+    fn add_sequence(&mut self, _seq: SeqId, _new: &NewSequence<'_>) {}
     /// A sequence ended; drop its per-sequence state.
     fn remove_sequence(&mut self, _seq: SeqId) {}
 }

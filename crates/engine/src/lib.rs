@@ -6,7 +6,7 @@
 //!   batching) → `executor` (the step seam) → `engine` (requests, stops) → `worker`
 //!   (the thread, the watchdog);
 //! - behind the executor: `model` (the trait backends implement), the backends
-//!   `cpu` and `cuda`, `loader` (files to models), `sampler`, and `model_executor`
+//!   `cpu` and `cuda`, `loader` (files to models), `sampler` (with `grammar`, the structured-output masks), and `model_executor`
 //!   (a model, its KV storage and the samplers as an executor).
 
 pub mod chat_template;
@@ -15,6 +15,7 @@ pub mod cuda;
 pub mod detok;
 pub mod engine;
 pub mod executor;
+pub mod grammar;
 pub mod kv;
 pub mod loader;
 pub mod model;

@@ -127,6 +127,10 @@ pub struct LoadedModel {
     pub max_model_len: usize,
     /// Display name (file stem or repo id).
     pub name: String,
+    /// The model family.
+    pub family: Family,
+    /// `generation_config.json`, when the model has one.
+    pub generation_config: Option<Value>,
 }
 
 impl LoadedModel {
@@ -140,6 +144,8 @@ impl LoadedModel {
             bos_token_id: meta.bos_token_id,
             max_model_len: meta.max_model_len,
             name: meta.name,
+            family: meta.family,
+            generation_config: meta.generation_config,
         }
     }
 
@@ -255,6 +261,10 @@ pub struct ModelMeta {
     pub vocab_size: usize,
     /// Display name (file stem or repo id).
     pub name: String,
+    /// The model family (which tool-call format its templates use).
+    pub family: Family,
+    /// The HF directory's `generation_config.json` (sampling defaults), when present.
+    pub generation_config: Option<Value>,
 }
 
 /// Loads only the tokenizer side of `source` (same forms as [`load`]), never the
@@ -524,6 +534,8 @@ fn gguf_meta(
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into()),
+        family: cfg.family,
+        generation_config: None,
     };
     Ok((cfg, meta))
 }
@@ -648,13 +660,17 @@ fn hf_meta(dir: &Path, name: &str) -> Result<(ModelConfig, ModelMeta), ModelErro
     let cfg_json = read_json(&dir.join("config.json"))?;
     let mut cfg = ModelConfig::from_hf_json(&cfg_json)?;
     let gen_path = dir.join("generation_config.json");
-    if gen_path.is_file() {
-        for id in id_list(read_json(&gen_path)?.get("eos_token_id")) {
+    let generation_config = if gen_path.is_file() {
+        let g = read_json(&gen_path)?;
+        for id in id_list(g.get("eos_token_id")) {
             if !cfg.eos_token_ids.contains(&id) {
                 cfg.eos_token_ids.push(id);
             }
         }
-    }
+        Some(g)
+    } else {
+        None
+    };
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
     let tc_path = dir.join("tokenizer_config.json");
     let tok_cfg = if tc_path.is_file() {
@@ -681,6 +697,8 @@ fn hf_meta(dir: &Path, name: &str) -> Result<(ModelConfig, ModelMeta), ModelErro
         max_model_len: cfg.max_position_embeddings,
         vocab_size: cfg.vocab_size,
         name: name.trim_end_matches('/').to_string(),
+        family: cfg.family,
+        generation_config,
     };
     Ok((cfg, meta))
 }

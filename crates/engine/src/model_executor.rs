@@ -2,13 +2,12 @@
 //! sequence's own sampler, the rows of a batch sampled in parallel.
 
 use crate::cpu::ops;
-use crate::executor::{Executor, ExecutorError, Sampled, StepInput};
+use crate::executor::{Executor, ExecutorError, NewSequence, Sampled, StepInput};
 use crate::model::{Model, ModelError, SeqInput};
 use crate::sampler::Sampler;
 use crate::scheduler::SeqId;
 use crate::types::SamplingParams;
 use rayon::prelude::*;
-use reprise_router::TokenId;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -47,17 +46,6 @@ impl<M: Model> Executor for ModelExecutor<M> {
                 block_table: s.block_table,
             })
             .collect();
-        let logits = self
-            .model
-            .forward(&batch, &mut self.cache)
-            .map_err(|e| ExecutorError::Step(e.to_string()))?;
-        if logits.rows() != step.len() {
-            return Err(ExecutorError::Fault(format!(
-                "the model returned {} rows of logits for a batch of {}",
-                logits.rows(),
-                step.len()
-            )));
-        }
         // Each sampler leaves the map for the step so the rows can be drawn in parallel.
         let mut work: Vec<(usize, SeqId, Sampler)> = step
             .iter()
@@ -71,6 +59,40 @@ impl<M: Model> Executor for ModelExecutor<M> {
                 (row, s.seq, sampler)
             })
             .collect();
+        let (model, cache) = (&self.model, &mut self.cache);
+        // Grammar masks depend only on the tokens drawn so far, so they are computed
+        // on their own thread while the forward pass computes the logits (llguidance's
+        // intended use): a constrained sequence waits for its mask only when the mask
+        // takes longer than the whole forward pass.
+        let constrained = work.iter().any(|(_, _, s)| s.has_grammar());
+        let forward = if constrained {
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    for (_, _, s) in work.iter_mut() {
+                        s.prepare_mask();
+                    }
+                });
+                model.forward(&batch, cache)
+            })
+        } else {
+            model.forward(&batch, cache)
+        };
+        let logits = forward.map_err(|e| ExecutorError::Step(e.to_string()));
+        let logits = match logits {
+            Ok(l) if l.rows() == step.len() => l,
+            other => {
+                self.samplers
+                    .extend(work.into_iter().map(|(_, seq, sampler)| (seq, sampler)));
+                return Err(match other {
+                    Err(e) => e,
+                    Ok(l) => ExecutorError::Fault(format!(
+                        "the model returned {} rows of logits for a batch of {}",
+                        l.rows(),
+                        step.len()
+                    )),
+                });
+            }
+        };
         let draw = |(row, seq, sampler): &mut (usize, SeqId, Sampler)| {
             let (token, logprob) = sampler.sample(logits.row(*row));
             Sampled {
@@ -89,9 +111,12 @@ impl<M: Model> Executor for ModelExecutor<M> {
         Ok(out)
     }
 
-    fn add_sequence(&mut self, seq: SeqId, params: &SamplingParams, stop_ids: &[TokenId]) {
-        self.samplers
-            .insert(seq, Sampler::new(params).holding_back(stop_ids));
+    fn add_sequence(&mut self, seq: SeqId, new: &NewSequence<'_>) {
+        let sampler = Sampler::new(new.params)
+            .holding_back(new.stop_ids)
+            .with_prompt(new.prompt)
+            .with_grammar(new.constraint.map(|c| c.start()));
+        self.samplers.insert(seq, sampler);
     }
 
     fn remove_sequence(&mut self, seq: SeqId) {

@@ -1,19 +1,25 @@
 //! Sampling: turn a row of logits into the next token under a request's
-//! sampling parameters (greedy, temperature, top-k, top-p, seeded RNG, logprobs).
+//! sampling parameters, in vLLM's order: allowed tokens, bad words, min_tokens,
+//! logit bias and the grammar's mask; then the presence, frequency and repetition
+//! penalties; then greedy, or temperature, min-p, top-k and top-p with a seeded RNG.
+//! Logprobs are those of the raw logits (vLLM's default `raw_logprobs`).
 //!
+//! The processors touch only the tokens they concern (the prompt's and the
+//! output's distinct tokens, the biased ids) in a copy of the row kept per thread.
 //! Per token it costs a few passes over the vocabulary and no allocation once warm:
 //! candidates are chosen by partial selection (a bounded heap for top-k, a histogram
 //! of log-probabilities for top-p) instead of sorting the vocabulary, into buffers
 //! kept per thread, so the rows of a batch can be sampled in parallel.
 
 use crate::cpu::ops::exp_sub_sum;
+use crate::grammar::GrammarState;
 use crate::types::{SamplingParams, TokenLogprob};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reprise_router::TokenId;
 use std::cell::RefCell;
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 
 /// Draws tokens for one sequence; owns its RNG so a seeded request reproduces
 /// the same tokens whatever else shares its batch.
@@ -28,6 +34,51 @@ pub struct Sampler {
     held_back: Vec<TokenId>,
     min_tokens: usize,
     drawn: usize,
+    min_p: f32,
+    logit_bias: Vec<(TokenId, f32)>,
+    bad_words: Vec<Vec<TokenId>>,
+    allowed: Option<Vec<TokenId>>,
+    penalties: Option<Penalties>,
+    /// The tokens drawn so far, kept when a multi-token bad word needs them.
+    history: Vec<TokenId>,
+    grammar: Option<GrammarState>,
+}
+
+/// vLLM's penalties and the counts they read.
+#[derive(Clone, Debug)]
+struct Penalties {
+    presence: f32,
+    frequency: f32,
+    repetition: f32,
+    /// The prompt's distinct tokens, sorted (the repetition penalty covers them).
+    prompt: Vec<TokenId>,
+    /// Occurrences of each token drawn so far.
+    output: HashMap<TokenId, u32>,
+}
+
+impl Penalties {
+    /// vLLM's `apply_penalties`: repetition over prompt and output tokens, then
+    /// `logit -= frequency * count + presence * (count > 0)` over output tokens.
+    fn apply(&self, logits: &mut [f32]) {
+        let r = self.repetition;
+        let repeat = |v: &mut f32| *v = if *v > 0.0 { *v / r } else { *v * r };
+        if r != 1.0 {
+            for &t in &self.prompt {
+                if let Some(v) = logits.get_mut(t as usize) {
+                    repeat(v);
+                }
+            }
+        }
+        for (&t, &count) in &self.output {
+            let Some(v) = logits.get_mut(t as usize) else {
+                continue;
+            };
+            if r != 1.0 && self.prompt.binary_search(&t).is_err() {
+                repeat(v);
+            }
+            *v -= self.frequency * count as f32 + self.presence;
+        }
+    }
 }
 
 /// Index of the largest value; ties go to the lowest index, NaN never wins.
@@ -194,6 +245,9 @@ impl Sampler {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_os_rng(),
         };
+        let penalize = params.presence_penalty != 0.0
+            || params.frequency_penalty != 0.0
+            || params.repetition_penalty != 1.0;
         Self {
             temperature: params.temperature,
             top_k: params.top_k,
@@ -203,6 +257,138 @@ impl Sampler {
             held_back: Vec::new(),
             min_tokens: params.min_tokens,
             drawn: 0,
+            min_p: params.min_p,
+            logit_bias: params.logit_bias.clone(),
+            bad_words: params.bad_words.clone(),
+            allowed: params.allowed_token_ids.clone(),
+            penalties: penalize.then(|| Penalties {
+                presence: params.presence_penalty,
+                frequency: params.frequency_penalty,
+                repetition: if params.repetition_penalty > 0.0 {
+                    params.repetition_penalty
+                } else {
+                    1.0
+                },
+                prompt: Vec::new(),
+                output: HashMap::new(),
+            }),
+            history: Vec::new(),
+            grammar: None,
+        }
+    }
+
+    /// Applies the repetition penalty to `prompt`'s tokens too.
+    pub fn with_prompt(mut self, prompt: &[TokenId]) -> Self {
+        if let Some(p) = self.penalties.as_mut().filter(|p| p.repetition != 1.0) {
+            p.prompt = prompt.to_vec();
+            p.prompt.sort_unstable();
+            p.prompt.dedup();
+        }
+        self
+    }
+
+    /// Draws only what `grammar` allows.
+    pub fn with_grammar(mut self, grammar: Option<GrammarState>) -> Self {
+        self.grammar = grammar;
+        self
+    }
+
+    /// Whether this sequence samples under a grammar.
+    pub fn has_grammar(&self) -> bool {
+        self.grammar.is_some()
+    }
+
+    /// Computes the grammar's mask for the next token (run while the forward pass
+    /// computes the logits; sampling computes it itself when this was not called).
+    pub fn prepare_mask(&mut self) {
+        if let Some(g) = self.grammar.as_mut() {
+            g.prepare();
+        }
+    }
+
+    /// Whether the grammar is complete (the sequence may only end now).
+    pub fn grammar_done(&self) -> bool {
+        self.grammar.as_ref().is_some_and(GrammarState::is_stopped)
+    }
+
+    /// Whether any processor changes the logits before selection.
+    fn processes(&self) -> bool {
+        (self.drawn < self.min_tokens && !self.held_back.is_empty())
+            || self.allowed.is_some()
+            || !self.bad_words.is_empty()
+            || !self.logit_bias.is_empty()
+            || self.penalties.is_some()
+            || self.grammar.is_some()
+            || (self.min_p > 0.0 && !self.is_greedy())
+    }
+
+    /// The processors, in vLLM's order, over a copy of the row.
+    fn process(&mut self, out: &mut [f32]) {
+        if let Some(allowed) = &self.allowed {
+            let keep: Vec<(usize, f32)> = allowed
+                .iter()
+                .filter_map(|&t| out.get(t as usize).map(|&v| (t as usize, v)))
+                .collect();
+            out.fill(f32::NEG_INFINITY);
+            for (i, v) in keep {
+                out[i] = v;
+            }
+        }
+        for word in &self.bad_words {
+            let Some((&last, prefix)) = word.split_last() else {
+                continue;
+            };
+            if self.history.ends_with(prefix) {
+                if let Some(v) = out.get_mut(last as usize) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+        if self.drawn < self.min_tokens {
+            for &id in &self.held_back {
+                if let Some(v) = out.get_mut(id as usize) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+        for &(t, b) in &self.logit_bias {
+            if let Some(v) = out.get_mut(t as usize) {
+                *v += b;
+            }
+        }
+        if let Some(g) = self.grammar.as_mut() {
+            g.apply(out);
+        }
+        if let Some(p) = &self.penalties {
+            p.apply(out);
+        }
+        if self.min_p > 0.0 && !self.is_greedy() {
+            // p_i >= min_p * p_max  <=>  logit_i >= max + T * ln(min_p).
+            let max = out
+                .iter()
+                .copied()
+                .filter(|v| !v.is_nan())
+                .fold(f32::NEG_INFINITY, f32::max);
+            let floor = max + self.temperature * self.min_p.ln();
+            for v in out.iter_mut() {
+                if *v < floor {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+
+    /// Records a drawn token where later steps read it.
+    fn record(&mut self, token: TokenId) {
+        self.drawn += 1;
+        if let Some(p) = self.penalties.as_mut() {
+            *p.output.entry(token).or_insert(0) += 1;
+        }
+        if self.bad_words.iter().any(|w| w.len() > 1) {
+            self.history.push(token);
+        }
+        if let Some(g) = self.grammar.as_mut() {
+            g.accept(token);
         }
     }
 
@@ -230,21 +416,17 @@ impl Sampler {
             // Only reachable if sampling re-entered itself on this thread.
             Err(_) => self.sample_with(logits, &mut Scratch::default()),
         });
-        self.drawn += 1;
+        self.record(out.0);
         out
     }
 
     fn sample_with(&mut self, logits: &[f32], s: &mut Scratch) -> (TokenId, Option<TokenLogprob>) {
-        let token = if self.drawn < self.min_tokens && !self.held_back.is_empty() {
-            // The held-back tokens at −∞ in a copy; logprobs stay those of the raw logits.
+        let token = if self.processes() {
+            // The processors work on a copy; logprobs stay those of the raw logits.
             let mut masked = std::mem::take(&mut s.masked);
             masked.clear();
             masked.extend_from_slice(logits);
-            for &id in &self.held_back {
-                if let Some(v) = masked.get_mut(id as usize) {
-                    *v = f32::NEG_INFINITY;
-                }
-            }
+            self.process(&mut masked);
             let t = self.choose(&masked, s);
             s.masked = masked;
             t
@@ -579,5 +761,90 @@ mod tests {
             1,
             "nothing held back without min_tokens"
         );
+    }
+
+    fn greedy(p: SamplingParams) -> Sampler {
+        Sampler::new(&SamplingParams {
+            temperature: 0.0,
+            ..p
+        })
+    }
+
+    /// vLLM's `apply_penalties` on hand-made logits, computed by hand.
+    #[test]
+    fn penalties_follow_vllms_formulas() {
+        let mut s = greedy(SamplingParams {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            repetition_penalty: 2.0,
+            ..Default::default()
+        })
+        .with_prompt(&[1, 1, 3]);
+        // Tokens 0 and 2 were generated (0 twice); 1 and 3 are in the prompt.
+        s.record(0);
+        s.record(0);
+        s.record(2);
+        let mut l = vec![4.0f32, 3.0, -1.0, -2.0, 1.0];
+        s.process(&mut l);
+        let want = [
+            4.0 / 2.0 - (0.25 * 2.0 + 0.5), // output twice, positive: divided
+            3.0 / 2.0,                      // prompt only: repetition only
+            -2.0 - (0.25 + 0.5),            // output once, -1 negative: multiplied by 2
+            -2.0 * 2.0,                     // prompt only, negative
+            1.0,                            // untouched
+        ];
+        for (g, w) in l.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{l:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn penalties_change_a_repetitive_greedy_continuation() {
+        // Without penalties the argmax repeats token 2 forever.
+        let logits = [1.0f32, 1.5, 2.0, 0.5];
+        let mut plain = greedy(SamplingParams::default());
+        let a: Vec<u32> = (0..4).map(|_| plain.sample(&logits).0).collect();
+        assert_eq!(a, [2, 2, 2, 2]);
+        let mut p = greedy(SamplingParams {
+            frequency_penalty: 1.0,
+            ..Default::default()
+        });
+        let b: Vec<u32> = (0..4).map(|_| p.sample(&logits).0).collect();
+        assert_eq!(b, [2, 1, 0, 2], "each repeat costs 1");
+    }
+
+    #[test]
+    fn bias_bans_allow_lists_bad_words_and_min_p() {
+        let logits = [1.0f32, 5.0, 3.0, 2.0];
+        let mut s = greedy(SamplingParams {
+            logit_bias: vec![(1, -100.0)],
+            ..Default::default()
+        });
+        assert_eq!(s.sample(&logits).0, 2, "-100 bans the greedy token");
+        let mut s = greedy(SamplingParams {
+            allowed_token_ids: Some(vec![0, 3]),
+            ..Default::default()
+        });
+        assert_eq!(s.sample(&logits).0, 3);
+        // A two-token bad word [2, 1]: token 1 is banned only right after a 2.
+        let mut s = greedy(SamplingParams {
+            bad_words: vec![vec![2, 1], vec![3]],
+            logit_bias: vec![(2, 10.0)],
+            ..Default::default()
+        });
+        assert_eq!(s.sample(&logits).0, 2);
+        let mut s2 = s.clone();
+        s2.logit_bias.clear();
+        assert_eq!(s2.sample(&logits).0, 2, "1 banned after 2, 3 banned always");
+        // min_p 0.5 at T=1 keeps tokens within ln 2 of the best: only token 1.
+        let mut s = Sampler::new(&SamplingParams {
+            temperature: 1.0,
+            min_p: 0.5,
+            seed: Some(3),
+            ..Default::default()
+        });
+        for _ in 0..50 {
+            assert_eq!(s.sample(&[1.0, 5.0, 4.0, 2.0]).0, 1);
+        }
     }
 }

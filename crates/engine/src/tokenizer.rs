@@ -60,6 +60,15 @@ fn pre_tokenizer(pre: &str) -> Value {
 }
 
 impl Tokenizer {
+    /// The tokenizer as HF's `tokenizer.json` value (for llguidance's token trie).
+    pub fn to_json_value(&self) -> Result<Value, TokenizerError> {
+        let text = self
+            .inner
+            .to_string(false)
+            .map_err(|e| TokenizerError::Codec(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| TokenizerError::Codec(e.to_string()))
+    }
+
     /// Loads an HF `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::Load {

@@ -1,8 +1,9 @@
 //! The worker boundary's vocabulary, at the bottom of the engine: what a caller
 //! submits (a tokenized request and its sampling parameters) and what it gets back
 //! (tokens, logprobs, finish and stop reasons). Everything above uses these; they
-//! use nothing of the engine.
+//! use nothing of the engine but the compiled grammar a request may carry.
 
+use crate::grammar::Constraint;
 use reprise_router::TokenId;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -38,6 +39,22 @@ pub struct SamplingParams {
     pub include_stop_str_in_output: bool,
     /// Tokens generated before EOS, a stop token id or a stop string may end the sequence.
     pub min_tokens: usize,
+    /// Subtracted from the logit of every token generated so far (vLLM's formula).
+    pub presence_penalty: f32,
+    /// Subtracted once per occurrence of a token generated so far.
+    pub frequency_penalty: f32,
+    /// Divides positive and multiplies negative logits of tokens in the prompt or the
+    /// output (HF semantics; 1 is off).
+    pub repetition_penalty: f32,
+    /// Drops tokens less likely than this fraction of the most likely one (0 is off).
+    pub min_p: f32,
+    /// Token id → bias added to its logit (clamped to [-100, 100]).
+    pub logit_bias: Vec<(TokenId, f32)>,
+    /// Token sequences never generated: the last token of each is banned wherever the
+    /// output ends with the rest of it.
+    pub bad_words: Vec<Vec<TokenId>>,
+    /// When set, only these tokens may be generated.
+    pub allowed_token_ids: Option<Vec<TokenId>>,
 }
 
 impl Default for SamplingParams {
@@ -56,6 +73,13 @@ impl Default for SamplingParams {
             spaces_between_special_tokens: true,
             include_stop_str_in_output: false,
             min_tokens: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            min_p: 0.0,
+            logit_bias: Vec::new(),
+            bad_words: Vec::new(),
+            allowed_token_ids: None,
         }
     }
 }
@@ -75,6 +99,8 @@ pub struct GenerateRequest {
     pub n: usize,
     /// Extra bytes mixed into every block key (cache salt / adapter name).
     pub cache_salt: Vec<u8>,
+    /// The grammar every sequence's output must follow (structured outputs).
+    pub constraint: Option<Constraint>,
 }
 
 /// Why a sequence stopped.

@@ -125,6 +125,7 @@ fn request(id: u64, prompt: &[u32], max_tokens: usize) -> GenerateRequest {
         },
         n: 1,
         cache_salt: Vec::new(),
+        constraint: None,
     }
 }
 

@@ -103,6 +103,18 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 20)]
     pub max_logprobs: usize,
 
+    /// Sampling defaults for fields a request leaves out: `auto` reads the model's
+    /// generation_config.json (temperature, top_p, top_k, min_p, repetition_penalty,
+    /// max_new_tokens), `vllm` uses vLLM's own defaults, or a directory holding a
+    /// generation_config.json (as vLLM's option).
+    #[arg(long, default_value = "auto", value_name = "auto|vllm|DIR")]
+    pub generation_config: String,
+
+    /// Format `tool_choice: "auto"` calls are parsed from: `hermes` (Qwen2/Qwen3
+    /// `<tool_call>` JSON), `llama3_json`, `none`, or `auto` (by model family).
+    #[arg(long, default_value = "auto")]
+    pub tool_call_parser: String,
+
     /// Seconds a generation request may take from arrival to its last token; past it the
     /// request is cancelled and answered 504 (default: no limit).
     #[arg(long, value_name = "SECONDS")]

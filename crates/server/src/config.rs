@@ -7,6 +7,8 @@ use reprise_api::options::{
     check_served_name, listen_addr, listener_limits, max_body_bytes, seconds,
 };
 pub use reprise_api::options::{check_zmq_endpoint, err, parse_size, ConfigError};
+use reprise_api::params::GenerationDefaults;
+use reprise_api::tools::ToolParser;
 use reprise_router::PolicyKind;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -69,12 +71,27 @@ pub struct ServeConfig {
     pub kv_events: Option<KvEventsConfig>,
     /// Most top logprobs per token.
     pub max_logprobs: usize,
+    /// Where sampling defaults come from.
+    pub generation_config: GenerationConfig,
+    /// `--tool-call-parser` (`None`: by model family).
+    pub tool_call_parser: Option<ToolParser>,
     /// Bound on a generation request's life.
     pub request_timeout: Option<Duration>,
     /// Bound on one engine step.
     pub step_timeout: Option<Duration>,
     /// Connection limits.
     pub listener: ListenerLimits,
+}
+
+/// Where the sampling defaults come from (`--generation-config`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum GenerationConfig {
+    /// The model's generation_config.json, when it has one.
+    Model,
+    /// None: vLLM's own defaults.
+    Vllm,
+    /// A given file's.
+    File(GenerationDefaults),
 }
 
 /// `WORKER:STEP` of a fault-injection option.
@@ -205,6 +222,31 @@ impl ServeConfig {
             }
             (None, None) => None,
         };
+        let generation_config = match a.generation_config.as_str() {
+            "auto" => GenerationConfig::Model,
+            "vllm" => GenerationConfig::Vllm,
+            dir => {
+                let path = std::path::Path::new(dir).join("generation_config.json");
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    err(
+                        "generation-config",
+                        format!("must be auto, vllm or a directory with generation_config.json ({}: {e})", path.display()),
+                    )
+                })?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| err("generation-config", format!("{}: {e}", path.display())))?;
+                GenerationConfig::File(GenerationDefaults::from_json(&v))
+            }
+        };
+        let tool_call_parser = match a.tool_call_parser.as_str() {
+            "auto" => None,
+            name => Some(ToolParser::from_name(name).ok_or_else(|| {
+                err(
+                    "tool-call-parser",
+                    "must be auto, hermes, llama3_json or none",
+                )
+            })?),
+        };
         if a.max_logprobs > 1_000_000 {
             return Err(err("max-logprobs", "must be at most 1000000"));
         }
@@ -274,6 +316,8 @@ impl ServeConfig {
             inject_fault,
             kv_events,
             max_logprobs: a.max_logprobs,
+            generation_config,
+            tool_call_parser,
             request_timeout,
             step_timeout,
             listener,

@@ -4,8 +4,9 @@
 
 use crate::metrics::Metrics;
 use reprise_api::errors::ApiError;
+use reprise_api::params::GenOptions;
 use reprise_engine::engine::{SubmitError, WorkerSnapshot};
-use reprise_engine::types::{GenerateRequest, SamplingParams, WorkerEvent};
+use reprise_engine::types::{GenerateRequest, WorkerEvent};
 use reprise_engine::worker::{WorkerError, WorkerHandle};
 use reprise_router::{Clock, RouteError, Router, SystemClock};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -182,9 +183,7 @@ impl Dispatcher {
         &self,
         mut permit: Permit,
         prompt: Vec<u32>,
-        params: SamplingParams,
-        n: usize,
-        cache_salt: Vec<u8>,
+        opts: &GenOptions,
         request_id: &str,
     ) -> Result<Submitted, ApiError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -192,9 +191,10 @@ impl Dispatcher {
             id,
             request_id: request_id.into(),
             prompt,
-            params,
-            n,
-            cache_salt,
+            params: opts.params.clone(),
+            n: opts.n,
+            cache_salt: opts.cache_salt.clone(),
+            constraint: opts.constraint.clone(),
         };
         // A worker found dead is excluded and the request routed again.
         for _ in 0..=self.workers.len() {

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use reprise_api::body::parse_json;
 use reprise_api::errors::ApiError;
 use reprise_api::model_info::ModelInfo;
-use reprise_api::params::{parse_common, resolve_max_tokens, Endpoint, Fields, GenOptions};
+use reprise_api::params::{
+    bad_word_tokens, parse_common, resolve_max_tokens, Endpoint, Fields, GenOptions,
+};
 use reprise_engine::detok::{Detokenizer, StopMatcher, StopOutcome};
 use reprise_engine::types::{FinishReason, StopReason, TokenLogprob, WorkerEvent};
 use std::sync::atomic::Ordering;
@@ -43,10 +45,23 @@ pub async fn prepare(
             }
             opts.params.max_tokens = resolve_max_tokens(
                 opts.max_tokens,
-                default_max_tokens,
+                st.parse_limits.defaults.max_tokens.or(default_max_tokens),
                 ids.len(),
                 st.model.max_model_len,
             )?;
+            opts.params.bad_words = bad_word_tokens(&st.model.tokenizer, &opts.bad_words)?;
+            // The grammar compiles here, so a bad schema is a 400 before anything queues.
+            let grammar = match (
+                &opts.structured,
+                opts.tools.as_ref().and_then(|t| t.grammar()),
+            ) {
+                (_, Some(spec)) => Some((spec, "tools")),
+                (Some(s), None) => Some((s.spec.clone(), s.param)),
+                (None, None) => None,
+            };
+            if let Some((spec, param)) = grammar {
+                opts.constraint = Some(st.model.compile_grammar(&spec, param)?);
+            }
             Ok((opts, ids))
         })
         .await?;
@@ -148,14 +163,7 @@ impl Generation {
         let prompt_tokens = prompt.len();
         let sub = state
             .dispatcher
-            .submit(
-                permit,
-                prompt,
-                opts.params.clone(),
-                opts.n,
-                opts.cache_salt.clone(),
-                request_id,
-            )
+            .submit(permit, prompt, opts, request_id)
             .await?;
         Ok(Self::new(state.clone(), sub, opts, prompt_tokens, arrived))
     }

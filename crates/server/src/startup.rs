@@ -1,13 +1,15 @@
 //! Startup: size the KV caches, build the router and the KV-event publisher, and
 //! spawn one worker per device (the model was loaded by `reprise_api::fetch`).
 
-use crate::config::{Device, KvSize, ServeConfig};
+use crate::config::{Device, GenerationConfig, KvSize, ServeConfig};
 use crate::dispatch::Dispatcher;
 use crate::kv_publisher::{KvPublisher, PublisherConfig};
 use crate::metrics::{Metrics, ProcessInfo};
 use crate::state::AppState;
 use anyhow::bail;
 use reprise_api::model_info::ModelInfo;
+use reprise_api::params::GenerationDefaults;
+use reprise_api::tools::ToolParser;
 use reprise_engine::loader::{AnyModel, LoadedModel};
 use reprise_engine::model;
 use reprise_engine::scheduler::SchedulerConfig;
@@ -52,8 +54,24 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
         eos_token_ids,
         max_model_len: model_max,
         name,
+        family,
+        generation_config,
         ..
     } = loaded;
+    let defaults = match &cfg.generation_config {
+        GenerationConfig::Model => generation_config
+            .as_ref()
+            .map(GenerationDefaults::from_json)
+            .unwrap_or_default(),
+        GenerationConfig::Vllm => GenerationDefaults::NONE,
+        GenerationConfig::File(d) => *d,
+    };
+    let described = defaults.describe();
+    if !described.is_empty() {
+        // vLLM says the same, since a default the user did not set changes outputs.
+        tracing::info!("sampling defaults from the generation config: {described} (--generation-config vllm to ignore them)");
+    }
+    let eos_token_id = eos_token_ids.first().copied();
     let vocab_size = model.config().vocab_size;
     let tokenizer = Arc::new(tokenizer);
     // One copy of the weights per device, shared by that device's workers.
@@ -179,6 +197,11 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
             max_model_len,
             vocab_size,
             created: reprise_api::unix_now(),
+            eos_token_id,
+            tool_parser: cfg
+                .tool_call_parser
+                .unwrap_or_else(|| ToolParser::for_family(family)),
+            grammar: Default::default(),
         },
         dispatcher,
         metrics,
@@ -191,6 +214,7 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
             vocab_size,
             max_logprobs: cfg.max_logprobs,
             max_n: cfg.max_num_seqs,
+            defaults,
         },
     };
     Ok(Started {
