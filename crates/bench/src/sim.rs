@@ -290,6 +290,8 @@ pub fn simulate(
                 if l.generated >= prompt.max_tokens {
                     r.output_tokens = l.generated;
                     r.e2el_s = now - l.arrival;
+                    // As the live dispatcher does when a request ends.
+                    router.request_done(w, &prompt.tokens, b"", Duration::from_secs_f64(now))?;
                     wk.sched.finish(s.seq);
                     wk.reqs.remove(&s.seq);
                     live[ri] = None;

@@ -10,7 +10,11 @@
 
 use crate::kv::{max_cacheable_blocks, BlockId, BlockPool, BlockTable};
 use reprise_router::{BlockHasher, BlockKey, HashAlgo, KvEvent, TokenId, WorkerLoad};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// Most steps a waiting sequence is left for blocks a running one is computing
+/// (a bound, so a long chunked prefill cannot starve it).
+pub const MAX_DEFERRED_STEPS: usize = 64;
 
 /// Identity of a sequence inside one scheduler.
 pub type SeqId = u64;
@@ -116,6 +120,8 @@ struct Sequence {
     /// Prompt tokens served from the prefix cache at first admission.
     cached_tokens: Option<usize>,
     running: bool,
+    /// Steps this sequence was left waiting for blocks another one was computing.
+    deferred: usize,
 }
 
 /// One sequence's work in a step: `len` tokens from position `start`.
@@ -243,6 +249,7 @@ impl Scheduler {
                 num_registered: 0,
                 extra,
                 cached_tokens: None,
+                deferred: 0,
                 running: false,
             },
         );
@@ -360,10 +367,30 @@ impl Scheduler {
         plan
     }
 
+    /// Keys of the full blocks running sequences have yet to compute and register.
+    fn in_flight_keys(&self) -> HashSet<BlockKey> {
+        let bs = self.cfg.block_size;
+        let mut keys = HashSet::new();
+        for id in &self.running {
+            if let Some(s) = self.seqs.get(id) {
+                let full = (s.tokens.len() / bs).min(s.keys.len());
+                keys.extend(s.keys[s.num_registered.min(full)..full].iter().copied());
+            }
+        }
+        keys
+    }
+
+    /// Admits waiting sequences in order while blocks and budget last. A sequence
+    /// whose next uncached block is being computed by a running one waits (up to
+    /// [`MAX_DEFERRED_STEPS`]) and takes it from the cache once registered, instead
+    /// of computing it a second time (SGLang does the same); sequences behind it
+    /// whose blocks are not in flight are admitted meanwhile.
     fn admit_waiting(&mut self, plan: &mut StepPlan, mut budget: usize) {
         let bs = self.cfg.block_size;
+        let mut in_flight: Option<HashSet<BlockKey>> = None;
+        let mut idx = 0;
         while budget > 0 && self.running.len() < self.cfg.max_num_seqs {
-            let Some(&id) = self.waiting.front() else {
+            let Some(&id) = self.waiting.get(idx) else {
                 break;
             };
             let s = self.seqs.get_mut(&id).expect("waiting sequence exists");
@@ -376,6 +403,19 @@ impl Scheduler {
                 .take(max_hit)
                 .map_while(|k| self.pool.lookup(*k))
                 .collect();
+            let next = (hits.len() < max_hit && s.deferred < MAX_DEFERRED_STEPS)
+                .then(|| s.keys[hits.len()]);
+            if let Some(next) = next {
+                let flying = in_flight.get_or_insert_with(|| self.in_flight_keys());
+                if flying.contains(&next) {
+                    if let Some(s) = self.seqs.get_mut(&id) {
+                        s.deferred += 1;
+                    }
+                    idx += 1;
+                    continue;
+                }
+            }
+            let s = self.seqs.get_mut(&id).expect("waiting sequence exists");
             let hit_tokens = hits.len() * bs;
             let n = (len - hit_tokens).min(budget);
             let new_blocks = blocks_for(hit_tokens + n, bs) - hits.len();
@@ -401,7 +441,13 @@ impl Scheduler {
             s.cached_tokens.get_or_insert(hit_tokens.min(s.prompt_len));
             self.stats.prefix_query_tokens += len as u64;
             self.stats.prefix_hit_tokens += hit_tokens as u64;
-            self.waiting.pop_front();
+            s.deferred = 0;
+            // The blocks it will compute are in flight for those behind it.
+            if let Some(flying) = in_flight.as_mut() {
+                let full = (len / bs).min(s.keys.len());
+                flying.extend(s.keys[hits.len().min(full)..full].iter().copied());
+            }
+            self.waiting.remove(idx);
             self.running.push(id);
             plan.seqs.push(ScheduledSeq {
                 seq: id,

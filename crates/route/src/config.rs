@@ -142,7 +142,7 @@ pub struct RouteArgs {
     pub policy: Option<String>,
 
     /// A JSON or YAML file of router settings (policy, block_size, hash_algo, weights,
-    /// overload, speculative_ttl_ms, seed).
+    /// overload, speculative_ttl_ms, speculative_max_ttl_ms, seed).
     #[arg(long, value_name = "FILE")]
     pub router_config: Option<String>,
 

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use reprise_api::errors::ApiError;
 use reprise_api::middleware::WORKER_HEADER;
-use reprise_router::{index::bit, Clock, RouteError};
+use reprise_router::{index::bit, Clock, RouteError, Router, SystemClock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +32,26 @@ pub struct Target {
     pub tokens: Vec<u32>,
     /// Extra bytes of the prompt's block keys.
     pub extra: Vec<u8>,
+}
+
+/// Tells the router when a forwarded request ends (its body's last byte, or the
+/// client gone), so its speculative credits lapse.
+pub struct Credited {
+    router: Arc<Router>,
+    worker: usize,
+    target: Target,
+    clock: SystemClock,
+}
+
+impl Drop for Credited {
+    fn drop(&mut self) {
+        let _ = self.router.request_done(
+            self.worker,
+            &self.target.tokens,
+            &self.target.extra,
+            self.clock.now(),
+        );
+    }
 }
 
 /// An admission slot, released when the response body is done.
@@ -124,7 +144,18 @@ pub async fn forward(
             tokio::time::timeout(state.cfg.first_byte_timeout, state.client.request(req)).await;
         let failure = match sent {
             Ok(Ok(resp)) if !(retryable(resp.status()) && attempt + 1 < ATTEMPTS) => {
-                return Ok(stream_back(resp, decision.worker, inflight, admission));
+                let credited = Credited {
+                    router,
+                    worker: decision.worker,
+                    target,
+                    clock: state.clock,
+                };
+                return Ok(stream_back(
+                    resp,
+                    decision.worker,
+                    (inflight, credited),
+                    admission,
+                ));
             }
             Ok(Ok(resp)) => format!("worker {} answered {}", w.index, resp.status()),
             Ok(Err(e)) => {
@@ -139,6 +170,12 @@ pub async fn forward(
             ),
         };
         w.failures.fetch_add(1, Ordering::Relaxed);
+        let _ = router.request_done(
+            decision.worker,
+            &target.tokens,
+            &target.extra,
+            state.clock.now(),
+        );
         tracing::warn!(worker = w.index, attempt, "{failure}");
         drop(inflight);
         set.report_load(&w);
@@ -159,7 +196,7 @@ pub async fn forward(
 fn stream_back(
     resp: hyper::Response<hyper::body::Incoming>,
     worker: usize,
-    inflight: super::worker::InFlight,
+    inflight: (super::worker::InFlight, Credited),
     admission: Admission,
 ) -> Response {
     let (parts, body) = resp.into_parts();

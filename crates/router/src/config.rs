@@ -21,8 +21,11 @@ pub struct RouterConfig {
     pub weights: ScoreWeights,
     /// When a worker's queue is too far above the others' to be chosen.
     pub overload: OverloadGuard,
-    /// Lifetime of speculative credits in milliseconds (0 disables them).
+    /// How long a speculative credit outlives its request, in milliseconds (events
+    /// may still be on their way); 0 disables credits.
     pub speculative_ttl_ms: u64,
+    /// Safety bound on a credit whose request's end is never reported, in milliseconds.
+    pub speculative_max_ttl_ms: u64,
     /// Seed of the tie-break and of the `random` policy.
     pub seed: u64,
 }
@@ -36,6 +39,7 @@ impl Default for RouterConfig {
             weights: ScoreWeights::default(),
             overload: OverloadGuard::default(),
             speculative_ttl_ms: 2000,
+            speculative_max_ttl_ms: 300_000,
             seed: 0,
         }
     }
@@ -118,9 +122,14 @@ impl RouterConfig {
         Ok(BlockHasher::new(self.block_size, self.hash_algo)?)
     }
 
-    /// Speculative credit lifetime.
+    /// How long a credit outlives its request.
     pub fn speculative_ttl(&self) -> Duration {
         Duration::from_millis(self.speculative_ttl_ms)
+    }
+
+    /// The longest a credit lives when its request's end is never reported.
+    pub fn speculative_max_ttl(&self) -> Duration {
+        Duration::from_millis(self.speculative_max_ttl_ms.max(self.speculative_ttl_ms))
     }
 }
 

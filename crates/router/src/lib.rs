@@ -43,8 +43,9 @@
 //!   entries are dropped and the stream is accepted from that event on; the index is
 //!   therefore always a subset of what the worker holds, never stale.
 //! - [`index::speculative`]: the chosen worker is credited with the prompt's blocks
-//!   for `speculative_ttl_ms` (2 s) so a burst with a new prefix stays together
-//!   until the worker's events arrive.
+//!   while the request is live (and `speculative_ttl_ms`, 2 s, after it ends; at most
+//!   `speculative_max_ttl_ms`, 5 min) so a burst with a new prefix stays together
+//!   until the worker's events arrive, however long the worker queues it.
 //! - [`index::approximate`]: per-worker LRU of the keys the router sent there.
 //!
 //! # Block keys and collisions

@@ -246,6 +246,22 @@ impl Router {
         Ok(())
     }
 
+    /// A request routed to `worker` ended (finished, failed or cancelled): its
+    /// speculative credits expire shortly (they lasted while it was live).
+    pub fn request_done(
+        &self,
+        worker: usize,
+        tokens: &[TokenId],
+        extra: &[u8],
+        now: Duration,
+    ) -> Result<(), RouteError> {
+        self.slot(worker)?;
+        let mut keys = Vec::new();
+        self.hasher.prompt_keys_into(tokens, extra, &mut keys);
+        self.policy.request_done(worker, &keys, now);
+        Ok(())
+    }
+
     /// A request routed to `worker` never reached it (refused, or the worker died):
     /// stop counting it as in flight there.
     pub fn unroute(&self, worker: usize) -> Result<(), RouteError> {

@@ -42,6 +42,11 @@ pub struct CancelGuard {
     done: bool,
     admitted: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    /// To tell the router the request ended (its speculative credits lapse).
+    router: Arc<Router>,
+    prompt: Vec<u32>,
+    cache_salt: Vec<u8>,
+    clock: SystemClock,
 }
 
 impl CancelGuard {
@@ -60,6 +65,12 @@ impl Drop for CancelGuard {
             }
         }
         self.admitted.fetch_sub(1, Ordering::AcqRel);
+        let _ = self.router.request_done(
+            self.handle.index(),
+            &self.prompt,
+            &self.cache_salt,
+            self.clock.now(),
+        );
     }
 }
 
@@ -240,6 +251,10 @@ impl Dispatcher {
                             done: false,
                             admitted,
                             metrics: self.metrics.clone(),
+                            router: self.router.clone(),
+                            prompt: req.prompt.clone(),
+                            cache_salt: req.cache_salt.clone(),
+                            clock: self.clock,
                         },
                     });
                 }

@@ -1,7 +1,10 @@
 //! Speculative entries: right after a decision the chosen worker is credited with the
-//! prompt's blocks for a short TTL, so a burst of requests sharing a new prefix all go
-//! to that worker instead of scattering before its first KV event arrives (llm-d and
-//! Dynamo do the same). Time is passed in explicitly as `now`.
+//! prompt's blocks, so a burst of requests sharing a new prefix all go to that worker
+//! instead of scattering before its first KV event arrives (llm-d and Dynamo do the
+//! same). A credit lasts while its request is live, however long it queues: when the
+//! request ends ([`SpeculativeIndex::release`]) its blocks are in the worker's events
+//! or about to be, and the credit expires `ttl` later; one whose end is never reported
+//! expires after `max_ttl`. Time is passed in explicitly as `now`.
 //!
 //! A credit means "this worker was sent this whole prompt and will hold its prefix
 //! shortly". Because a block key names its whole prefix chain, crediting every
@@ -42,6 +45,8 @@ struct Credits {
     len: u8,
     worker: [u8; SLOTS],
     expiry: [u64; SLOTS],
+    /// Live requests behind each credit.
+    live: [u16; SLOTS],
 }
 
 impl Credits {
@@ -59,14 +64,32 @@ impl Credits {
         let n = usize::from(self.len).min(SLOTS);
         if let Some(i) = (0..n).find(|&i| self.worker[i] == worker) {
             self.expiry[i] = self.expiry[i].max(expiry);
+            self.live[i] = self.live[i].saturating_add(1);
         } else if n < SLOTS {
             self.worker[n] = worker;
             self.expiry[n] = expiry;
+            self.live[n] = 1;
             self.len += 1;
         } else if let Some(i) = (0..SLOTS).min_by_key(|&i| self.expiry[i]) {
             self.worker[i] = worker;
             self.expiry[i] = expiry;
+            self.live[i] = 1;
         }
+    }
+
+    /// One of `worker`'s requests ended: with none left, the credit expires at
+    /// `expiry` (if sooner). True when it was shortened.
+    fn release(&mut self, worker: u8, expiry: u64) -> bool {
+        let n = usize::from(self.len).min(SLOTS);
+        let Some(i) = (0..n).find(|&i| self.worker[i] == worker) else {
+            return false;
+        };
+        self.live[i] = self.live[i].saturating_sub(1);
+        if self.live[i] == 0 && expiry < self.expiry[i] {
+            self.expiry[i] = expiry;
+            return true;
+        }
+        false
     }
 
     /// Remove credits that satisfy `gone`; true when none is left.
@@ -78,6 +101,7 @@ impl Credits {
                 n -= 1;
                 self.worker[i] = self.worker[n];
                 self.expiry[i] = self.expiry[n];
+                self.live[i] = self.live[n];
             } else {
                 i += 1;
             }
@@ -90,28 +114,55 @@ impl Credits {
 #[derive(Default)]
 struct Inner {
     map: KeyMap<Credits>,
-    /// `(expiry, key, worker)` in insertion order; expiries are non-decreasing when
-    /// `now` is, and pruning tolerates the small disorder of concurrent callers.
+    /// `(expiry, key, worker)` of credits at `max_ttl`, in insertion order; expiries
+    /// are non-decreasing when `now` is, and pruning tolerates the small disorder of
+    /// concurrent callers.
     fifo: VecDeque<(u64, BlockKey, u8)>,
+    /// The same for credits shortened to `ttl` when their requests ended.
+    released: VecDeque<(u64, BlockKey, u8)>,
 }
 
-/// Short-lived "worker W will soon hold these blocks" credits.
+/// "Worker W will soon hold these blocks" credits, held while their requests live.
 pub struct SpeculativeIndex {
     ttl: u64,
+    max_ttl: u64,
     inner: RwLock<Inner>,
 }
 
 impl SpeculativeIndex {
-    /// An empty index whose credits live `ttl` (zero disables crediting).
-    pub fn new(ttl: Duration) -> Self {
+    /// An empty index whose credits expire `ttl` after their request ends, or
+    /// `max_ttl` after the credit if the end is never reported (a zero `ttl`
+    /// disables crediting).
+    pub fn new(ttl: Duration, max_ttl: Duration) -> Self {
         Self {
             ttl: to_nanos(ttl),
+            max_ttl: to_nanos(max_ttl.max(ttl)),
             inner: RwLock::new(Inner::default()),
         }
     }
 
-    /// Credit `worker` with the prompt whose block keys are `keys` until `now + ttl`.
+    /// Credit `worker` with the prompt whose block keys are `keys`, until the
+    /// request ends ([`Self::release`]) or `now + max_ttl`.
     pub fn credit(&self, worker: usize, keys: &[BlockKey], now: Duration) {
+        let Ok(w) = u8::try_from(worker) else {
+            return;
+        };
+        if self.ttl == 0 {
+            return;
+        }
+        let now = to_nanos(now);
+        let expiry = now.saturating_add(self.max_ttl);
+        let mut g = self.inner.write();
+        Self::prune_locked(&mut g, now);
+        for k in checkpoints(keys.len()).filter_map(|i| keys.get(i)) {
+            g.map.entry(*k).or_default().credit(w, expiry);
+            g.fifo.push_back((expiry, *k, w));
+        }
+    }
+
+    /// The request `worker` was credited `keys` for ended: once no live request
+    /// stands behind a credit, it expires `ttl` from `now`.
+    pub fn release(&self, worker: usize, keys: &[BlockKey], now: Duration) {
         let Ok(w) = u8::try_from(worker) else {
             return;
         };
@@ -123,24 +174,36 @@ impl SpeculativeIndex {
         let mut g = self.inner.write();
         Self::prune_locked(&mut g, now);
         for k in checkpoints(keys.len()).filter_map(|i| keys.get(i)) {
-            g.map.entry(*k).or_default().credit(w, expiry);
-            g.fifo.push_back((expiry, *k, w));
+            let shortened = g.map.get_mut(k).is_some_and(|c| c.release(w, expiry));
+            if shortened {
+                g.released.push_back((expiry, *k, w));
+            }
+        }
+    }
+
+    fn prune_queue(map: &mut KeyMap<Credits>, q: &mut VecDeque<(u64, BlockKey, u8)>, now: u64) {
+        while let Some(&(exp, key, w)) = q.front() {
+            if exp > now {
+                break;
+            }
+            q.pop_front();
+            if let Some(c) = map.get_mut(&key) {
+                // A later credit may have extended this one: only drop what has expired.
+                if c.remove_where(|cw, ce| cw == w && ce <= now) {
+                    map.remove(&key);
+                }
+            }
         }
     }
 
     fn prune_locked(g: &mut Inner, now: u64) {
-        while let Some(&(exp, key, w)) = g.fifo.front() {
-            if exp > now {
-                break;
-            }
-            g.fifo.pop_front();
-            if let Some(c) = g.map.get_mut(&key) {
-                // A later credit may have extended this one: only drop what has expired.
-                if c.remove_where(|cw, ce| cw == w && ce <= now) {
-                    g.map.remove(&key);
-                }
-            }
-        }
+        let Inner {
+            map,
+            fifo,
+            released,
+        } = g;
+        Self::prune_queue(map, fifo, now);
+        Self::prune_queue(map, released, now);
     }
 
     /// Drop expired credits now (writes do this anyway).
@@ -156,6 +219,7 @@ impl SpeculativeIndex {
         let mut g = self.inner.write();
         g.map.retain(|_, c| !c.remove_where(|cw, _| cw == w));
         g.fifo.retain(|&(_, _, fw)| fw != w);
+        g.released.retain(|&(_, _, fw)| fw != w);
     }
 
     /// Keys with at least one credit, expired or not (pruning happens on writes).
@@ -238,6 +302,36 @@ mod tests {
     }
 
     #[test]
+    fn credits_last_while_their_requests_live_then_expire_after_the_end() {
+        let s = SpeculativeIndex::new(ms(2000), ms(300_000));
+        let ks = keys(20);
+        let mut out = [0; 2];
+        s.credit(1, &ks, ms(0));
+        s.credit(1, &ks, ms(10));
+        // Queued far longer than the 2 s a fixed TTL would give.
+        s.match_prefix(&ks, ms(60_000), 0b11, &mut out);
+        assert_eq!(out, [0, 20]);
+        // One of the two requests ends: the other still holds the credit.
+        s.release(1, &ks, ms(60_000));
+        s.match_prefix(&ks, ms(70_000), 0b11, &mut out);
+        assert_eq!(out, [0, 20]);
+        // The last one ends: the credit expires 2 s later.
+        s.release(1, &ks, ms(70_000));
+        s.match_prefix(&ks, ms(71_999), 0b11, &mut out);
+        assert_eq!(out, [0, 20]);
+        s.match_prefix(&ks, ms(72_000), 0b11, &mut out);
+        assert_eq!(out, [0, 0]);
+        s.prune(ms(72_000));
+        assert!(s.is_empty());
+        // A request whose end is never reported: the safety bound.
+        s.credit(0, &ks, ms(100_000));
+        s.match_prefix(&ks, ms(399_999), 0b11, &mut out);
+        assert_eq!(out, [20, 0]);
+        s.match_prefix(&ks, ms(400_000), 0b11, &mut out);
+        assert_eq!(out, [0, 0]);
+    }
+
+    #[test]
     fn checkpoints_are_every_stride_and_the_last() {
         assert_eq!(checkpoints(0).count(), 0);
         assert_eq!(checkpoints(3).collect::<Vec<_>>(), vec![2]);
@@ -247,7 +341,7 @@ mod tests {
 
     #[test]
     fn credits_expire_after_ttl() {
-        let s = SpeculativeIndex::new(ms(2000));
+        let s = SpeculativeIndex::new(ms(2000), ms(2000));
         let ks = keys(40);
         s.credit(3, &ks, ms(1000));
         let mut out = [0; 4];
@@ -263,7 +357,7 @@ mod tests {
 
     #[test]
     fn shared_prefixes_match_to_the_stride() {
-        let s = SpeculativeIndex::new(ms(2000));
+        let s = SpeculativeIndex::new(ms(2000), ms(2000));
         let ks = keys(40);
         s.credit(1, &ks, ms(0));
         let mut out = [0; 2];
@@ -284,7 +378,7 @@ mod tests {
 
     #[test]
     fn a_later_credit_extends_and_survives_pruning() {
-        let s = SpeculativeIndex::new(ms(100));
+        let s = SpeculativeIndex::new(ms(100), ms(100));
         s.credit(0, &[BlockKey(1)], ms(0));
         s.credit(0, &[BlockKey(1)], ms(50));
         s.prune(ms(120));
@@ -295,7 +389,7 @@ mod tests {
 
     #[test]
     fn many_workers_share_a_key_and_the_oldest_is_replaced() {
-        let s = SpeculativeIndex::new(ms(100));
+        let s = SpeculativeIndex::new(ms(100), ms(100));
         for w in 0..5 {
             s.credit(w, &[BlockKey(7)], ms(w as u64));
         }
@@ -307,7 +401,7 @@ mod tests {
 
     #[test]
     fn zero_ttl_disables() {
-        let s = SpeculativeIndex::new(Duration::ZERO);
+        let s = SpeculativeIndex::new(Duration::ZERO, Duration::ZERO);
         s.credit(0, &keys(20), ms(0));
         assert!(s.is_empty());
     }

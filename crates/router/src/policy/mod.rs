@@ -85,6 +85,9 @@ pub trait RoutingPolicy: Send + Sync {
     fn kind(&self) -> PolicyKind;
     /// Choose a worker for `req` (and record whatever the policy learns from it).
     fn route(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError>;
+    /// A request routed to `worker` with block keys `keys` ended (finished, failed
+    /// or cancelled): what the policy assumed for it alone may go.
+    fn request_done(&self, _worker: usize, _keys: &[BlockKey], _now: Duration) {}
     /// Forget what the policy itself learnt about `worker` (restart, failure).
     fn forget_worker(&self, _worker: usize) {}
     /// Whether `worker` publishes KV events; a cache-aware policy guesses the caches
@@ -109,13 +112,16 @@ pub fn build(
         seed: config.seed,
     };
     Ok(match config.policy {
-        PolicyKind::Precise => Box::new(precise::PrecisePolicy::with_fallback(
-            index,
-            scorer,
-            config.speculative_ttl(),
-            num_workers,
-            blocks_per_worker,
-        )),
+        PolicyKind::Precise => Box::new(
+            precise::PrecisePolicy::with_fallback(
+                index,
+                scorer,
+                config.speculative_ttl(),
+                num_workers,
+                blocks_per_worker,
+            )
+            .credits_until_end(config.speculative_ttl(), config.speculative_max_ttl()),
+        ),
         PolicyKind::Approximate => Box::new(approximate::ApproximatePolicy::new(
             num_workers,
             blocks_per_worker,

@@ -2,6 +2,7 @@
 //! combined with load by the [`Scorer`].
 
 use super::{Decision, PolicyKind, RouteRequest, RoutingPolicy};
+use crate::block_key::BlockKey;
 use crate::error::RouteError;
 use crate::index::approximate::ApproximateIndex;
 use crate::index::precise::PreciseIndex;
@@ -41,11 +42,18 @@ impl PrecisePolicy {
     ) -> Self {
         Self {
             index,
-            speculative: SpeculativeIndex::new(ttl),
+            speculative: SpeculativeIndex::new(ttl, ttl),
             scorer,
             guessed: RwLock::new(0),
             fallback: ApproximateIndex::new(num_workers, blocks_per_worker),
         }
+    }
+
+    /// Credits held while their requests live, up to `max_ttl`, and `ttl` after
+    /// their end (without this, a credit lives `ttl` from its decision).
+    pub fn credits_until_end(mut self, ttl: Duration, max_ttl: Duration) -> Self {
+        self.speculative = SpeculativeIndex::new(ttl, max_ttl);
+        self
     }
 
     /// The speculative credits (for inspection).
@@ -101,6 +109,10 @@ impl RoutingPolicy for PrecisePolicy {
             overload_diverted: pick.overload_diverted,
             policy: PolicyKind::Precise,
         })
+    }
+
+    fn request_done(&self, worker: usize, keys: &[BlockKey], now: Duration) {
+        self.speculative.release(worker, keys, now);
     }
 
     fn forget_worker(&self, worker: usize) {
