@@ -128,8 +128,9 @@ pub struct GenOptions {
     pub request_id: Option<String>,
     /// `bad_words` as given (tokenized with the prompt, on the CPU pool).
     pub bad_words: Vec<String>,
-    /// The grammar the output must follow, when one was asked for.
-    pub structured: Option<Structured>,
+    /// The grammar the output must follow (a structured-output field's, or a
+    /// required or named tool choice's), when there is one.
+    pub grammar: Option<Structured>,
     /// A chat request's tools.
     pub tools: Option<Tools>,
     /// The compiled grammar (from `structured` or a tool choice), set after parsing.
@@ -268,24 +269,9 @@ pub fn parse_common(
     let bad_words = parse_bad_words(f.value("bad_words"))?;
     let allowed_token_ids = match f.value("allowed_token_ids") {
         None => None,
-        Some(Value::Array(a)) if !a.is_empty() => Some(
-            a.iter()
-                .map(|v| {
-                    v.as_u64()
-                        .filter(|&id| (id as usize) < limits.vocab_size)
-                        .map(|id| id as u32)
-                        .ok_or_else(|| {
-                            ApiError::bad(
-                                "allowed_token_ids",
-                                format!(
-                                    "allowed_token_ids must be token ids below {}",
-                                    limits.vocab_size
-                                ),
-                            )
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+        Some(Value::Array(a)) if !a.is_empty() => {
+            Some(token_ids(a, "allowed_token_ids", limits.vocab_size)?)
+        }
         Some(_) => {
             return Err(ApiError::bad(
                 "allowed_token_ids",
@@ -298,17 +284,23 @@ pub fn parse_common(
         Endpoint::Chat => tools::parse(f)?,
         Endpoint::Completions => None,
     };
-    if let (Some(s), Some(t)) = (&structured, &tools) {
-        if t.grammar().is_some() {
+    let tool_grammar = tools.as_ref().and_then(Tools::grammar);
+    let grammar = match (structured, tool_grammar) {
+        (Some(s), Some(_)) => {
             return Err(ApiError::bad(
                 s.param,
                 "a required or named tool_choice already constrains the output; drop the structured output field",
-            ));
+            ))
         }
-    }
+        (Some(s), None) => Some(s),
+        (None, Some(spec)) => Some(Structured {
+            spec,
+            param: "tools",
+        }),
+        (None, None) => None,
+    };
     let ignore_eos = f.bool("ignore_eos")?.unwrap_or(false);
-    if ignore_eos && (structured.is_some() || tools.as_ref().is_some_and(|t| t.grammar().is_some()))
-    {
+    if ignore_eos && grammar.is_some() {
         return Err(ApiError::bad(
             "ignore_eos",
             "ignore_eos cannot be combined with structured outputs: a finished grammar ends with EOS",
@@ -326,23 +318,7 @@ pub fn parse_common(
                 ),
             ))
         }
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                v.as_u64()
-                    .filter(|&id| (id as usize) < limits.vocab_size)
-                    .map(|id| id as u32)
-                    .ok_or_else(|| {
-                        ApiError::bad(
-                            "stop_token_ids",
-                            format!(
-                                "stop_token_ids must be token ids below {}",
-                                limits.vocab_size
-                            ),
-                        )
-                    })
-            })
-            .collect::<Result<_, _>>()?,
+        Some(Value::Array(a)) => token_ids(a, "stop_token_ids", limits.vocab_size)?,
         Some(_) => {
             return Err(ApiError::bad(
                 "stop_token_ids",
@@ -424,7 +400,7 @@ pub fn parse_common(
         truncation,
         request_id,
         bad_words,
-        structured,
+        grammar,
         tools,
         constraint: None,
     };
@@ -474,6 +450,23 @@ fn parse_stop(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
         ));
     }
     Ok(stop)
+}
+
+/// A list of token ids below `vocab_size`, or a 400 naming `param`.
+fn token_ids(a: &[Value], param: &str, vocab_size: usize) -> Result<Vec<u32>, ApiError> {
+    a.iter()
+        .map(|v| {
+            v.as_u64()
+                .filter(|&id| (id as usize) < vocab_size)
+                .map(|id| id as u32)
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        param,
+                        format!("{param} must be token ids below {vocab_size}"),
+                    )
+                })
+        })
+        .collect()
 }
 
 /// Most `bad_words` per request.

@@ -6,7 +6,7 @@
 use crate::errors::ApiError;
 use crate::model_info::ModelInfo;
 use crate::params::{kind, Fields};
-use crate::tools::{self, Tools};
+use crate::tools::Tools;
 use serde_json::{Map, Value};
 
 /// The prompt's token ids: a string, a list of token ids, or a one-element list of either.
@@ -83,20 +83,21 @@ fn one_prompt(
     }
 }
 
-/// The token ids of a chat request's `messages` (and `tools`) through the model's
-/// template (`add_generation_prompt` and `add_special_tokens` as the request says).
+/// The token ids of a chat request's `messages` and its `tools` (as
+/// [`crate::tools::parse`] read them) through the model's template
+/// (`add_generation_prompt` and `add_special_tokens` as the request says).
 pub fn chat_prompt(
     model: &ModelInfo,
     f: &Fields,
     add_special_tokens: Option<bool>,
+    tools: Option<&Tools>,
 ) -> Result<Vec<u32>, ApiError> {
     let messages = parse_messages(f.value("messages"))?;
-    let tools = tools::parse(f)?;
     let add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
     render_and_tokenize(
         model,
         &messages,
-        tools.as_ref().and_then(Tools::for_template),
+        tools.and_then(Tools::for_template),
         add_generation_prompt,
         add_special_tokens.unwrap_or(false),
     )

@@ -5,6 +5,7 @@ use crate::errors::ApiError;
 use crate::model_info::ModelInfo;
 use crate::params::{kind, Fields};
 use crate::prompt::chat_prompt;
+use crate::tools;
 use serde_json::{json, Value};
 
 /// The answer of `/tokenize` to `body`.
@@ -12,7 +13,12 @@ pub fn tokenize_body(model: &ModelInfo, body: &Value) -> Result<Value, ApiError>
     let f = Fields::new(body)?;
     model.check_model(f.str("model")?)?;
     let tokens = if f.value("messages").is_some() {
-        chat_prompt(model, &f, f.bool("add_special_tokens")?)?
+        chat_prompt(
+            model,
+            &f,
+            f.bool("add_special_tokens")?,
+            tools::parse(&f)?.as_ref(),
+        )?
     } else {
         let prompt = f
             .str("prompt")?

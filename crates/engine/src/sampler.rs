@@ -41,6 +41,7 @@ pub struct Sampler {
     penalties: Option<Penalties>,
     /// The tokens drawn so far, kept when a multi-token bad word needs them.
     history: Vec<TokenId>,
+    keep_history: bool,
     grammar: Option<GrammarState>,
 }
 
@@ -273,6 +274,7 @@ impl Sampler {
                 output: HashMap::new(),
             }),
             history: Vec::new(),
+            keep_history: params.bad_words.iter().any(|w| w.len() > 1),
             grammar: None,
         }
     }
@@ -384,7 +386,7 @@ impl Sampler {
         if let Some(p) = self.penalties.as_mut() {
             *p.output.entry(token).or_insert(0) += 1;
         }
-        if self.bad_words.iter().any(|w| w.len() > 1) {
+        if self.keep_history {
             self.history.push(token);
         }
         if let Some(g) = self.grammar.as_mut() {

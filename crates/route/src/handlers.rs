@@ -105,7 +105,12 @@ async fn chat_completions(
         .cpu
         .run(move || {
             let f = Fields::new(&value)?;
-            let tokens = chat_prompt(&st.model, &f, f.bool("add_special_tokens")?)?;
+            let tokens = chat_prompt(
+                &st.model,
+                &f,
+                f.bool("add_special_tokens")?,
+                reprise_api::tools::parse(&f)?.as_ref(),
+            )?;
             Ok(Target {
                 tokens,
                 extra: extra_of(&st, &f)?,

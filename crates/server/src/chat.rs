@@ -29,7 +29,7 @@ pub async fn chat_completions(
     BodyBytes(bytes): BodyBytes,
 ) -> Result<Response, ApiError> {
     let (permit, opts, prompt) = prepare(&state, bytes, Endpoint::Chat, None, |model, f, opts| {
-        chat_prompt(model, f, opts.add_special_tokens)
+        chat_prompt(model, f, opts.add_special_tokens, opts.tools.as_ref())
     })
     .await?;
     let request_id = rid.resolve(opts.request_id.as_deref());

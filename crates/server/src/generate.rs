@@ -51,16 +51,8 @@ pub async fn prepare(
             )?;
             opts.params.bad_words = bad_word_tokens(&st.model.tokenizer, &opts.bad_words)?;
             // The grammar compiles here, so a bad schema is a 400 before anything queues.
-            let grammar = match (
-                &opts.structured,
-                opts.tools.as_ref().and_then(|t| t.grammar()),
-            ) {
-                (_, Some(spec)) => Some((spec, "tools")),
-                (Some(s), None) => Some((s.spec.clone(), s.param)),
-                (None, None) => None,
-            };
-            if let Some((spec, param)) = grammar {
-                opts.constraint = Some(st.model.compile_grammar(&spec, param)?);
+            if let Some(g) = &opts.grammar {
+                opts.constraint = Some(st.model.compile_grammar(&g.spec, g.param)?);
             }
             Ok((opts, ids))
         })

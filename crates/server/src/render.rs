@@ -53,7 +53,7 @@ pub async fn chat_render(
             let f = Fields::new(&body)?;
             let opts = parse_common(&f, Endpoint::Chat, &st.parse_limits)?;
             st.model.check_model(opts.model.as_deref())?;
-            let ids = chat_prompt(&st.model, &f, opts.add_special_tokens)?;
+            let ids = chat_prompt(&st.model, &f, opts.add_special_tokens, opts.tools.as_ref())?;
             Ok(Json(generate_request(
                 &st.model, "chatcmpl", &opts, ids, None,
             )?))
