@@ -3,7 +3,7 @@
 //! UTF-8, broken JSON and half-read streams can be sent exactly as a bad client
 //! would).
 //!
-//! Most tests share one default server (`cpu,cpu`, policy `precise`) to keep the
+//! Most tests share one default server (`cpu,cpu`, policy `cost`) to keep the
 //! run short; tests that need other options, or that kill, flood or shut down a
 //! server, start their own.
 
@@ -432,7 +432,7 @@ fn models_health_metrics_tokenize_detokenize() {
         assert!(text.contains(&format!("{name}_bucket{{worker=\"0\",le=\"+Inf\"}}")));
         assert!(text.contains(&format!("{name}_count{{worker=\"1\"}}")));
     }
-    assert!(text.contains("reprise:router_decisions_total{policy=\"precise\",worker=\"0\"}"));
+    assert!(text.contains("reprise:router_decisions_total{policy=\"cost\",worker=\"0\"}"));
     assert!(text.contains("reprise:router_matched_blocks_bucket{"));
     assert!(text.contains("reprise:router_decision_seconds_bucket{"));
     let generated = srv.metric("reprise:generation_tokens_total", 0)

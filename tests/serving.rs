@@ -14,8 +14,29 @@ const C: &str = "/v1/completions";
 const CHAT: &str = "/v1/chat/completions";
 
 #[test]
-fn a_burst_during_a_long_prefill_spreads_over_both_workers() {
-    let srv = Server::start(&["--devices", "cpu,cpu"]);
+fn a_burst_during_a_long_prefill_sees_the_busy_worker() {
+    // The weighted score shares the burst (neither worker looks idle while it has
+    // requests in hand); the cost policy sends it where no long prefill is ahead.
+    for policy in ["precise", "cost"] {
+        let (on_long, elsewhere) = burst_during_long_prefill(policy);
+        eprintln!("{policy}: {on_long} on the busy worker, {elsewhere} elsewhere");
+        match policy {
+            "precise" => assert!(
+                on_long.min(elsewhere) >= 4,
+                "precise: {on_long} of 16 on the worker busy with the long prefill"
+            ),
+            _ => assert!(
+                elsewhere >= 14,
+                "cost: {on_long} of 16 queued behind the long prefill"
+            ),
+        }
+    }
+}
+
+/// Sends a ~2,000-token prompt, then 16 short ones while it is prefilled; returns how
+/// many of the short ones went to its worker and how many elsewhere.
+fn burst_during_long_prefill(policy: &str) -> (usize, usize) {
+    let srv = Server::start(&["--devices", "cpu,cpu", "--policy", policy]);
     // ~2000 tokens: one prefill step of a few seconds on whichever worker gets it.
     let long = json!({"prompt": long_text("long", 1700), "max_tokens": 1, "temperature": 0});
     let addr = srv.addr.clone();
@@ -38,14 +59,7 @@ fn a_burst_during_a_long_prefill_spreads_over_both_workers() {
         r.worker()
     };
     let on_long = workers.iter().filter(|&&w| w == long_worker).count();
-    let elsewhere = workers.len() - on_long;
-    eprintln!("burst: {on_long} on the busy worker {long_worker}, {elsewhere} elsewhere");
-    // Neither worker looks idle to the router while it has requests in hand: with
-    // everything routed so far counted, the burst is shared.
-    assert!(
-        on_long.min(elsewhere) >= 4,
-        "{on_long} of 16 on the worker busy with the long prefill ({workers:?})"
-    );
+    (on_long, workers.len() - on_long)
 }
 
 #[test]

@@ -60,7 +60,7 @@ pub struct SimArgs {
     /// Output directory for results.json, results.csv and the pictures.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
-    /// Comma-separated policies (precise, approximate, load, round-robin, random).
+    /// Comma-separated policies (cost, precise, approximate, load, round-robin, random).
     #[arg(long)]
     pub policies: Option<String>,
     /// Comma-separated request rates (requests/s), run in order on one cluster.
@@ -147,7 +147,7 @@ struct Preset {
 /// durations and its warm-up stage (15 QPS for 50 s: every prompt once). vLLM's
 /// H100 defaults for the OpenAI server (8,192-token step budget, 1,024 sequences).
 const LLM_D_73: Preset = Preset {
-    policies: "precise,approximate,random,load",
+    policies: "cost,precise,approximate,random,load",
     rates: "3,10,15,20,22,25,30,35,40,43,46,49,52,55,57,60",
     duration_per_rate: 20.0,
     durations: Some("20,20,20,38,34,30,25,21,38,36,33,30,29,27,26,25"),
@@ -163,7 +163,7 @@ const LLM_D_73: Preset = Preset {
 
 /// A seconds-long sanity run: 4 workers, the same cost model, a small workload.
 const SMALL: Preset = Preset {
-    policies: "precise,approximate,load,round-robin,random",
+    policies: "cost,precise,approximate,load,round-robin,random",
     rates: "2,4,8",
     duration_per_rate: 20.0,
     durations: None,

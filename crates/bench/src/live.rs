@@ -86,7 +86,10 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
     /// Comma-separated policies, each served by a fresh `reprise serve`.
-    #[arg(long, default_value = "precise,approximate,load,round-robin,random")]
+    #[arg(
+        long,
+        default_value = "cost,precise,approximate,load,round-robin,random"
+    )]
     pub policies: String,
     /// `--model` of `reprise serve` (default: its default model).
     #[arg(long)]

@@ -319,6 +319,7 @@ pub fn print_table(rows: &[Summary]) {
 fn color(policy: &str, i: usize) -> RGBColor {
     match policy {
         "precise" => RGBColor(31, 119, 180),
+        "cost" => RGBColor(23, 190, 207),
         "approximate" => RGBColor(255, 127, 14),
         "load" => RGBColor(44, 160, 44),
         "round-robin" => RGBColor(148, 103, 189),

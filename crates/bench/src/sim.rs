@@ -1,11 +1,15 @@
-//! Discrete-event cluster simulator: N workers, each the engine's real
-//! [`Scheduler`] (continuous batching, chunked prefill, preemption, block pool with
-//! the real prefix cache and KV events) whose steps take the time a [`CostModel`]
-//! gives, and the real [`Router`] choosing a worker for every arrival in virtual time.
+//! Discrete-event cluster simulator: N workers, each the engine's own loop
+//! ([`Engine`]: the scheduler with continuous batching, chunked prefill, in-flight
+//! prefix sharing and preemption, the block pool with the real prefix cache and KV
+//! events, stop and length decisions) over an executor whose steps take the time a
+//! [`CostModel`] gives, and the real [`Router`] choosing a worker for every arrival
+//! in virtual time.
 //!
 //! Granularity: every engine step is simulated (one decode token per running
 //! sequence per step, prefill chunks under the token budget), exactly as the worker
-//! loop runs them; only the tensor work is replaced by the cost model. Load reaches
+//! loop runs them; only the tensor work is replaced by the cost model. A step is
+//! run when it starts and its outcome (tokens, KV events, load) is seen when it
+//! ends, `step_time` later, which is when a live worker would publish it. Load reaches
 //! the router as it does live: a request routed to a worker in the middle of a step
 //! waits in its inbox until the step ends; after every step the worker takes its
 //! inbox in and reports its KV events and its load, counting the requests it has
@@ -21,11 +25,16 @@ use super::workload::Workload;
 use anyhow::{Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use reprise_engine::executor::CostModel;
-use reprise_engine::scheduler::{Scheduler, SchedulerConfig, SeqId, StepPlan};
+use reprise_engine::engine::{Engine, EngineConfig};
+use reprise_engine::executor::{
+    CostModel, Executor, ExecutorError, NewSequence, Sampled, StepInput,
+};
+use reprise_engine::scheduler::{SchedulerConfig, SeqId};
+use reprise_engine::types::{FinishReason, GenerateRequest, SamplingParams, WorkerEvent};
 use reprise_router::{KvEvent, PolicyKind, Router, RouterConfig, TokenId, WorkerLoad};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Cluster and engine settings of a simulation.
@@ -106,23 +115,80 @@ impl Ord for Time {
     }
 }
 
+/// Token the simulator generates when a prompt has no synthetic reply.
+const FILLER_TOKEN: TokenId = 7;
+
+/// A sequence's scripted reply (if any) and how many tokens it has produced.
+type Script = (Option<Arc<[TokenId]>>, usize);
+
+/// The engine's executor in the simulator: no tensors, each step timed by the cost
+/// model, and each sequence "generating" its prompt's synthetic reply (so that a
+/// later turn resending it hits the cache as on a real server) or a filler token.
+struct SimExecutor {
+    cost: CostModel,
+    /// Reply of the next sequence to be added (set before each submission).
+    next_reply: Option<Arc<[TokenId]>>,
+    /// Live sequences: their reply and how many tokens they have produced.
+    seqs: HashMap<SeqId, Script>,
+    /// Duration of the last step executed, seconds.
+    last_step_s: f64,
+    /// Steps executed.
+    steps: u64,
+}
+
+impl Executor for SimExecutor {
+    fn execute(&mut self, step: &[StepInput<'_>]) -> Result<Vec<Sampled>, ExecutorError> {
+        self.steps += 1;
+        // A positive duration keeps virtual time moving whatever the cost model says.
+        self.last_step_s = self.cost.step_time(step).max(1e-6);
+        Ok(step
+            .iter()
+            .filter(|s| s.sample)
+            .map(|s| {
+                let token = match self.seqs.get_mut(&s.seq) {
+                    Some((reply, i)) => {
+                        let t = reply
+                            .as_deref()
+                            .and_then(|r| r.get(*i).copied())
+                            .unwrap_or(FILLER_TOKEN);
+                        *i += 1;
+                        t
+                    }
+                    None => FILLER_TOKEN,
+                };
+                Sampled {
+                    seq: s.seq,
+                    token,
+                    logprob: None,
+                }
+            })
+            .collect())
+    }
+
+    fn add_sequence(&mut self, seq: SeqId, _new: &NewSequence<'_>) {
+        self.seqs.insert(seq, (self.next_reply.take(), 0));
+    }
+
+    fn remove_sequence(&mut self, seq: SeqId) {
+        self.seqs.remove(&seq);
+    }
+}
+
 struct Worker {
-    sched: Scheduler,
-    plan: Option<StepPlan>,
-    /// Live sequence → request index within the stage.
-    reqs: HashMap<SeqId, usize>,
+    engine: Engine<SimExecutor>,
+    /// A step is in progress (its completion is on the event heap).
+    busy: bool,
+    /// Requests live here: stage request index and the receiver of its events.
+    live: Vec<(usize, flume::Receiver<WorkerEvent>)>,
     /// Requests routed here during the step in progress (taken in when it ends).
     inbox: Vec<usize>,
-    /// Requests taken in so far (the load report's version).
-    intake: u64,
     preemptions_at_stage_start: u64,
 }
 
-struct Live {
-    arrival: f64,
-    last_token: f64,
-    generated: usize,
-    prompt: usize,
+impl Worker {
+    fn preemptions(&self) -> u64 {
+        self.engine.snapshot().preemptions
+    }
 }
 
 /// Messages from workers to the router that are still in flight.
@@ -132,12 +198,6 @@ struct Delivery {
     events: Vec<KvEvent>,
     load: WorkerLoad,
     intake: u64,
-}
-
-/// Token the simulator appends for a request's `i`-th generated token: the prompt's
-/// synthetic reply when it has one (multi-turn), else a fixed token.
-fn generated_token(reply: Option<&[TokenId]>, i: usize) -> TokenId {
-    reply.and_then(|r| r.get(i).copied()).unwrap_or(7)
 }
 
 /// Simulate `policy` over `stages`. `progress` is called with each completed request.
@@ -160,28 +220,41 @@ pub fn simulate(
         cfg.num_blocks,
     )
     .context("router configuration")?;
-    let sc = SchedulerConfig {
-        num_blocks: cfg.num_blocks,
-        block_size: cfg.block_size,
-        max_num_batched_tokens: cfg.max_num_batched_tokens,
-        max_num_seqs: cfg.max_num_seqs,
-        hash_algo: router.config().hash_algo,
+    let ec = EngineConfig {
+        scheduler: SchedulerConfig {
+            num_blocks: cfg.num_blocks,
+            block_size: cfg.block_size,
+            max_num_batched_tokens: cfg.max_num_batched_tokens,
+            max_num_seqs: cfg.max_num_seqs,
+            hash_algo: router.config().hash_algo,
+        },
+        // The workload's lengths are the experiment's; the KV pool is the limit.
+        max_model_len: usize::MAX,
+        eos_token_ids: Vec::new(),
+        tokenizer: None,
     };
     let mut workers = (0..cfg.workers)
         .map(|_| {
+            let exec = SimExecutor {
+                cost: cfg.cost.clone(),
+                next_reply: None,
+                seqs: HashMap::new(),
+                last_step_s: 0.0,
+                steps: 0,
+            };
             Ok(Worker {
-                sched: Scheduler::new(sc.clone())?,
-                plan: None,
-                reqs: HashMap::new(),
+                engine: Engine::new(ec.clone(), exec)?,
+                busy: false,
+                live: Vec::new(),
                 inbox: Vec::new(),
-                intake: 0,
                 preemptions_at_stage_start: 0,
             })
         })
         .collect::<Result<Vec<_>, reprise_engine::scheduler::SchedulerError>>()
-        .context("scheduler configuration")?;
+        .context("engine configuration")?;
     for (w, wk) in workers.iter().enumerate() {
-        router.report_load(w, wk.sched.load(), 0)?;
+        let s = wk.engine.snapshot();
+        router.report_load(w, s.load, s.intake)?;
     }
 
     // Same arrivals and prompt order for every policy: both depend on the seed only.
@@ -189,6 +262,7 @@ pub fn simulate(
     let mut heap: BinaryHeap<std::cmp::Reverse<(Time, usize)>> = BinaryHeap::new();
     let mut inflight: VecDeque<Delivery> = VecDeque::new();
     let mut now = 0.0f64;
+    let mut next_id = 0u64;
     let mut out = SimResult {
         policy,
         stages: Vec::with_capacity(stages.len()),
@@ -212,14 +286,22 @@ pub fn simulate(
         }
         let start = now;
         for w in workers.iter_mut() {
-            w.preemptions_at_stage_start = w.sched.stats().preemptions;
+            w.preemptions_at_stage_start = w.preemptions();
         }
-        let mut records: Vec<RequestRecord> = vec![RequestRecord::default(); stage.requests];
-        let mut live: Vec<Option<Live>> = (0..stage.requests).map(|_| None).collect();
-        let mut done = 0usize;
+        let mut st = StageState {
+            workload,
+            order: &order,
+            arrivals: &arrivals,
+            records: vec![RequestRecord::default(); stage.requests],
+            last_token: vec![0.0; stage.requests],
+            done: 0,
+            next_id: &mut next_id,
+            cache_hits: &mut out.cache_hits,
+            progress,
+        };
         let mut next = 0usize;
 
-        while done < stage.requests {
+        while st.done < stage.requests {
             let step_at = heap.peek().map(|e| e.0 .0 .0);
             let arrival_at = arrivals.get(next).copied();
             // Step completions first on ties: a request arriving exactly when a step
@@ -238,27 +320,18 @@ pub fn simulate(
                 let p = &workload.prompts[order[i]];
                 let d = router.route(&p.tokens, b"", Duration::from_secs_f64(now))?;
                 let w = d.worker;
-                records[i].start_s = now - start;
-                records[i].prompt_tokens = p.tokens.len();
-                records[i].worker = Some(w);
+                st.records[i].start_s = now - start;
+                st.records[i].prompt_tokens = p.tokens.len();
+                st.records[i].worker = Some(w);
                 let wk = &mut workers[w];
-                if wk.plan.is_some() {
+                if wk.busy {
                     // Busy with a step: the request waits in the inbox, as live.
                     wk.inbox.push(i);
                     continue;
                 }
-                Intake::new(
-                    workload,
-                    &order,
-                    &arrivals,
-                    &mut live,
-                    &mut records,
-                    &mut done,
-                    progress,
-                )
-                .take(wk, i);
+                st.take(wk, i);
                 report(&router, &mut inflight, cfg, w, wk, Vec::new(), now)?;
-                start_step(wk, w, cfg, now, &mut heap, &mut records, &mut done)?;
+                start_step(wk, w, now, &mut heap)?;
                 continue;
             }
             let Some(std::cmp::Reverse((Time(t), w))) = heap.pop() else {
@@ -267,58 +340,20 @@ pub fn simulate(
             now = t;
             out.steps += 1;
             let wk = &mut workers[w];
-            let plan = wk.plan.take().context("step completion without a plan")?;
-            wk.sched.complete(&plan);
-            for s in plan.seqs.iter().filter(|s| s.sample) {
-                let Some(&ri) = wk.reqs.get(&s.seq) else {
-                    continue;
-                };
-                let Some(l) = live[ri].as_mut() else { continue };
-                let prompt = &workload.prompts[l.prompt];
-                wk.sched
-                    .append_token(s.seq, generated_token(prompt.reply.as_deref(), l.generated));
-                let r = &mut records[ri];
-                if l.generated == 0 {
-                    r.ttft_s = Some(now - l.arrival);
-                    r.cached_tokens = wk.sched.cached_tokens(s.seq).unwrap_or(0);
-                    out.cache_hits.push((now, r.cached_tokens));
-                } else {
-                    r.itl_s.push(now - l.last_token);
-                }
-                l.generated += 1;
-                l.last_token = now;
-                if l.generated >= prompt.max_tokens {
-                    r.output_tokens = l.generated;
-                    r.e2el_s = now - l.arrival;
-                    // As the live dispatcher does when a request ends.
-                    router.request_done(w, &prompt.tokens, b"", Duration::from_secs_f64(now))?;
-                    wk.sched.finish(s.seq);
-                    wk.reqs.remove(&s.seq);
-                    live[ri] = None;
-                    done += 1;
-                    progress(1);
-                }
-            }
-            let events = wk.sched.drain_events();
-            let mut intake = Intake::new(
-                workload,
-                &order,
-                &arrivals,
-                &mut live,
-                &mut records,
-                &mut done,
-                progress,
-            );
+            wk.busy = false;
+            st.collect(wk, w, &router, now)?;
+            let events = wk.engine.drain_events();
             for i in std::mem::take(&mut wk.inbox) {
-                intake.take(wk, i);
+                st.take(wk, i);
             }
             report(&router, &mut inflight, cfg, w, wk, events, now)?;
-            start_step(wk, w, cfg, now, &mut heap, &mut records, &mut done)?;
+            start_step(wk, w, now, &mut heap)?;
         }
         let preemptions = workers
             .iter()
-            .map(|w| w.sched.stats().preemptions - w.preemptions_at_stage_start)
+            .map(|w| w.preemptions() - w.preemptions_at_stage_start)
             .sum();
+        let mut records = st.records;
         if stage.warmup {
             continue;
         }
@@ -361,108 +396,162 @@ fn report(
     events: Vec<KvEvent>,
     now: f64,
 ) -> Result<()> {
-    let (load, intake) = (wk.sched.load(), wk.intake);
+    let s = wk.engine.snapshot();
     if cfg.event_delay_s > 0.0 {
         q.push_back(Delivery {
             at: now + cfg.event_delay_s,
             worker: w,
             events,
-            load,
-            intake,
+            load: s.load,
+            intake: s.intake,
         });
     } else {
         router.apply_events(w, &events)?;
-        router.report_load(w, load, intake)?;
+        router.report_load(w, s.load, s.intake)?;
     }
     Ok(())
 }
 
-/// What a worker needs to take a routed request into its scheduler.
-struct Intake<'a> {
+/// One stage's requests and what has been recorded of them.
+struct StageState<'a> {
     workload: &'a Workload,
     order: &'a [usize],
     arrivals: &'a [f64],
-    live: &'a mut [Option<Live>],
-    records: &'a mut [RequestRecord],
-    done: &'a mut usize,
+    records: Vec<RequestRecord>,
+    /// Time of each request's latest token.
+    last_token: Vec<f64>,
+    done: usize,
+    next_id: &'a mut u64,
+    cache_hits: &'a mut Vec<(f64, usize)>,
     progress: &'a (dyn Fn(u64) + Sync),
 }
 
-impl<'a> Intake<'a> {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        workload: &'a Workload,
-        order: &'a [usize],
-        arrivals: &'a [f64],
-        live: &'a mut [Option<Live>],
-        records: &'a mut [RequestRecord],
-        done: &'a mut usize,
-        progress: &'a (dyn Fn(u64) + Sync),
-    ) -> Self {
-        Self {
-            workload,
-            order,
-            arrivals,
-            live,
-            records,
-            done,
-            progress,
+impl StageState<'_> {
+    /// Request `i` of the stage is submitted to `wk`'s engine (or fails there), as
+    /// a benchmark client sends it: `max_tokens` with `ignore_eos`.
+    fn take(&mut self, wk: &mut Worker, i: usize) {
+        let p = &self.workload.prompts[self.order[i]];
+        *self.next_id += 1;
+        let (tx, rx) = flume::unbounded();
+        let req = GenerateRequest {
+            id: *self.next_id,
+            request_id: Arc::from(""),
+            prompt: p.tokens.to_vec(),
+            params: SamplingParams {
+                max_tokens: p.max_tokens,
+                ignore_eos: true,
+                ..SamplingParams::default()
+            },
+            n: 1,
+            cache_salt: Vec::new(),
+            constraint: None,
+        };
+        wk.engine.executor_mut().next_reply = p.reply.clone();
+        match wk.engine.submit(req, tx) {
+            Ok(()) => {
+                self.last_token[i] = self.arrivals[i];
+                wk.live.push((i, rx));
+            }
+            Err(e) => {
+                wk.engine.executor_mut().next_reply = None;
+                self.fail(i, e.to_string());
+            }
         }
     }
 
-    /// Request `i` of the stage enters `wk`'s scheduler (or fails there).
-    fn take(&mut self, wk: &mut Worker, i: usize) {
-        let p = &self.workload.prompts[self.order[i]];
-        wk.intake += 1;
-        match wk.sched.add(p.tokens.to_vec(), Vec::new()) {
-            Ok(seq) => {
-                wk.reqs.insert(seq, i);
-                self.live[i] = Some(Live {
-                    arrival: self.arrivals[i],
-                    last_token: self.arrivals[i],
-                    generated: 0,
-                    prompt: self.order[i],
-                });
+    fn fail(&mut self, i: usize, msg: String) {
+        self.records[i].error = Some(msg);
+        self.done += 1;
+        (self.progress)(1);
+    }
+
+    /// Record what worker `w`'s step, ending at `now`, produced for its requests;
+    /// a finished request is reported to the router as the live dispatcher does.
+    fn collect(&mut self, wk: &mut Worker, w: usize, router: &Router, now: f64) -> Result<()> {
+        let mut k = 0;
+        while k < wk.live.len() {
+            let i = wk.live[k].0;
+            let mut ended = false;
+            while let Ok(ev) = wk.live[k].1.try_recv() {
+                let arrival = self.arrivals[i];
+                let r = &mut self.records[i];
+                match ev {
+                    WorkerEvent::Token { .. } => {
+                        if r.ttft_s.is_none() {
+                            r.ttft_s = Some(now - arrival);
+                        } else {
+                            r.itl_s.push(now - self.last_token[i]);
+                        }
+                        self.last_token[i] = now;
+                    }
+                    WorkerEvent::Finished {
+                        reason,
+                        cached_tokens,
+                        completion_tokens,
+                        ..
+                    } => {
+                        ended = true;
+                        r.cached_tokens = cached_tokens;
+                        if completion_tokens == 0 && reason == FinishReason::Length {
+                            r.error = Some("sequence does not fit in the KV pool".into());
+                        } else {
+                            r.output_tokens = completion_tokens;
+                            r.e2el_s = now - arrival;
+                            if let Some(ttft) = r.ttft_s {
+                                self.cache_hits.push((arrival + ttft, cached_tokens));
+                            }
+                        }
+                        let p = &self.workload.prompts[self.order[i]];
+                        router.request_done(w, &p.tokens, b"", Duration::from_secs_f64(now))?;
+                    }
+                    WorkerEvent::Error(e) => {
+                        ended = true;
+                        r.error = Some(e);
+                    }
+                    WorkerEvent::Scheduled { .. } => {}
+                }
             }
-            Err(e) => {
-                self.records[i].error = Some(e.to_string());
-                *self.done += 1;
+            if ended {
+                wk.live.swap_remove(k);
+                self.done += 1;
                 (self.progress)(1);
+            } else {
+                k += 1;
             }
         }
+        Ok(())
     }
 }
 
-/// Plan and time the worker's next step if it has work.
+/// Run the worker's next step if it has work; its completion is due when the cost
+/// model says the step ends.
 fn start_step(
     wk: &mut Worker,
     w: usize,
-    cfg: &ClusterConfig,
     now: f64,
     heap: &mut BinaryHeap<std::cmp::Reverse<(Time, usize)>>,
-    records: &mut [RequestRecord],
-    done: &mut usize,
 ) -> Result<()> {
-    if wk.sched.num_seqs() == 0 {
+    if !wk.engine.has_work() {
         return Ok(());
     }
-    let plan = wk.sched.schedule();
-    for &seq in &plan.out_of_blocks {
-        wk.sched.finish(seq);
-        if let Some(ri) = wk.reqs.remove(&seq) {
-            records[ri].error = Some("sequence does not fit in the KV pool".into());
-            *done += 1;
-        }
-    }
-    if plan.seqs.is_empty() {
+    let before = wk.engine.executor().steps;
+    wk.engine
+        .step()
+        .map_err(|e| anyhow::anyhow!("worker {w}: {e}"))?;
+    if wk.engine.executor().steps == before {
+        // Nothing ran. Requests ended out of blocks are collected now; anything
+        // else left waiting with nothing running can never be scheduled.
         anyhow::ensure!(
-            wk.sched.num_seqs() == 0 || wk.sched.load().running > 0,
+            !wk.engine.has_work() || wk.engine.snapshot().load.running > 0,
             "worker {w} cannot schedule its waiting requests (KV pool too small?)"
         );
-        return Ok(());
     }
-    let dt = cfg.cost.step_time(&wk.sched.inputs(&plan)).max(1e-6);
-    wk.plan = Some(plan);
+    wk.busy = true;
+    let dt = if wk.engine.executor().steps == before {
+        1e-6
+    } else {
+        wk.engine.executor().last_step_s
+    };
     heap.push(std::cmp::Reverse((Time(now + dt), w)));
     Ok(())
 }

@@ -195,6 +195,11 @@ impl<E: Executor> Engine<E> {
         &self.exec
     }
 
+    /// The executor, to configure it between steps (the simulator scripts its tokens).
+    pub fn executor_mut(&mut self) -> &mut E {
+        &mut self.exec
+    }
+
     /// Whether any request is live.
     pub fn has_work(&self) -> bool {
         !self.requests.is_empty()

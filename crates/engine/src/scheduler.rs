@@ -294,6 +294,12 @@ impl Scheduler {
             waiting: self.waiting.len(),
             blocks_in_use: self.pool.num_in_use(),
             total_blocks: self.pool.num_blocks(),
+            prefill_tokens: self
+                .running
+                .iter()
+                .filter_map(|id| self.seqs.get(id))
+                .map(|s| s.prompt_len.saturating_sub(s.num_computed))
+                .sum(),
         }
     }
 

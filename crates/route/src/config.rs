@@ -136,8 +136,8 @@ pub struct RouteArgs {
     #[arg(long)]
     pub model: Option<String>,
 
-    /// Routing policy: precise, approximate, load, round-robin or random (default:
-    /// the router config's, else precise).
+    /// Routing policy: cost, precise, approximate, load, round-robin or random
+    /// (default: the router config's, else cost).
     #[arg(long)]
     pub policy: Option<String>,
 
@@ -351,7 +351,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.router.block_size, 64);
-        assert_eq!(c.router.policy, PolicyKind::Precise);
+        assert_eq!(c.router.policy, PolicyKind::Cost);
         let cases: [(&[&str], &str); 5] = [
             (&[], "--worker"),
             (&["--worker", "ftp://x"], "--worker"),

@@ -184,6 +184,8 @@ impl RemoteWorker {
             waiting: s.waiting.max(self.inflight().saturating_sub(s.running)),
             blocks_in_use: (s.kv_usage * total as f64).round() as usize,
             total_blocks: total,
+            // vLLM's metrics do not say; the cost policy counts what it sent instead.
+            prefill_tokens: 0,
         }
     }
 

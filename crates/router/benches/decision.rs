@@ -43,6 +43,7 @@ fn load() -> WorkerLoad {
         waiting: 1,
         blocks_in_use: 1000,
         total_blocks: 200_000,
+        prefill_tokens: 0,
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::block_key::{BlockHasher, BlockKeyError, HashAlgo};
 use crate::index::MAX_WORKERS;
+use crate::policy::cost::CostWeights;
 use crate::scorer::{OverloadGuard, ScoreWeights};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouterConfig {
-    /// Routing policy (`precise`, `approximate`, `load`, `round-robin`, `random`).
+    /// Routing policy (`cost`, `precise`, `approximate`, `load`, `round-robin`, `random`).
     pub policy: PolicyKind,
     /// Tokens per KV block; must equal the engine's.
     pub block_size: usize,
@@ -21,6 +22,8 @@ pub struct RouterConfig {
     pub weights: ScoreWeights,
     /// When a worker's queue is too far above the others' to be chosen.
     pub overload: OverloadGuard,
+    /// Weights of the `cost` policy's prediction.
+    pub cost: CostWeights,
     /// How long a speculative credit outlives its request, in milliseconds (events
     /// may still be on their way); 0 disables credits.
     pub speculative_ttl_ms: u64,
@@ -33,11 +36,12 @@ pub struct RouterConfig {
 impl Default for RouterConfig {
     fn default() -> Self {
         Self {
-            policy: PolicyKind::Precise,
+            policy: PolicyKind::Cost,
             block_size: 16,
             hash_algo: HashAlgo::Xxh3,
             weights: ScoreWeights::default(),
             overload: OverloadGuard::default(),
+            cost: CostWeights::default(),
             speculative_ttl_ms: 2000,
             speculative_max_ttl_ms: 300_000,
             seed: 0,
@@ -75,7 +79,7 @@ pub enum ConfigError {
     #[error("blocks per worker must be > 0")]
     ZeroBlocksPerWorker,
     /// Unknown policy name.
-    #[error("unknown routing policy '{0}' (expected one of: precise, approximate, load, round-robin, random)")]
+    #[error("unknown routing policy '{0}' (expected one of: precise, cost, approximate, load, round-robin, random)")]
     UnknownPolicy(String),
 }
 
@@ -95,6 +99,8 @@ impl RouterConfig {
             ("queue", w.queue),
             ("kv_usage", w.kv_usage),
             ("running", w.running),
+            ("cost.uncached", self.cost.uncached),
+            ("cost.running", self.cost.running),
         ] {
             if !value.is_finite() || value < 0.0 {
                 return Err(ConfigError::BadWeight { name, value });
@@ -105,7 +111,7 @@ impl RouterConfig {
                 w.prefix + w.queue + w.kv_usage + w.running
             }
             PolicyKind::Load => w.queue + w.kv_usage,
-            PolicyKind::RoundRobin | PolicyKind::Random => 1.0,
+            PolicyKind::Cost | PolicyKind::RoundRobin | PolicyKind::Random => 1.0,
         };
         if used <= 0.0 {
             return Err(ConfigError::AllWeightsZero(self.policy));
@@ -138,8 +144,10 @@ impl RouterConfig {
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyKind {
     /// Cache-aware from KV events.
-    #[default]
     Precise,
+    /// Lowest predicted time to first token (cache-aware from KV events); the default.
+    #[default]
+    Cost,
     /// Cache-aware from the router's own decisions.
     Approximate,
     /// Queue depth and KV usage only.
@@ -152,8 +160,9 @@ pub enum PolicyKind {
 
 impl PolicyKind {
     /// Every policy, in documentation order.
-    pub const ALL: [PolicyKind; 5] = [
+    pub const ALL: [PolicyKind; 6] = [
         PolicyKind::Precise,
+        PolicyKind::Cost,
         PolicyKind::Approximate,
         PolicyKind::Load,
         PolicyKind::RoundRobin,
@@ -164,6 +173,7 @@ impl PolicyKind {
     pub fn name(self) -> &'static str {
         match self {
             PolicyKind::Precise => "precise",
+            PolicyKind::Cost => "cost",
             PolicyKind::Approximate => "approximate",
             PolicyKind::Load => "load",
             PolicyKind::RoundRobin => "round-robin",

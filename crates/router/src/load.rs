@@ -13,6 +13,10 @@ pub struct WorkerLoad {
     pub blocks_in_use: usize,
     /// KV blocks in the worker's pool.
     pub total_blocks: usize,
+    /// Prompt tokens the running requests have still to prefill (0 where the
+    /// worker does not say, as vLLM's metrics do not).
+    #[serde(default)]
+    pub prefill_tokens: usize,
 }
 
 impl WorkerLoad {

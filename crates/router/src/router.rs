@@ -23,6 +23,7 @@ struct Slot {
     waiting: AtomicUsize,
     blocks_in_use: AtomicUsize,
     total_blocks: AtomicUsize,
+    prefill_tokens: AtomicUsize,
     /// Requests routed here that no load report has counted yet.
     inflight: AtomicUsize,
     /// The worker's intake counter in its last versioned load report.
@@ -37,6 +38,7 @@ impl Slot {
             waiting: AtomicUsize::new(0),
             blocks_in_use: AtomicUsize::new(0),
             total_blocks: AtomicUsize::new(total_blocks),
+            prefill_tokens: AtomicUsize::new(0),
             inflight: AtomicUsize::new(0),
             reported_intake: AtomicU64::new(0),
             available: AtomicBool::new(true),
@@ -59,6 +61,7 @@ impl Slot {
                 waiting: self.waiting.load(Ordering::Relaxed),
                 blocks_in_use: self.blocks_in_use.load(Ordering::Relaxed),
                 total_blocks: self.total_blocks.load(Ordering::Relaxed),
+                prefill_tokens: self.prefill_tokens.load(Ordering::Relaxed),
             },
             inflight: self.inflight.load(Ordering::Relaxed),
         }
@@ -69,6 +72,8 @@ impl Slot {
         self.waiting.store(l.waiting, Ordering::Relaxed);
         self.blocks_in_use.store(l.blocks_in_use, Ordering::Relaxed);
         self.total_blocks.store(l.total_blocks, Ordering::Relaxed);
+        self.prefill_tokens
+            .store(l.prefill_tokens, Ordering::Relaxed);
     }
 }
 

@@ -225,6 +225,7 @@ mod tests {
                 waiting,
                 blocks_in_use: used,
                 total_blocks: 100,
+                prefill_tokens: 0,
             },
             inflight: 0,
         }

@@ -37,8 +37,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "cpu,cpu")]
     pub devices: String,
 
-    /// Routing policy: precise, approximate, load, round-robin or random.
-    #[arg(long, default_value = "precise")]
+    /// Routing policy: cost, precise, approximate, load, round-robin or random.
+    #[arg(long, default_value = "cost")]
     pub policy: String,
 
     /// Tokens per KV-cache block (shared by the engine and the router).

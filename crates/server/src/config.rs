@@ -385,7 +385,7 @@ mod tests {
     fn defaults_are_valid() {
         let c = ServeConfig::from_args(&args(&[])).unwrap();
         assert_eq!(c.devices, vec![Device::Cpu, Device::Cpu]);
-        assert_eq!(c.policy, PolicyKind::Precise);
+        assert_eq!(c.policy, PolicyKind::Cost);
         assert_eq!(c.addr.to_string(), "127.0.0.1:8000");
         assert_eq!(c.kv, KvSize::Bytes(512 * 1024 * 1024));
         assert_eq!(c.max_body_bytes, 8 * 1024 * 1024);

@@ -587,6 +587,7 @@ mod tests {
                 waiting: 1,
                 blocks_in_use: in_use,
                 total_blocks: 100,
+                prefill_tokens: 0,
             },
             prefix_query_tokens: queries,
             alive,

@@ -5,12 +5,15 @@
 //! | name          | chooses by                                                      |
 //! |---------------|-----------------------------------------------------------------|
 //! | `precise`     | weighted score with prefix from KV events + speculative credits |
+//! | `cost`        | lowest predicted time to first token (queued + own prefill)     |
 //! | `approximate` | weighted score with prefix from the router's own past decisions |
 //! | `load`        | queue depth and KV usage only                                   |
 //! | `round-robin` | next available worker in turn                                   |
 //! | `random`      | seeded uniform choice among available workers                   |
 
 pub mod approximate;
+pub mod cached;
+pub mod cost;
 pub mod load;
 pub mod precise;
 pub mod random;
@@ -79,7 +82,7 @@ impl Decision {
     }
 }
 
-/// A routing policy; see the module docs for the five implementations.
+/// A routing policy; see the module docs for the implementations.
 pub trait RoutingPolicy: Send + Sync {
     /// Which policy this is.
     fn kind(&self) -> PolicyKind;
@@ -111,17 +114,24 @@ pub fn build(
         guard: config.overload,
         seed: config.seed,
     };
+    let cached = |index| {
+        cached::CachedPrefixes::new(
+            index,
+            config.speculative_ttl(),
+            config.speculative_max_ttl(),
+            num_workers,
+            blocks_per_worker,
+        )
+    };
     Ok(match config.policy {
-        PolicyKind::Precise => Box::new(
-            precise::PrecisePolicy::with_fallback(
-                index,
-                scorer,
-                config.speculative_ttl(),
-                num_workers,
-                blocks_per_worker,
-            )
-            .credits_until_end(config.speculative_ttl(), config.speculative_max_ttl()),
-        ),
+        PolicyKind::Precise => Box::new(precise::PrecisePolicy::over(cached(index), scorer)),
+        PolicyKind::Cost => Box::new(cost::CostPolicy::new(
+            cached(index),
+            config.cost,
+            config.seed,
+            num_workers,
+            config.block_size,
+        )),
         PolicyKind::Approximate => Box::new(approximate::ApproximatePolicy::new(
             num_workers,
             blocks_per_worker,
@@ -170,6 +180,26 @@ pub(crate) mod test_util {
             };
             n
         ]
+    }
+
+    /// Worker `w` stores `keys` as one chain (its events, applied to `idx`).
+    pub fn store(idx: &PreciseIndex, w: usize, keys: &[BlockKey]) {
+        use crate::events::{KvEvent, KvEventData, MemoryTier};
+        let evs: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| KvEvent {
+                seq: i as u64,
+                data: KvEventData::BlockStored {
+                    key: *k,
+                    parent: None,
+                    tokens: vec![0; 16],
+                    tier: MemoryTier::Device,
+                    extra: Vec::new(),
+                },
+            })
+            .collect();
+        idx.apply(w, &evs).unwrap();
     }
 
     /// Keys of an unrelated 64-token prompt number `i`.

@@ -1,15 +1,13 @@
 //! `precise`: prefix matches from the KV-event index plus speculative credits,
 //! combined with load by the [`Scorer`].
 
+use super::cached::CachedPrefixes;
 use super::{Decision, PolicyKind, RouteRequest, RoutingPolicy};
 use crate::block_key::BlockKey;
 use crate::error::RouteError;
-use crate::index::approximate::ApproximateIndex;
 use crate::index::precise::PreciseIndex;
 use crate::index::speculative::SpeculativeIndex;
-use crate::index::{bit, WorkerMask, MAX_WORKERS};
 use crate::scorer::Scorer;
-use parking_lot::RwLock;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +15,8 @@ use std::time::Duration;
 /// without `--kv-events-config`) are guessed from the policy's own decisions, as the
 /// approximate policy does.
 pub struct PrecisePolicy {
-    index: Arc<PreciseIndex>,
-    speculative: SpeculativeIndex,
+    cached: CachedPrefixes,
     scorer: Scorer,
-    /// Workers without events, and their guessed caches.
-    guessed: RwLock<WorkerMask>,
-    fallback: ApproximateIndex,
 }
 
 impl PrecisePolicy {
@@ -41,24 +35,19 @@ impl PrecisePolicy {
         blocks_per_worker: usize,
     ) -> Self {
         Self {
-            index,
-            speculative: SpeculativeIndex::new(ttl, ttl),
+            cached: CachedPrefixes::new(index, ttl, ttl, num_workers, blocks_per_worker),
             scorer,
-            guessed: RwLock::new(0),
-            fallback: ApproximateIndex::new(num_workers, blocks_per_worker),
         }
     }
 
-    /// Credits held while their requests live, up to `max_ttl`, and `ttl` after
-    /// their end (without this, a credit lives `ttl` from its decision).
-    pub fn credits_until_end(mut self, ttl: Duration, max_ttl: Duration) -> Self {
-        self.speculative = SpeculativeIndex::new(ttl, max_ttl);
-        self
+    /// A precise policy over `cached` (credits as it configures them).
+    pub fn over(cached: CachedPrefixes, scorer: Scorer) -> Self {
+        Self { cached, scorer }
     }
 
     /// The speculative credits (for inspection).
     pub fn speculative(&self) -> &SpeculativeIndex {
-        &self.speculative
+        self.cached.speculative()
     }
 }
 
@@ -68,42 +57,14 @@ impl RoutingPolicy for PrecisePolicy {
     }
 
     fn route(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError> {
-        let n = req.workers.len();
-        let mut matched = vec![0; n];
-        let guessed = *self.guessed.read();
-        self.index
-            .match_prefix(req.keys, req.all() & !guessed, &mut matched);
-        if guessed != 0 {
-            let mut guess = vec![0; n];
-            self.fallback.match_prefix(req.keys, guessed, &mut guess);
-            for (m, g) in matched.iter_mut().zip(&guess) {
-                *m = (*m).max(*g);
-            }
-        }
-        // Runs vouched for by speculative credits count too (see index::speculative).
-        let mut spec = [0usize; MAX_WORKERS];
-        let spec = &mut spec[..n.min(MAX_WORKERS)];
-        self.speculative
-            .match_prefix(req.keys, req.now, req.all(), spec);
-        let confirmed = |w: usize| matched.get(w).copied().unwrap_or(0);
-        let mut combined = matched.clone();
-        for (m, s) in combined.iter_mut().zip(spec.iter()) {
-            *m = (*m).max(*s);
-        }
+        let m = self.cached.matches(req);
         let pick = self
             .scorer
-            .pick(req.workers, &combined, req.keys.len(), req.tie_value())?;
-        if guessed & bit(pick.worker) != 0 {
-            self.fallback.record(pick.worker, req.keys);
-        }
-        // Credit the chosen worker unless its events already confirm the whole prompt.
-        if confirmed(pick.worker) < req.keys.len() {
-            self.speculative.credit(pick.worker, req.keys, req.now);
-        }
-        let matched = combined;
+            .pick(req.workers, &m.combined, req.keys.len(), req.tie_value())?;
+        self.cached.record(pick.worker, req, &m);
         Ok(Decision {
             worker: pick.worker,
-            matched_blocks: matched,
+            matched_blocks: m.combined,
             prompt_blocks: req.keys.len(),
             score: pick.score,
             overload_diverted: pick.overload_diverted,
@@ -112,34 +73,26 @@ impl RoutingPolicy for PrecisePolicy {
     }
 
     fn request_done(&self, worker: usize, keys: &[BlockKey], now: Duration) {
-        self.speculative.release(worker, keys, now);
+        self.cached.request_done(worker, keys, now);
     }
 
     fn forget_worker(&self, worker: usize) {
-        self.speculative.forget_worker(worker);
-        self.fallback.forget_worker(worker);
+        self.cached.forget_worker(worker);
     }
 
     fn set_has_events(&self, worker: usize, has_events: bool) {
-        let mut g = self.guessed.write();
-        if has_events {
-            *g &= !bit(worker);
-            self.fallback.forget_worker(worker);
-        } else {
-            *g |= bit(worker);
-        }
+        self.cached.set_has_events(worker, has_events);
     }
 
     fn set_pool_blocks(&self, worker: usize, blocks: usize) {
-        self.fallback.set_capacity(worker, blocks);
+        self.cached.set_pool_blocks(worker, blocks);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::{idle, prompt, spread};
+    use super::super::test_util::{idle, prompt, spread, store};
     use super::*;
-    use crate::events::{KvEvent, KvEventData, MemoryTier};
     use crate::scorer::{OverloadGuard, ScoreWeights};
 
     fn policy(ttl_ms: u64) -> (Arc<PreciseIndex>, PrecisePolicy) {
@@ -151,24 +104,6 @@ mod tests {
         };
         let p = PrecisePolicy::new(idx.clone(), scorer, Duration::from_millis(ttl_ms));
         (idx, p)
-    }
-
-    fn store(idx: &PreciseIndex, w: usize, keys: &[crate::BlockKey]) {
-        let evs: Vec<_> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| KvEvent {
-                seq: i as u64,
-                data: KvEventData::BlockStored {
-                    key: *k,
-                    parent: None,
-                    tokens: vec![0; 16],
-                    tier: MemoryTier::Device,
-                    extra: Vec::new(),
-                },
-            })
-            .collect();
-        idx.apply(w, &evs).unwrap();
     }
 
     fn req<'a>(
