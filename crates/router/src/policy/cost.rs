@@ -22,37 +22,13 @@
 use super::cached::CachedPrefixes;
 use super::{Decision, PolicyKind, RouteRequest, RoutingPolicy};
 use crate::block_key::BlockKey;
+pub use crate::config::CostWeights;
 use crate::error::RouteError;
 use crate::keymap::{fold, mix64};
 use crate::scorer::WorkerView;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::time::Duration;
-
-/// Weights of the cost policy's prediction.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CostWeights {
-    /// Weight of this prompt's own uncached blocks against the queue ahead: above 1,
-    /// computing a prefix again elsewhere also costs the cache it evicts there.
-    pub uncached: f64,
-    /// Blocks of prefill one running (decoding) request is worth.
-    pub running: f64,
-}
-
-impl Default for CostWeights {
-    /// Own uncached blocks 8x the queue ahead (on the llm-d-73 simulation, weights
-    /// 1, 2, 4, 8 and 16 gave a mean p90 TTFT of 87, 1.8, 1.6, 1.46 and 1.7 s: at 1
-    /// the policy copies hot prefixes across workers and evicts their caches); a
-    /// decoding request as a quarter of a block of prefill, small beside any queue.
-    fn default() -> Self {
-        Self {
-            uncached: 8.0,
-            running: 0.25,
-        }
-    }
-}
 
 /// Decisions kept per worker when their ends are never reported (a bound, not a
 /// tuning knob: far above any batch).
