@@ -20,6 +20,9 @@ use std::fmt::Write as _;
 pub const NUM_REQUESTS_RUNNING: &str = "reprise:num_requests_running";
 /// Requests admitted to a worker but waiting (gauge).
 pub const NUM_REQUESTS_WAITING: &str = "reprise:num_requests_waiting";
+/// Prompt tokens a worker's running requests have still to prefill (gauge; `reprise
+/// route`'s cost policy reads it from remote reprise workers).
+pub const NUM_PREFILL_TOKENS_PENDING: &str = "reprise:num_prefill_tokens_pending";
 /// Fraction of a worker's KV blocks referenced by live requests, 0..1 (gauge).
 pub const KV_CACHE_USAGE_PERC: &str = "reprise:kv_cache_usage_perc";
 /// Prompt tokens looked up in the prefix cache (counter).

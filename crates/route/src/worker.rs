@@ -5,6 +5,7 @@
 
 use super::config::WorkerSpec;
 use parking_lot::Mutex;
+use reprise_api::metrics::NUM_PREFILL_TOKENS_PENDING;
 use reprise_router::remote::RemoteStats;
 use reprise_router::WorkerLoad;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -23,6 +24,9 @@ pub struct Scraped {
     pub kv_usage: f64,
     /// `num_gpu_blocks × block_size` of `vllm:cache_config_info`: its KV pool in tokens.
     pub pool_tokens: Option<usize>,
+    /// `reprise:num_prefill_tokens_pending`, summed: prefill its running requests still
+    /// owe (a reprise worker says; vLLM does not, and it stays 0).
+    pub prefill_tokens: usize,
 }
 
 impl Scraped {
@@ -50,6 +54,7 @@ impl Scraped {
             match name {
                 "vllm:num_requests_running" => s.running += v.max(0.0) as usize,
                 "vllm:num_requests_waiting" => s.waiting += v.max(0.0) as usize,
+                NUM_PREFILL_TOKENS_PENDING => s.prefill_tokens += v.max(0.0) as usize,
                 "vllm:kv_cache_usage_perc" | "vllm:gpu_cache_usage_perc" => {
                     usage_sum += v.clamp(0.0, 1.0);
                     usage_n += 1;
@@ -184,8 +189,7 @@ impl RemoteWorker {
             waiting: s.waiting.max(self.inflight().saturating_sub(s.running)),
             blocks_in_use: (s.kv_usage * total as f64).round() as usize,
             total_blocks: total,
-            // vLLM's metrics do not say; the cost policy counts what it sent instead.
-            prefill_tokens: 0,
+            prefill_tokens: s.prefill_tokens,
         }
     }
 
@@ -233,9 +237,12 @@ mod tests {
             vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.5\n\
             vllm:kv_cache_usage_perc{engine=\"1\",model_name=\"m\"} 0.25\n\
             vllm:cache_config_info{block_size=\"64\",engine=\"0\",num_gpu_blocks=\"100\"} 1\n\
-            reprise:num_requests_running{worker=\"0\"} 99\n";
+            reprise:num_requests_running{worker=\"0\"} 99\n\
+            reprise:num_prefill_tokens_pending{worker=\"0\"} 300\n\
+            reprise:num_prefill_tokens_pending{worker=\"1\"} 20\n";
         let s = Scraped::parse(text);
         assert_eq!((s.running, s.waiting), (4, 2));
+        assert_eq!(s.prefill_tokens, 320);
         assert!((s.kv_usage - 0.375).abs() < 1e-12);
         assert_eq!(s.pool_tokens, Some(6400));
         assert_eq!(
@@ -261,12 +268,17 @@ mod tests {
             waiting: 0,
             kv_usage: 0.5,
             pool_tokens: Some(1600),
+            prefill_tokens: 48,
         });
         let g: Vec<InFlight> = (0..5).map(|_| w.begin()).collect();
         let l = w.load(16);
         assert_eq!(
             (l.running, l.waiting, l.total_blocks, l.blocks_in_use),
             (2, 3, 100, 50)
+        );
+        assert_eq!(
+            l.prefill_tokens, 48,
+            "a reprise worker's pending prefill passes through"
         );
         drop(g);
         assert_eq!(w.load(16).waiting, 0);

@@ -167,7 +167,7 @@ impl Metrics {
 
     fn render_workers(&self, out: &mut String, policy: &str, snaps: &[(WorkerSnapshot, bool)]) {
         type Get = fn(&WorkerSnapshot, bool) -> f64;
-        let per_worker: [(&str, &str, &str, Get); 9] = [
+        let per_worker: [(&str, &str, &str, Get); 10] = [
             (
                 NUM_REQUESTS_RUNNING,
                 "gauge",
@@ -179,6 +179,12 @@ impl Metrics {
                 "gauge",
                 "Requests waiting to be scheduled.",
                 |s, _| s.load.waiting as f64,
+            ),
+            (
+                NUM_PREFILL_TOKENS_PENDING,
+                "gauge",
+                "Prompt tokens the running requests have still to prefill.",
+                |s, _| s.load.prefill_tokens as f64,
             ),
             (
                 KV_CACHE_USAGE_PERC,
@@ -550,6 +556,7 @@ mod tests {
         for name in [
             NUM_REQUESTS_RUNNING,
             NUM_REQUESTS_WAITING,
+            NUM_PREFILL_TOKENS_PENDING,
             KV_CACHE_USAGE_PERC,
             PREFIX_CACHE_QUERIES,
             PREFIX_CACHE_HITS,
@@ -587,7 +594,7 @@ mod tests {
                 waiting: 1,
                 blocks_in_use: in_use,
                 total_blocks: 100,
-                prefill_tokens: 0,
+                prefill_tokens: in_use * 4,
             },
             prefix_query_tokens: queries,
             alive,
@@ -603,6 +610,13 @@ mod tests {
             }),
         );
         let l = "{engine=\"0\",model_name=\"m\\\"1\"}";
+        assert_eq!(
+            value(
+                &text,
+                &format!("{NUM_PREFILL_TOKENS_PENDING}{{worker=\"1\"}}")
+            ),
+            120.0
+        );
         assert_eq!(value(&text, &format!("vllm:num_requests_running{l}")), 5.0);
         assert_eq!(value(&text, &format!("vllm:num_requests_waiting{l}")), 2.0);
         assert_eq!(value(&text, &format!("vllm:kv_cache_usage_perc{l}")), 0.2);
