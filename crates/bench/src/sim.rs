@@ -538,20 +538,18 @@ fn start_step(
     wk.engine
         .step()
         .map_err(|e| anyhow::anyhow!("worker {w}: {e}"))?;
-    if wk.engine.executor().steps == before {
-        // Nothing ran. Requests ended out of blocks are collected now; anything
-        // else left waiting with nothing running can never be scheduled.
+    let dt = if wk.engine.executor().steps == before {
+        // Nothing ran. Requests ended out of blocks are collected a moment later;
+        // anything else left waiting with nothing running can never be scheduled.
         anyhow::ensure!(
             !wk.engine.has_work() || wk.engine.snapshot().load.running > 0,
             "worker {w} cannot schedule its waiting requests (KV pool too small?)"
         );
-    }
-    wk.busy = true;
-    let dt = if wk.engine.executor().steps == before {
         1e-6
     } else {
         wk.engine.executor().last_step_s
     };
+    wk.busy = true;
     heap.push(std::cmp::Reverse((Time(now + dt), w)));
     Ok(())
 }

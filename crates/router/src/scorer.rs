@@ -135,6 +135,13 @@ pub fn kv_score(load: &WorkerLoad) -> f64 {
     (1.0 - load.kv_usage()).clamp(0.0, 1.0)
 }
 
+/// Worker `w`'s tie-break rank for a request (higher wins): a seeded hash of the
+/// request's tie value (see `RouteRequest::tie_value`) and the worker index, so equal
+/// prompts break ties the same way.
+pub fn tie_rank(seed: u64, tie: u64, w: usize) -> u64 {
+    mix64(mix64(seed ^ tie) ^ (w as u64).wrapping_mul(0xA24B_AED4_963E_E407))
+}
+
 /// The scorer's choice.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Pick {
@@ -180,7 +187,6 @@ impl Scorer {
             max_r = max_r.max(v.load.running);
         }
         let wt = &self.weights;
-        let tie = mix64(self.seed ^ tie);
         let mut best: Option<(usize, f64, u64)> = None;
         let mut diverted_run = 0;
         for (w, v) in avail() {
@@ -193,7 +199,7 @@ impl Scorer {
                 + wt.queue * relative_inverse(v.queue(), max_q)
                 + wt.kv_usage * kv_score(&v.load)
                 + wt.running * relative_inverse(v.load.running, max_r);
-            let t = mix64(tie ^ (w as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+            let t = tie_rank(self.seed, tie, w);
             let better = match best {
                 None => true,
                 Some((_, bs, bt)) => s > bs + 1e-9 || ((s - bs).abs() <= 1e-9 && t > bt),

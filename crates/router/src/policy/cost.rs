@@ -24,8 +24,8 @@ use super::{Decision, PolicyKind, RouteRequest, RoutingPolicy};
 use crate::block_key::BlockKey;
 pub use crate::config::CostWeights;
 use crate::error::RouteError;
-use crate::keymap::{fold, mix64};
-use crate::scorer::WorkerView;
+use crate::keymap::fold;
+use crate::scorer::{tie_rank, WorkerView};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -57,6 +57,12 @@ pub struct CostPolicy {
 
 fn prompt_id(keys: &[BlockKey]) -> u64 {
     keys.last().map_or(0, |k| fold(k.0))
+}
+
+/// Blocks a prompt of `blocks` full blocks, `matched` of them cached, has to prefill
+/// (+1 for its partial tail).
+fn own_blocks(blocks: usize, matched: usize) -> usize {
+    blocks - matched.min(blocks) + 1
 }
 
 impl CostPolicy {
@@ -100,8 +106,7 @@ impl CostPolicy {
             .enumerate()
             .map(|(w, v)| {
                 v.available.then(|| {
-                    let m = matched.get(w).copied().unwrap_or(0).min(req.keys.len());
-                    let own = req.keys.len() - m + 1;
+                    let own = own_blocks(req.keys.len(), matched.get(w).copied().unwrap_or(0));
                     self.ahead(w, v) as f64
                         + self.weights.uncached * own as f64
                         + self.weights.running * v.load.running as f64
@@ -119,12 +124,12 @@ impl RoutingPolicy for CostPolicy {
     fn route(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError> {
         let m = self.cached.matches(req);
         let predicted = self.predict(req, &m.combined);
-        let tie = mix64(self.seed ^ req.tie_value());
+        let tie = req.tie_value();
         let mut best: Option<(usize, f64, usize, u64)> = None;
         for (w, p) in predicted.iter().enumerate() {
             let Some(p) = *p else { continue };
             let run = m.combined[w];
-            let t = mix64(tie ^ (w as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+            let t = tie_rank(self.seed, tie, w);
             let better = match best {
                 None => true,
                 Some((_, bp, brun, bt)) => {
@@ -144,7 +149,7 @@ impl RoutingPolicy for CostPolicy {
             }
             q.push_back(Outstanding {
                 prompt: prompt_id(req.keys),
-                uncached: req.keys.len() - m.combined[worker].min(req.keys.len()) + 1,
+                uncached: own_blocks(req.keys.len(), m.combined[worker]),
             });
         }
         Ok(Decision {
