@@ -253,12 +253,14 @@ mod tests {
             cost: truth.clone(),
             event_delay_s: 0.0,
             router: RouterConfig::default(),
+            ladder: Default::default(),
         };
         // Low rate: requests rarely overlap, so TTFT is pure prefill.
         let stages = [Stage {
             rate: 0.05,
             requests: 60,
             warmup: false,
+            max_tokens: None,
         }];
         let r = simulate(
             &cfg,

@@ -6,6 +6,7 @@
 
 pub mod fit;
 pub mod live;
+pub mod published;
 pub mod report;
 pub mod sim;
 pub mod stats;
@@ -14,6 +15,8 @@ pub mod workload;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use reprise_engine::executor::CostModel;
+use reprise_router::config::ApproximateConfig;
+use reprise_router::scorer::{OverloadGuard, ScoreWeights};
 use reprise_router::{PolicyKind, RouterConfig};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -54,7 +57,9 @@ pub struct PlotArgs {
 /// built-in defaults without one).
 #[derive(Debug, Clone, Args)]
 pub struct SimArgs {
-    /// Named setup: `llm-d-73` (llm-d's 8 × Qwen3-32B benchmark) or `small`.
+    /// Named setup: `llm-d-73` (llm-d's 8 × Qwen3-32B benchmark), `llm-d-73-observed`
+    /// (that run as it was measured: each scheduler's observed output lengths and
+    /// configuration, inference-perf's continuous stages) or `small`.
     #[arg(long)]
     pub preset: Option<String>,
     /// Output directory for results.json, results.csv and the pictures.
@@ -139,6 +144,13 @@ struct Preset {
     max_num_seqs: usize,
     cost_model: &'static str,
     workload: WorkloadKind,
+    ladder: sim::Ladder,
+    /// Each policy's router settings, when the preset configures them.
+    router: Option<fn(PolicyKind) -> RouterConfig>,
+    /// Output tokens per request of a policy at a rate, when the preset fixes them.
+    output_len: Option<fn(PolicyKind, f64) -> Result<usize>>,
+    /// Whether llm-d's published figures are printed beside the simulated ones.
+    published: bool,
 }
 
 /// llm-d's "KV-cache wins you can see": 8 × Qwen3-32B (TP=2, H100) with 307,328 KV
@@ -159,7 +171,95 @@ const LLM_D_73: Preset = Preset {
     max_num_seqs: 1024,
     cost_model: "qwen3-32b-tp2-h100",
     workload: WorkloadKind::SharedPrefix,
+    ladder: sim::Ladder::Drained,
+    router: None,
+    output_len: None,
+    published: false,
 };
+
+/// llm-d's run as it was measured (figures in [`published`]): the same cluster and
+/// ladder as `llm-d-73`, but inference-perf's stages back to back, each scheduler's
+/// own observed output length per rung, and each scheduler configured as llm-d
+/// configured it ([`llm_d_router`]). The roofline cost model: llm-d's own figures
+/// put the cluster's prefill there, not at the calibrated model's 2,300 tokens/s a
+/// worker (random-scheduling, ~20% cached, kept TTFT at 1.4-2.3 s up to 15 QPS and
+/// saturated at 20: 15-20 QPS × 80% × 7,200 tokens over 8 workers is 11-14K prompt
+/// tokens/s a worker, the roofline model's 15K; the calibrated one saturates below
+/// 3 QPS).
+const LLM_D_73_OBSERVED: Preset = Preset {
+    policies: "cost,precise,approximate,load,random",
+    cost_model: "qwen3-32b-tp2-h100-roofline",
+    ladder: sim::Ladder::Continuous,
+    router: Some(llm_d_router),
+    output_len: Some(observed_output_len),
+    published: true,
+    ..LLM_D_73
+};
+
+/// The `EndpointPickerConfig`s of llm-d's run (benchmarking/73-capacity/README.md):
+/// - precise-scheduling: prefix 3, kv-cache 2, queue 2, from KV events only (no
+///   speculative credits);
+/// - estimated-scheduling: prefix 1, kv-cache 1, queue 1, its prefix guess over the
+///   prompt's text in 64-byte blocks, at most 256 of them, 31,250 per server. At
+///   GIE's own guess of 4 bytes a token those are 16-token blocks: the guess covers a
+///   prompt's first 4,096 tokens (64 of our 64-token blocks) and remembers 500,000
+///   tokens per server (7,812 of our blocks);
+/// - load-scheduling: queue 1, kv-cache 1;
+/// - random-scheduling.
+///
+/// None of them has an overload guard. Policies llm-d did not run keep reprise's
+/// defaults.
+fn llm_d_router(policy: PolicyKind) -> RouterConfig {
+    let no_guard = OverloadGuard {
+        enabled: false,
+        ..OverloadGuard::default()
+    };
+    let weights = |prefix, kv_usage, queue| ScoreWeights {
+        prefix,
+        queue,
+        kv_usage,
+        running: 0.0,
+    };
+    let base = RouterConfig::default();
+    match policy {
+        PolicyKind::Precise => RouterConfig {
+            weights: weights(3.0, 2.0, 2.0),
+            overload: no_guard,
+            speculative_ttl_ms: 0,
+            ..base
+        },
+        PolicyKind::Approximate => RouterConfig {
+            weights: weights(1.0, 1.0, 1.0),
+            overload: no_guard,
+            approximate: ApproximateConfig {
+                max_blocks: 256 * 64 / 4 / 64,
+                capacity_blocks: 31_250 * 16 / 64,
+            },
+            ..base
+        },
+        PolicyKind::Load => RouterConfig {
+            weights: weights(0.0, 1.0, 1.0),
+            overload: no_guard,
+            ..base
+        },
+        _ => base,
+    }
+}
+
+/// Output tokens per request of `policy` at `rate` in llm-d's run, as observed; a
+/// policy llm-d did not run gets precise-scheduling's (the run whose cluster kept up
+/// with every rate). The warm-up's 15 QPS takes the 15 QPS rung's.
+fn observed_output_len(policy: PolicyKind, rate: f64) -> Result<usize> {
+    let i = published::LADDER
+        .iter()
+        .position(|r| r.rate == rate)
+        .with_context(|| {
+            format!("llm-d-73-observed has no observed output length at {rate} requests/s")
+        })?;
+    let p = published::index_of(policy).map_or(PolicyKind::Precise, |_| policy);
+    published::observed_output_len(p, i)
+        .with_context(|| format!("no observed output length for {p} at {rate} requests/s"))
+}
 
 /// A seconds-long sanity run: 4 workers, the same cost model, a small workload.
 const SMALL: Preset = Preset {
@@ -175,6 +275,10 @@ const SMALL: Preset = Preset {
     max_num_seqs: 256,
     cost_model: "qwen3-32b-tp2-h100",
     workload: WorkloadKind::GeneratedSharedPrefix,
+    ladder: sim::Ladder::Drained,
+    router: None,
+    output_len: None,
+    published: false,
 };
 
 /// Cost models shipped in the binary (the JSON files under bench/cost-models/).
@@ -289,7 +393,11 @@ struct SimSetup {
     max_num_seqs: usize,
     event_delay_ms: f64,
     cost_model: CostModel,
-    router: RouterConfig,
+    ladder: sim::Ladder,
+    /// Each policy's router settings.
+    routers: Vec<(String, RouterConfig)>,
+    /// Each policy's output tokens per request at each rate, when the preset fixes them.
+    output_lens: Option<Vec<(String, Vec<usize>)>>,
     arrival_seed: u64,
     workload_seed: u64,
 }
@@ -298,7 +406,10 @@ fn run_sim(a: &SimArgs) -> Result<()> {
     let p = match a.preset.as_deref() {
         None | Some("small") => &SMALL,
         Some("llm-d-73") => &LLM_D_73,
-        Some(other) => bail!("unknown preset '{other}' (expected llm-d-73 or small)"),
+        Some("llm-d-73-observed") => &LLM_D_73_OBSERVED,
+        Some(other) => {
+            bail!("unknown preset '{other}' (expected llm-d-73, llm-d-73-observed or small)")
+        }
     };
     let policies = parse_policies(a.policies.as_deref().unwrap_or(p.policies))?;
     let rates = parse_rates(a.rates.as_deref().unwrap_or(p.rates))?;
@@ -342,17 +453,35 @@ fn run_sim(a: &SimArgs) -> Result<()> {
         rate: a.warmup_rate.unwrap_or(p.warmup.1),
         requests: a.warmup_requests.unwrap_or(p.warmup.0),
         warmup: true,
+        max_tokens: None,
     };
     if !(warmup.rate.is_finite() && warmup.rate > 0.0) {
         bail!("--warmup-rate must be > 0");
     }
-    let mut router: RouterConfig = match &a.router_config {
+    // --router-config applies to every policy; without it a preset may configure each.
+    let given: Option<RouterConfig> = match &a.router_config {
         Some(j) => {
-            serde_json::from_str(j).context("--router-config is not a valid router config")?
+            Some(serde_json::from_str(j).context("--router-config is not a valid router config")?)
         }
-        None => RouterConfig::default(),
+        None => None,
     };
-    router.block_size = block_size;
+    let router_for = |pol: PolicyKind| RouterConfig {
+        block_size,
+        policy: pol,
+        ..match (&given, p.router) {
+            (Some(r), _) => r.clone(),
+            (None, Some(f)) => f(pol),
+            (None, None) => RouterConfig::default(),
+        }
+    };
+    let routers: Vec<(String, RouterConfig)> = policies
+        .iter()
+        .map(|&pol| (pol.to_string(), router_for(pol)))
+        .collect();
+    for (name, r) in &routers {
+        r.validate()
+            .with_context(|| format!("router settings of policy {name}"))?;
+    }
     let cost_name = a.cost_model.as_deref().unwrap_or(p.cost_model);
     let cluster = sim::ClusterConfig {
         workers: a.workers.unwrap_or(p.workers),
@@ -362,12 +491,28 @@ fn run_sim(a: &SimArgs) -> Result<()> {
         max_num_seqs: a.max_num_seqs.unwrap_or(p.max_num_seqs),
         cost: load_cost_model(cost_name)?,
         event_delay_s: a.event_delay_ms / 1000.0,
-        router: router.clone(),
+        router: RouterConfig::default(),
+        ladder: p.ladder,
     };
     if !(a.event_delay_ms.is_finite() && a.event_delay_ms >= 0.0) {
         bail!("--event-delay-ms must be >= 0");
     }
     let slo = stats::Slo::parse(&a.goodput)?;
+    let output_lens = p
+        .output_len
+        .map(|f| {
+            policies
+                .iter()
+                .map(|&pol| {
+                    let lens = rates
+                        .iter()
+                        .map(|&r| f(pol, r))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok((pol.to_string(), lens))
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose()?;
     let setup = SimSetup {
         preset: a.preset.clone(),
         workload: wl.description.clone(),
@@ -387,7 +532,9 @@ fn run_sim(a: &SimArgs) -> Result<()> {
         max_num_seqs: cluster.max_num_seqs,
         event_delay_ms: a.event_delay_ms,
         cost_model: cluster.cost.clone(),
-        router,
+        ladder: cluster.ladder,
+        routers,
+        output_lens: output_lens.clone(),
         arrival_seed: a.arrival_seed,
         workload_seed: wl_args.seed,
     };
@@ -401,21 +548,35 @@ fn run_sim(a: &SimArgs) -> Result<()> {
         policies.len(),
         rates.len()
     );
-    let stages: Vec<sim::Stage> = (warmup.requests > 0)
-        .then_some(warmup)
-        .into_iter()
-        .chain(
-            rates
-                .iter()
-                .zip(&requests)
-                .map(|(&rate, &requests)| sim::Stage {
-                    rate,
-                    requests,
-                    warmup: false,
-                }),
-        )
-        .collect();
-    let total: u64 = stages.iter().map(|s| s.requests as u64).sum::<u64>() * policies.len() as u64;
+    // A policy's stages: the warm-up, then the ladder, each at the preset's output
+    // length for that policy when it fixes one.
+    let stages_for = |pol: PolicyKind| -> Result<Vec<sim::Stage>> {
+        let len = |rate: f64| p.output_len.map(|f| f(pol, rate)).transpose();
+        let mut v = Vec::with_capacity(rates.len() + 1);
+        if warmup.requests > 0 {
+            v.push(sim::Stage {
+                max_tokens: len(warmup.rate)?,
+                ..warmup
+            });
+        }
+        for (&rate, &requests) in rates.iter().zip(&requests) {
+            v.push(sim::Stage {
+                rate,
+                requests,
+                warmup: false,
+                max_tokens: len(rate)?,
+            });
+        }
+        Ok(v)
+    };
+    let stages: Vec<(PolicyKind, Vec<sim::Stage>)> = policies
+        .iter()
+        .map(|&pol| Ok((pol, stages_for(pol)?)))
+        .collect::<Result<_>>()?;
+    let total: u64 = stages
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|s| s.requests as u64))
+        .sum();
     let bar = report::progress_bar(total, "requests");
     let started = std::time::Instant::now();
     let jobs = a
@@ -423,9 +584,16 @@ fn run_sim(a: &SimArgs) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .clamp(1, policies.len());
     let results = run_parallel(&policies, jobs, |pol| {
-        sim::simulate(&cluster, &wl, pol, &stages, a.arrival_seed, &slo, &|n| {
-            bar.inc(n)
-        })
+        let cfg = sim::ClusterConfig {
+            router: router_for(pol),
+            ..cluster.clone()
+        };
+        let st = stages
+            .iter()
+            .find(|(p, _)| *p == pol)
+            .map(|(_, s)| s.as_slice())
+            .unwrap_or_default();
+        sim::simulate(&cfg, &wl, pol, st, a.arrival_seed, &slo, &|n| bar.inc(n))
     })?;
     bar.finish_and_clear();
     let wall = started.elapsed().as_secs_f64();
@@ -437,8 +605,18 @@ fn run_sim(a: &SimArgs) -> Result<()> {
     report::write_sim_report(&a.out, &setup, &results, &slo, wall)?;
     let rows = report::sim_rows(&results, &slo);
     report::print_table(&rows);
-    println!("\nmean over the rungs (inference-perf's \"summary across QPS\")");
-    report::print_table(&report::mean_rows(&rows)?);
+    println!("\nmean over the rungs");
+    let mean = report::mean_rows(&rows)?;
+    report::print_table(&mean);
+    let ladder = report::ladder_rows(&results, &slo);
+    println!("\nthe whole ladder pooled (how inference-perf summarises latencies)");
+    report::print_table(&ladder);
+    if p.published {
+        let cmp = report::published_comparison(&ladder, &mean);
+        println!("\nbeside llm-d's published summary (benchmarking/73-capacity/README.md)");
+        report::print_comparison(&cmp);
+        report::write_comparison(&a.out, &cmp)?;
+    }
     eprintln!("wrote {}", a.out.display());
     Ok(())
 }
@@ -564,6 +742,59 @@ mod tests {
         assert_eq!((a.load.num_prompts, a.load.workload.num_prompts), (48, 5));
         let c = Cli::try_parse_from(["bench", "sim", "--preset", "llm-d-73"]).unwrap();
         assert!(matches!(c.cmd, BenchCommand::Sim(_)));
+    }
+
+    #[test]
+    fn the_observed_preset_is_llm_ds_run() {
+        // Same ladder as the published one.
+        let rates = parse_rates(LLM_D_73_OBSERVED.rates).unwrap();
+        let durations = parse_rates(LLM_D_73_OBSERVED.durations.unwrap()).unwrap();
+        assert_eq!(rates.len(), published::LADDER.len());
+        for ((r, d), rung) in rates.iter().zip(&durations).zip(&published::LADDER) {
+            assert_eq!((*r, *d), (rung.rate, rung.duration_s));
+        }
+        assert_eq!(
+            (
+                LLM_D_73_OBSERVED.warmup.1,
+                LLM_D_73_OBSERVED.warmup.0 as f64
+            ),
+            (
+                published::WARMUP.0,
+                published::WARMUP.0 * published::WARMUP.1
+            )
+        );
+        // Each scheduler as llm-d configured it, and every configuration valid.
+        let p = llm_d_router(PolicyKind::Precise);
+        assert_eq!(
+            (p.weights.prefix, p.weights.kv_usage, p.weights.queue),
+            (3.0, 2.0, 2.0)
+        );
+        assert_eq!(p.speculative_ttl_ms, 0);
+        let e = llm_d_router(PolicyKind::Approximate);
+        assert_eq!(
+            (e.weights.prefix, e.weights.kv_usage, e.weights.queue),
+            (1.0, 1.0, 1.0)
+        );
+        assert_eq!(
+            (e.approximate.max_blocks, e.approximate.capacity_blocks),
+            (64, 7812)
+        );
+        for pol in PolicyKind::ALL {
+            let r = RouterConfig {
+                policy: pol,
+                block_size: 64,
+                ..llm_d_router(pol)
+            };
+            r.validate().unwrap();
+            // llm-d's scoring schedulers have no overload guard (random uses none).
+            if published::index_of(pol).is_some() && pol != PolicyKind::Random {
+                assert!(!r.overload.enabled, "{pol}");
+            }
+        }
+        // Observed lengths: each run's own; others take precise's; no made-up rates.
+        assert_eq!(observed_output_len(PolicyKind::Random, 60.0).unwrap(), 85);
+        assert_eq!(observed_output_len(PolicyKind::Cost, 60.0).unwrap(), 177);
+        assert!(observed_output_len(PolicyKind::Precise, 7.0).is_err());
     }
 
     #[test]

@@ -29,8 +29,10 @@ pub fn sim_rows(results: &[SimResult], _slo: &Slo) -> Vec<Summary> {
         .collect()
 }
 
-/// Each policy pooled over its whole ladder: every request of every rate, durations
-/// added (ITL is not pooled: the per-stage gaps are dropped to bound memory).
+/// Each policy pooled over its whole ladder: every request of every rate, the rungs'
+/// measured durations added (ITL is not pooled: the per-stage gaps are dropped to
+/// bound memory). inference-perf's "Summary across QPS" (and so llm-d's published
+/// table) pools its latencies this way: its TTFT p90 is above the mean of the rungs'.
 pub fn ladder_rows(results: &[SimResult], slo: &Slo) -> Vec<Summary> {
     results
         .iter()
@@ -40,7 +42,7 @@ pub fn ladder_rows(results: &[SimResult], slo: &Slo) -> Vec<Summary> {
                 .iter()
                 .flat_map(|s| s.records.iter().cloned())
                 .collect();
-            let duration: f64 = r.stages.iter().map(|s| s.end_s - s.start_s).sum();
+            let duration: f64 = r.stages.iter().map(|s| s.summary.duration).sum();
             let mut s = Summary::from_records(r.policy.name(), 0.0, &recs, duration, slo);
             s.preemptions = Some(r.stages.iter().map(|s| s.preemptions).sum());
             s
@@ -48,9 +50,8 @@ pub fn ladder_rows(results: &[SimResult], slo: &Slo) -> Vec<Summary> {
         .collect()
 }
 
-/// Each policy's rungs averaged, the way inference-perf's "Summary across QPS" (and
-/// so llm-d's published table) reports a ladder: every rate and latency figure is
-/// the mean of the per-rung figures; counts and `duration` are summed;
+/// Each policy's rungs averaged: every rate and latency figure is the mean of the
+/// per-rung figures (inference-perf's "Summary across QPS" gives its throughputs so); counts and `duration` are summed;
 /// `request_rate` is the mean rate.
 pub fn mean_rows(rows: &[Summary]) -> Result<Vec<Summary>> {
     let mut policies: Vec<&str> = Vec::new();
@@ -313,6 +314,125 @@ pub fn print_table(rows: &[Summary]) {
             r.effective_cache_throughput
         );
     }
+}
+
+/// One policy's pooled ladder beside llm-d's published summary of the same scheduler.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    /// Policy.
+    pub policy: String,
+    /// Simulated p90 TTFT over the ladder, seconds.
+    pub sim_ttft_p90_s: f64,
+    /// llm-d's, seconds.
+    pub llm_d_ttft_p90_s: f64,
+    /// Simulated mean TTFT, seconds.
+    pub sim_ttft_mean_s: f64,
+    /// llm-d's, seconds.
+    pub llm_d_ttft_mean_s: f64,
+    /// Simulated output tokens/s.
+    pub sim_output_tok_s: f64,
+    /// llm-d's.
+    pub llm_d_output_tok_s: f64,
+}
+
+impl Comparison {
+    /// How many times apart the p90 TTFTs are (>= 1, whichever is larger).
+    pub fn ttft_p90_factor(&self) -> f64 {
+        let (a, b) = (self.sim_ttft_p90_s, self.llm_d_ttft_p90_s);
+        if a <= 0.0 || b <= 0.0 {
+            f64::INFINITY
+        } else {
+            (a / b).max(b / a)
+        }
+    }
+
+    /// Relative difference of the output throughputs (simulated over llm-d's, − 1).
+    pub fn throughput_error(&self) -> f64 {
+        self.sim_output_tok_s / self.llm_d_output_tok_s - 1.0
+    }
+
+    /// The bar: p90 TTFT within 2x, throughput within 25%.
+    pub fn within_bounds(&self) -> bool {
+        self.ttft_p90_factor() <= 2.0 && self.throughput_error().abs() <= 0.25
+    }
+}
+
+/// The policies llm-d ran beside its summary, computed as its summary is: TTFT over
+/// the pooled `ladder` rows, output throughput as the `mean` of the rungs'.
+pub fn published_comparison(ladder: &[Summary], mean: &[Summary]) -> Vec<Comparison> {
+    use super::published::{index_of, SUMMARY};
+    ladder
+        .iter()
+        .filter_map(|r| {
+            let policy = r.policy.parse().ok()?;
+            let l = SUMMARY[index_of(policy)?];
+            let m = mean.iter().find(|m| m.policy == r.policy)?;
+            Some(Comparison {
+                policy: r.policy.clone(),
+                sim_ttft_p90_s: r.ttft.p90 / 1000.0,
+                llm_d_ttft_p90_s: l.ttft_p90_s,
+                sim_ttft_mean_s: r.ttft.mean / 1000.0,
+                llm_d_ttft_mean_s: l.ttft_mean_s,
+                sim_output_tok_s: m.output_throughput,
+                llm_d_output_tok_s: l.output_tok_s,
+            })
+        })
+        .collect()
+}
+
+/// Print [`published_comparison`]'s rows.
+pub fn print_comparison(rows: &[Comparison]) {
+    println!(
+        "{:<12} {:>12} {:>12} {:>7} {:>12} {:>12} {:>11} {:>11} {:>7} {:>6}",
+        "policy",
+        "p90 TTFT s",
+        "llm-d",
+        "x",
+        "mean TTFT s",
+        "llm-d",
+        "out tok/s",
+        "llm-d",
+        "diff",
+        "within"
+    );
+    for c in rows {
+        println!(
+            "{:<12} {:>12.3} {:>12.3} {:>7.2} {:>12.3} {:>12.3} {:>11.0} {:>11.0} {:>+6.0}% {:>6}",
+            c.policy,
+            c.sim_ttft_p90_s,
+            c.llm_d_ttft_p90_s,
+            c.ttft_p90_factor(),
+            c.sim_ttft_mean_s,
+            c.llm_d_ttft_mean_s,
+            c.sim_output_tok_s,
+            c.llm_d_output_tok_s,
+            100.0 * c.throughput_error(),
+            if c.within_bounds() { "yes" } else { "no" }
+        );
+    }
+}
+
+/// llm-d-comparison.csv under `dir`.
+pub fn write_comparison(dir: &Path, rows: &[Comparison]) -> Result<()> {
+    let mut out = String::from(
+        "policy,sim_ttft_p90_s,llm_d_ttft_p90_s,ttft_p90_factor,sim_ttft_mean_s,llm_d_ttft_mean_s,sim_output_tok_s,llm_d_output_tok_s,throughput_error,within_bounds\n",
+    );
+    for c in rows {
+        out.push_str(&format!(
+            "{},{:.4},{:.4},{:.3},{:.4},{:.4},{:.1},{:.1},{:.4},{}\n",
+            c.policy,
+            c.sim_ttft_p90_s,
+            c.llm_d_ttft_p90_s,
+            c.ttft_p90_factor(),
+            c.sim_ttft_mean_s,
+            c.llm_d_ttft_mean_s,
+            c.sim_output_tok_s,
+            c.llm_d_output_tok_s,
+            c.throughput_error(),
+            c.within_bounds()
+        ));
+    }
+    write(&dir.join("llm-d-comparison.csv"), out.as_bytes())
 }
 
 /// Colour of a policy, fixed so pictures are comparable.
@@ -749,6 +869,40 @@ fn timeline_chart(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_comparison_uses_pooled_ttft_and_mean_throughput_and_llm_ds_bar() {
+        let row = |policy: &str, p90_ms: f64, tok_s: f64| {
+            let mut s = Summary {
+                policy: policy.into(),
+                output_throughput: tok_s,
+                ..Default::default()
+            };
+            s.ttft.p90 = p90_ms;
+            s
+        };
+        // precise: 1.0 s pooled (llm-d 0.542: 1.85x), 9,000 tok/s mean (+3%);
+        // random: 200 s (2.16x): out; cost is not in llm-d's table.
+        let ladder = [
+            row("precise", 1000.0, 1.0),
+            row("random", 200_000.0, 1.0),
+            row("cost", 1.0, 1.0),
+        ];
+        let mean = [
+            row("precise", 0.0, 9000.0),
+            row("random", 0.0, 4500.0),
+            row("cost", 0.0, 1.0),
+        ];
+        let c = published_comparison(&ladder, &mean);
+        assert_eq!(c.len(), 2);
+        assert_eq!((c[0].sim_ttft_p90_s, c[0].sim_output_tok_s), (1.0, 9000.0));
+        assert!((c[0].ttft_p90_factor() - 1.0 / 0.542).abs() < 1e-9);
+        assert!(c[0].within_bounds());
+        assert!(!c[1].within_bounds(), "{:?}", c[1]);
+        let mut slow = c[0].clone();
+        slow.sim_output_tok_s = 0.7 * slow.llm_d_output_tok_s;
+        assert!(!slow.within_bounds());
+    }
 
     #[test]
     fn timeline_bins_tokens_per_second() {

@@ -18,7 +18,10 @@
 //! A ladder runs its rates one after the other on the same cluster (caches and
 //! router state carry over), like successive `vllm bench serve` runs against one
 //! server: each rate sends its requests with Poisson gaps and is measured from its
-//! first arrival until its last request completes; the next rate starts then.
+//! first arrival until its last request completes; the next rate starts then. A
+//! [`Ladder::Continuous`] ladder instead sends the rates back to back as one arrival
+//! stream, the way inference-perf runs its stages: a rung's backlog carries into the
+//! next, and each rung is measured over its own arrival window.
 
 use super::stats::{RequestRecord, Slo, Summary};
 use super::workload::Workload;
@@ -56,6 +59,22 @@ pub struct ClusterConfig {
     pub event_delay_s: f64,
     /// Router settings (the policy is set per run).
     pub router: RouterConfig,
+    /// Whether each rung waits for the previous one to finish.
+    pub ladder: Ladder,
+}
+
+/// How the rungs of a ladder follow each other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ladder {
+    /// Each rung starts once the previous one's requests have all completed and is
+    /// measured until its own last completion (successive `vllm bench serve` runs).
+    #[default]
+    Drained,
+    /// Each rung's arrivals start where the previous rung's end, whatever is still
+    /// queued, and a rung's throughput is over its own arrival window (inference-perf's
+    /// stages, as llm-d ran them).
+    Continuous,
 }
 
 /// One rung of the ladder.
@@ -68,6 +87,8 @@ pub struct Stage {
     /// A warm-up rung: run like the others but not reported (it fills the caches
     /// before the measured ladder, like inference-perf's warm-up stage).
     pub warmup: bool,
+    /// Output tokens of this rung's requests, instead of the workload's.
+    pub max_tokens: Option<usize>,
 }
 
 /// The outcome of one rate.
@@ -182,7 +203,6 @@ struct Worker {
     live: Vec<(usize, flume::Receiver<WorkerEvent>)>,
     /// Requests routed here during the step in progress (taken in when it ends).
     inbox: Vec<usize>,
-    preemptions_at_stage_start: u64,
 }
 
 impl Worker {
@@ -247,7 +267,6 @@ pub fn simulate(
                 busy: false,
                 live: Vec::new(),
                 inbox: Vec::new(),
-                preemptions_at_stage_start: 0,
             })
         })
         .collect::<Result<Vec<_>, reprise_engine::scheduler::SchedulerError>>()
@@ -270,38 +289,64 @@ pub fn simulate(
         steps: 0,
     };
 
-    for (si, stage) in stages.iter().enumerate() {
-        anyhow::ensure!(
-            stage.rate.is_finite() && stage.rate > 0.0,
-            "request rate must be > 0, got {}",
-            stage.rate
-        );
-        let order = workload.order(stage.requests, si as u64);
-        let mut arrivals = Vec::with_capacity(stage.requests);
+    // A drained ladder runs each rung on its own; a continuous one sends every rung's
+    // arrivals in one stream, so a rung's backlog is still there when the next starts.
+    let segments: Vec<std::ops::Range<usize>> = match cfg.ladder {
+        Ladder::Drained => (0..stages.len()).map(|i| i..i + 1).collect(),
+        Ladder::Continuous => std::iter::once(0..stages.len()).collect(),
+    };
+    for seg in segments {
+        let mut arrivals = Vec::new();
+        let mut order = Vec::new();
+        let mut max_tokens = Vec::new();
+        // Per stage of the segment: its first request and the time its arrivals begin.
+        let mut first = Vec::with_capacity(seg.len());
+        let mut begin = Vec::with_capacity(seg.len() + 1);
         let mut t = now;
-        for _ in 0..stage.requests {
-            arrivals.push(t);
-            // Exponential gap: −ln(1 − U)/rate with U in [0, 1).
-            t += -(1.0 - rng.random::<f64>()).ln() / stage.rate;
+        for si in seg.clone() {
+            let stage = &stages[si];
+            anyhow::ensure!(
+                stage.rate.is_finite() && stage.rate > 0.0,
+                "request rate must be > 0, got {}",
+                stage.rate
+            );
+            first.push(arrivals.len());
+            begin.push(t);
+            let o = workload.order(stage.requests, si as u64);
+            max_tokens.extend(
+                o.iter()
+                    .map(|&p| stage.max_tokens.unwrap_or(workload.prompts[p].max_tokens)),
+            );
+            order.extend(o);
+            for _ in 0..stage.requests {
+                arrivals.push(t);
+                // Exponential gap: −ln(1 − U)/rate with U in [0, 1).
+                t += -(1.0 - rng.random::<f64>()).ln() / stage.rate;
+            }
         }
-        let start = now;
-        for w in workers.iter_mut() {
-            w.preemptions_at_stage_start = w.preemptions();
-        }
+        first.push(arrivals.len());
+        // A continuous rung is measured over its own arrivals, until the next begins.
+        begin.push(t);
+        let total = arrivals.len();
+        // Preemptions over all workers when each stage's first request arrived.
+        let preempted = |workers: &[Worker]| workers.iter().map(|w| w.preemptions()).sum::<u64>();
+        let mut preempt_at = vec![preempted(&workers); seg.len() + 1];
         let mut st = StageState {
             workload,
             order: &order,
             arrivals: &arrivals,
-            records: vec![RequestRecord::default(); stage.requests],
-            last_token: vec![0.0; stage.requests],
+            max_tokens: &max_tokens,
+            records: vec![RequestRecord::default(); total],
+            last_token: vec![0.0; total],
             done: 0,
             next_id: &mut next_id,
             cache_hits: &mut out.cache_hits,
             progress,
         };
         let mut next = 0usize;
+        let mut stage_k = 0usize;
 
-        while st.done < stage.requests {
+        while st.done < total {
             let step_at = heap.peek().map(|e| e.0 .0 .0);
             let arrival_at = arrivals.get(next).copied();
             // Step completions first on ties: a request arriving exactly when a step
@@ -315,12 +360,16 @@ pub fn simulate(
             if take_arrival {
                 let i = next;
                 next += 1;
+                while first[stage_k + 1] <= i {
+                    stage_k += 1;
+                    preempt_at[stage_k] = preempted(&workers);
+                }
                 now = arrivals[i];
                 deliver(&router, &mut inflight, now)?;
                 let p = &workload.prompts[order[i]];
                 let d = router.route(&p.tokens, b"", Duration::from_secs_f64(now))?;
                 let w = d.worker;
-                st.records[i].start_s = now - start;
+                st.records[i].start_s = now - begin[stage_k];
                 st.records[i].prompt_tokens = p.tokens.len();
                 st.records[i].worker = Some(w);
                 let wk = &mut workers[w];
@@ -349,28 +398,41 @@ pub fn simulate(
             report(&router, &mut inflight, cfg, w, wk, events, now)?;
             start_step(wk, w, now, &mut heap)?;
         }
-        let preemptions = workers
-            .iter()
-            .map(|w| w.preemptions() - w.preemptions_at_stage_start)
-            .sum();
+        preempt_at[seg.len()] = preempted(&workers);
         let mut records = st.records;
-        if stage.warmup {
-            continue;
+        for (k, si) in seg.clone().enumerate().rev() {
+            let mut recs = records.split_off(first[k]);
+            let stage = &stages[si];
+            if stage.warmup {
+                continue;
+            }
+            let start = begin[k];
+            let end = recs
+                .iter()
+                .filter(|r| r.ok())
+                .map(|r| start + r.start_s + r.e2el_s)
+                .fold(start, f64::max);
+            let window = match cfg.ladder {
+                Ladder::Drained => now - start,
+                Ladder::Continuous => begin[k + 1] - start,
+            };
+            let preemptions = preempt_at[k + 1] - preempt_at[k];
+            let mut summary = Summary::from_records(policy.name(), stage.rate, &recs, window, slo);
+            summary.preemptions = Some(preemptions);
+            for r in &mut recs {
+                r.itl_s = Vec::new();
+            }
+            out.stages.push(StageResult {
+                start_s: start,
+                end_s: end,
+                records: recs,
+                preemptions,
+                summary,
+            });
         }
-        let mut summary =
-            Summary::from_records(policy.name(), stage.rate, &records, now - start, slo);
-        summary.preemptions = Some(preemptions);
-        for r in &mut records {
-            r.itl_s = Vec::new();
-        }
-        out.stages.push(StageResult {
-            start_s: start,
-            end_s: now,
-            records,
-            preemptions,
-            summary,
-        });
     }
+    // Stages were split off from the back of each segment.
+    out.stages.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
     Ok(out)
 }
 
@@ -417,6 +479,8 @@ struct StageState<'a> {
     workload: &'a Workload,
     order: &'a [usize],
     arrivals: &'a [f64],
+    /// Output tokens each request asks for.
+    max_tokens: &'a [usize],
     records: Vec<RequestRecord>,
     /// Time of each request's latest token.
     last_token: Vec<f64>,
@@ -438,7 +502,7 @@ impl StageState<'_> {
             request_id: Arc::from(""),
             prompt: p.tokens.to_vec(),
             params: SamplingParams {
-                max_tokens: p.max_tokens,
+                max_tokens: self.max_tokens[i],
                 ignore_eos: true,
                 ..SamplingParams::default()
             },
@@ -581,6 +645,7 @@ mod tests {
             cost: cost(),
             event_delay_s: 0.0,
             router: RouterConfig::default(),
+            ladder: Ladder::Drained,
         }
     }
 
@@ -608,6 +673,7 @@ mod tests {
                     rate: 1.0,
                     requests: 40,
                     warmup: false,
+                    max_tokens: None,
                 }];
                 let r = simulate(
                     &cluster(workers, 1 << 20),
@@ -656,6 +722,7 @@ mod tests {
                 rate: 2.0,
                 requests: 25,
                 warmup: false,
+                max_tokens: None,
             }];
             let r = simulate(
                 &cluster(1, 1 << 20),
@@ -691,6 +758,7 @@ mod tests {
             rate: 1.0,
             requests,
             warmup,
+            max_tokens: None,
         };
         let run = |stages: &[Stage]| {
             simulate(
@@ -714,6 +782,77 @@ mod tests {
     }
 
     #[test]
+    fn a_continuous_ladder_carries_the_backlog_and_measures_arrival_windows() {
+        // A burst far beyond one worker's rate, then a slow rung. Drained, the slow
+        // rung starts on an idle worker; continuous, its first request arrives behind
+        // the burst's backlog. Each rung asks for its own output length.
+        let w = one_group(1);
+        let stages = [
+            Stage {
+                rate: 1000.0,
+                requests: 40,
+                warmup: false,
+                max_tokens: Some(50),
+            },
+            Stage {
+                rate: 1.0,
+                requests: 5,
+                warmup: false,
+                max_tokens: Some(3),
+            },
+        ];
+        let run = |ladder| {
+            // Four at a time, so that the burst queues.
+            let cfg = ClusterConfig {
+                ladder,
+                max_num_seqs: 4,
+                ..cluster(1, 1 << 14)
+            };
+            simulate(
+                &cfg,
+                &w,
+                PolicyKind::Precise,
+                &stages,
+                1,
+                &Slo::default(),
+                &|_| {},
+            )
+            .unwrap()
+        };
+        let drained = run(Ladder::Drained);
+        let cont = run(Ladder::Continuous);
+        for r in [&drained, &cont] {
+            assert_eq!(r.stages.len(), 2);
+            assert!(r.stages[0]
+                .records
+                .iter()
+                .all(|r| r.ok() && r.output_tokens == 50));
+            assert!(r.stages[1]
+                .records
+                .iter()
+                .all(|r| r.ok() && r.output_tokens == 3));
+        }
+        // Drained: the burst's rung lasts until its last completion, the slow rung
+        // starts after it and its first request meets an idle worker.
+        let (b, s) = (&drained.stages[0], &drained.stages[1]);
+        assert!(s.start_s >= b.end_s);
+        assert!((b.summary.duration - (b.end_s - b.start_s)).abs() < 1e-9);
+        let idle_ttft = s.records[0].ttft_s.unwrap();
+        // Continuous: the slow rung begins where the burst's arrivals end (well
+        // before the burst is served), the burst is measured over its arrivals only,
+        // and the slow rung's first request waits behind it.
+        let (b, s) = (&cont.stages[0], &cont.stages[1]);
+        assert!(s.start_s < b.end_s, "{} {}", s.start_s, b.end_s);
+        assert!((b.summary.duration - (s.start_s - b.start_s)).abs() < 1e-9);
+        assert!(b.summary.duration < 0.2, "{}", b.summary.duration);
+        assert!(
+            s.records[0].ttft_s.unwrap() > idle_ttft + 0.5,
+            "{} vs {idle_ttft}",
+            s.records[0].ttft_s.unwrap()
+        );
+    }
+
+    #[test]
     fn decode_steps_take_the_cost_models_time() {
         // One request alone: 7 decode steps whose context grows 1,001..1,007 tokens.
         let w = one_group(1);
@@ -721,6 +860,7 @@ mod tests {
             rate: 1.0,
             requests: 1,
             warmup: false,
+            max_tokens: None,
         }];
         let r = simulate(
             &cluster(1, 1 << 12),
@@ -754,6 +894,7 @@ mod tests {
             rate: 0.5,
             requests: 30,
             warmup: false,
+            max_tokens: None,
         }];
         let r = simulate(
             &cluster(4, 1 << 16),
@@ -803,11 +944,13 @@ mod tests {
                 rate: 50.0,
                 requests: 60,
                 warmup: false,
+                max_tokens: None,
             },
             Stage {
                 rate: 5.0,
                 requests: 20,
                 warmup: false,
+                max_tokens: None,
             },
         ];
         let r = simulate(

@@ -23,6 +23,8 @@ pub struct RouterConfig {
     pub overload: OverloadGuard,
     /// Weights of the `cost` policy's prediction.
     pub cost: CostWeights,
+    /// How the `approximate` policy guesses.
+    pub approximate: ApproximateConfig,
     /// How long a speculative credit outlives its request, in milliseconds (events
     /// may still be on their way); 0 disables credits.
     pub speculative_ttl_ms: u64,
@@ -41,6 +43,7 @@ impl Default for RouterConfig {
             weights: ScoreWeights::default(),
             overload: OverloadGuard::default(),
             cost: CostWeights::default(),
+            approximate: ApproximateConfig::default(),
             speculative_ttl_ms: 2000,
             speculative_max_ttl_ms: 300_000,
             seed: 0,
@@ -70,6 +73,19 @@ impl Default for CostWeights {
             running: 0.25,
         }
     }
+}
+
+/// The `approximate` policy's guess: how much of a prompt it remembers and how many
+/// block keys per worker (llm-d's estimated scorer: `maxPrefixBlocksToMatch`,
+/// `lruCapacityPerServer`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApproximateConfig {
+    /// Leading blocks of a prompt that are recorded and matched; the rest is
+    /// ignored. 0: the whole prompt.
+    pub max_blocks: usize,
+    /// Block keys remembered per worker. 0: as many as the worker's KV pool holds.
+    pub capacity_blocks: usize,
 }
 
 /// Why a configuration was rejected.

@@ -2,6 +2,7 @@
 //! per worker sized like its KV pool), combined with load by the [`Scorer`].
 
 use super::{Decision, PolicyKind, RouteRequest, RoutingPolicy};
+use crate::config::ApproximateConfig;
 use crate::error::RouteError;
 use crate::index::approximate::ApproximateIndex;
 use crate::scorer::Scorer;
@@ -10,14 +11,26 @@ use crate::scorer::Scorer;
 pub struct ApproximatePolicy {
     index: ApproximateIndex,
     scorer: Scorer,
+    config: ApproximateConfig,
 }
 
 impl ApproximatePolicy {
-    /// One LRU of `blocks_per_worker` keys per worker.
-    pub fn new(num_workers: usize, blocks_per_worker: usize, scorer: Scorer) -> Self {
+    /// One LRU per worker, of `config.capacity_blocks` keys or else of
+    /// `blocks_per_worker` (the worker's pool).
+    pub fn new(
+        num_workers: usize,
+        blocks_per_worker: usize,
+        scorer: Scorer,
+        config: ApproximateConfig,
+    ) -> Self {
+        let cap = match config.capacity_blocks {
+            0 => blocks_per_worker,
+            n => n,
+        };
         Self {
-            index: ApproximateIndex::new(num_workers, blocks_per_worker),
+            index: ApproximateIndex::new(num_workers, cap),
             scorer,
+            config,
         }
     }
 
@@ -33,16 +46,22 @@ impl RoutingPolicy for ApproximatePolicy {
     }
 
     fn route(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError> {
+        // Like llm-d's estimated scorer, a prompt past `max_blocks` is cut there: the
+        // score is the matched share of what is left.
+        let keys = match self.config.max_blocks {
+            0 => req.keys,
+            n => &req.keys[..req.keys.len().min(n)],
+        };
         let mut matched = vec![0; req.workers.len()];
-        self.index.match_prefix(req.keys, req.all(), &mut matched);
+        self.index.match_prefix(keys, req.all(), &mut matched);
         let pick = self
             .scorer
-            .pick(req.workers, &matched, req.keys.len(), req.tie_value())?;
-        self.index.record(pick.worker, req.keys);
+            .pick(req.workers, &matched, keys.len(), req.tie_value())?;
+        self.index.record(pick.worker, keys);
         Ok(Decision {
             worker: pick.worker,
             matched_blocks: matched,
-            prompt_blocks: req.keys.len(),
+            prompt_blocks: keys.len(),
             score: pick.score,
             overload_diverted: pick.overload_diverted,
             policy: PolicyKind::Approximate,
@@ -54,7 +73,10 @@ impl RoutingPolicy for ApproximatePolicy {
     }
 
     fn set_pool_blocks(&self, worker: usize, blocks: usize) {
-        self.index.set_capacity(worker, blocks);
+        // A configured capacity is the operator's, not the pool's.
+        if self.config.capacity_blocks == 0 {
+            self.index.set_capacity(worker, blocks);
+        }
     }
 }
 
@@ -65,13 +87,53 @@ mod tests {
     use crate::scorer::{OverloadGuard, ScoreWeights};
     use std::time::Duration;
 
-    fn policy(cap: usize) -> ApproximatePolicy {
+    fn policy_with(cap: usize, config: ApproximateConfig) -> ApproximatePolicy {
         let scorer = Scorer {
             weights: ScoreWeights::default(),
             guard: OverloadGuard::default(),
             seed: 3,
         };
-        ApproximatePolicy::new(3, cap, scorer)
+        ApproximatePolicy::new(3, cap, scorer, config)
+    }
+
+    fn policy(cap: usize) -> ApproximatePolicy {
+        policy_with(cap, ApproximateConfig::default())
+    }
+
+    #[test]
+    fn a_configured_guess_is_cut_and_sized_as_configured() {
+        // Remember 2 leading blocks of each prompt, 4 keys per worker whatever the pool.
+        let p = policy_with(
+            100,
+            ApproximateConfig {
+                max_blocks: 2,
+                capacity_blocks: 4,
+            },
+        );
+        p.set_pool_blocks(0, 1000);
+        let keys = prompt(5);
+        let views = idle(3);
+        let req = RouteRequest {
+            keys: &keys,
+            workers: &views[..1],
+            now: Duration::ZERO,
+            seq: 0,
+        };
+        let d = p.route(&req).unwrap();
+        assert_eq!(d.prompt_blocks, 2);
+        assert_eq!(p.index().len_of(0), 2);
+        // The second prompt's 2 keys evict nothing; a third's evict the first's.
+        for i in [6, 7] {
+            let k = prompt(i);
+            p.route(&RouteRequest { keys: &k, ..req }).unwrap();
+        }
+        assert_eq!(p.index().len_of(0), 4);
+        let again = p.route(&req).unwrap();
+        assert_eq!(
+            again.chosen_matched(),
+            0,
+            "the first prompt's keys were evicted"
+        );
     }
 
     #[test]

@@ -136,6 +136,7 @@ pub fn build(
             num_workers,
             blocks_per_worker,
             scorer,
+            config.approximate,
         )),
         PolicyKind::Load => Box::new(load::LoadPolicy::new(index, scorer)),
         PolicyKind::RoundRobin => Box::new(round_robin::RoundRobinPolicy::new(index)),
