@@ -478,10 +478,6 @@ fn run_sim(a: &SimArgs) -> Result<()> {
         .iter()
         .map(|&pol| (pol.to_string(), router_for(pol)))
         .collect();
-    for (name, r) in &routers {
-        r.validate()
-            .with_context(|| format!("router settings of policy {name}"))?;
-    }
     let cost_name = a.cost_model.as_deref().unwrap_or(p.cost_model);
     let cluster = sim::ClusterConfig {
         workers: a.workers.unwrap_or(p.workers),
@@ -498,21 +494,40 @@ fn run_sim(a: &SimArgs) -> Result<()> {
         bail!("--event-delay-ms must be >= 0");
     }
     let slo = stats::Slo::parse(&a.goodput)?;
-    let output_lens = p
-        .output_len
-        .map(|f| {
-            policies
-                .iter()
-                .map(|&pol| {
-                    let lens = rates
-                        .iter()
-                        .map(|&r| f(pol, r))
-                        .collect::<Result<Vec<_>>>()?;
-                    Ok((pol.to_string(), lens))
-                })
-                .collect::<Result<Vec<_>>>()
-        })
-        .transpose()?;
+    // A policy's stages: the warm-up, then the ladder, each at the preset's output
+    // length for that policy when it fixes one.
+    let stages_for = |pol: PolicyKind| -> Result<Vec<sim::Stage>> {
+        let len = |rate: f64| p.output_len.map(|f| f(pol, rate)).transpose();
+        let mut v = Vec::with_capacity(rates.len() + 1);
+        if warmup.requests > 0 {
+            v.push(sim::Stage {
+                max_tokens: len(warmup.rate)?,
+                ..warmup
+            });
+        }
+        for (&rate, &requests) in rates.iter().zip(&requests) {
+            v.push(sim::Stage {
+                rate,
+                requests,
+                warmup: false,
+                max_tokens: len(rate)?,
+            });
+        }
+        Ok(v)
+    };
+    let stages: Vec<(PolicyKind, Vec<sim::Stage>)> = policies
+        .iter()
+        .map(|&pol| Ok((pol, stages_for(pol)?)))
+        .collect::<Result<_>>()?;
+    let output_lens = p.output_len.map(|_| {
+        stages
+            .iter()
+            .map(|(pol, st)| {
+                let lens = st.iter().filter(|s| !s.warmup).filter_map(|s| s.max_tokens);
+                (pol.to_string(), lens.collect())
+            })
+            .collect()
+    });
     let setup = SimSetup {
         preset: a.preset.clone(),
         workload: wl.description.clone(),
@@ -548,31 +563,6 @@ fn run_sim(a: &SimArgs) -> Result<()> {
         policies.len(),
         rates.len()
     );
-    // A policy's stages: the warm-up, then the ladder, each at the preset's output
-    // length for that policy when it fixes one.
-    let stages_for = |pol: PolicyKind| -> Result<Vec<sim::Stage>> {
-        let len = |rate: f64| p.output_len.map(|f| f(pol, rate)).transpose();
-        let mut v = Vec::with_capacity(rates.len() + 1);
-        if warmup.requests > 0 {
-            v.push(sim::Stage {
-                max_tokens: len(warmup.rate)?,
-                ..warmup
-            });
-        }
-        for (&rate, &requests) in rates.iter().zip(&requests) {
-            v.push(sim::Stage {
-                rate,
-                requests,
-                warmup: false,
-                max_tokens: len(rate)?,
-            });
-        }
-        Ok(v)
-    };
-    let stages: Vec<(PolicyKind, Vec<sim::Stage>)> = policies
-        .iter()
-        .map(|&pol| Ok((pol, stages_for(pol)?)))
-        .collect::<Result<_>>()?;
     let total: u64 = stages
         .iter()
         .flat_map(|(_, s)| s.iter().map(|s| s.requests as u64))

@@ -400,6 +400,8 @@ pub fn simulate(
         }
         preempt_at[seg.len()] = preempted(&workers);
         let mut records = st.records;
+        // Split off from the back, so the segment's stages come out last first.
+        let mut done = Vec::with_capacity(seg.len());
         for (k, si) in seg.clone().enumerate().rev() {
             let mut recs = records.split_off(first[k]);
             let stage = &stages[si];
@@ -422,7 +424,7 @@ pub fn simulate(
             for r in &mut recs {
                 r.itl_s = Vec::new();
             }
-            out.stages.push(StageResult {
+            done.push(StageResult {
                 start_s: start,
                 end_s: end,
                 records: recs,
@@ -430,9 +432,8 @@ pub fn simulate(
                 summary,
             });
         }
+        out.stages.extend(done.into_iter().rev());
     }
-    // Stages were split off from the back of each segment.
-    out.stages.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
     Ok(out)
 }
 
