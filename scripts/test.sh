@@ -29,6 +29,10 @@ fi
 step "layering: no module cycles in any crate"
 python3 scripts/check-module-cycles.py --self-test
 
+step "format and lints (cargo fmt --check, cargo clippy -D warnings)"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
 step "build (release, all targets)"
 cargo build --release --workspace --all-targets
 

@@ -93,7 +93,15 @@ def test_chat_is_greedy_golden(client, model):
     assert r.choices[0].message.content == case["greedy_text"]
     assert r.choices[0].finish_reason == "stop"
     assert r.usage.prompt_tokens == case["n_prompt_tokens"]
-    assert r.usage.prompt_tokens_details.cached_tokens >= 0
+    # Every full block but the one holding the last prompt token (blocks of 16).
+    full = (case["n_prompt_tokens"] - 1) // 16 * 16
+    first = r.usage.prompt_tokens_details.cached_tokens
+    assert first % 16 == 0 and first <= full
+    # The same conversation again finds its whole prefix on the worker that holds it.
+    again = client.chat.completions.create(
+        model=model, messages=case["messages"], max_tokens=1, temperature=0
+    )
+    assert again.usage.prompt_tokens_details.cached_tokens == full
 
 
 def test_chat_streaming_with_usage(client, model):

@@ -6,10 +6,10 @@
 
 mod support;
 
+use reprise_protocol::wire::{decode_batch, parse_seq, EngineHash, WireEvent, REPLAY_END_SEQ};
+use reprise_protocol::{BlockHasher, HashAlgo};
 use reprise_router::index::precise::PreciseIndex;
 use reprise_router::remote::{Offer, RemoteStream};
-use reprise_router::wire::{decode_batch, parse_seq, EngineHash, WireEvent, REPLAY_END_SEQ};
-use reprise_router::{BlockHasher, HashAlgo};
 use serde_json::json;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,13 +27,19 @@ struct Frame {
 
 /// A SUB socket on its own thread, subscribed to every topic.
 struct Sub {
-    rx: mpsc::Receiver<Frame>,
+    /// Frames as they arrive, or what was wrong with one (reported by the test
+    /// thread that reads it, as itself).
+    rx: mpsc::Receiver<Result<Frame, String>>,
     stop: Arc<AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Sub {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
     }
 }
 
@@ -47,30 +53,38 @@ impl Sub {
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let _ctx = ctx;
             while !stop2.load(Ordering::Relaxed) {
-                match s.recv_multipart(0) {
-                    Ok(parts) => {
-                        assert_eq!(parts.len(), 3, "frames [topic, seq, payload]");
-                        let seq = parse_seq(&parts[1]).expect("8-byte seq");
-                        let f = Frame {
+                let got = match s.recv_multipart(0) {
+                    Ok(parts) if parts.len() != 3 => Err(format!(
+                        "a message of {} frames, not [topic, seq, payload]",
+                        parts.len()
+                    )),
+                    Ok(parts) => match parse_seq(&parts[1]) {
+                        Some(seq) => Ok(Frame {
                             topic: parts[0].clone(),
                             seq,
                             payload: parts[2].clone(),
-                        };
-                        if tx.send(f).is_err() {
-                            return;
-                        }
-                    }
-                    Err(zmq::Error::EAGAIN) => {}
-                    Err(e) => panic!("SUB: {e}"),
+                        }),
+                        None => Err(format!("a seq frame of {} bytes, not 8", parts[1].len())),
+                    },
+                    Err(zmq::Error::EAGAIN) => continue,
+                    Err(e) => Err(format!("SUB: {e}")),
+                };
+                let failed = got.is_err();
+                if tx.send(got).is_err() || failed {
+                    return;
                 }
             }
         });
         // ZMQ's slow joiner: the subscription must reach the publisher before it sends.
         std::thread::sleep(Duration::from_millis(400));
-        Sub { rx, stop }
+        Sub {
+            rx,
+            stop,
+            reader: Some(reader),
+        }
     }
 
     /// The next `n` messages, or a failure after `within`.
@@ -79,21 +93,25 @@ impl Sub {
         (0..n)
             .map(|i| {
                 let left = deadline.saturating_duration_since(Instant::now());
-                self.rx
-                    .recv_timeout(left)
-                    .unwrap_or_else(|_| panic!("KV-event message {} of {n} never came", i + 1))
+                match self.rx.recv_timeout(left) {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(e)) => panic!("KV-event message {} of {n}: {e}", i + 1),
+                    Err(_) => panic!("KV-event message {} of {n} never came", i + 1),
+                }
             })
             .collect()
     }
 
     /// Asserts nothing is published for `d`.
     fn quiet(&self, d: Duration, what: &str) {
-        if let Ok(f) = self.rx.recv_timeout(d) {
-            panic!(
+        match self.rx.recv_timeout(d) {
+            Ok(Ok(f)) => panic!(
                 "{what}: unexpected batch {} {:?}",
                 f.seq,
                 decode_batch(&f.payload)
-            );
+            ),
+            Ok(Err(e)) => panic!("{what}: {e}"),
+            Err(_) => {}
         }
     }
 }

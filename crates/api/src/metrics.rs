@@ -14,7 +14,10 @@
 //! protobuf or a recorder layer and their dependency trees for text formatting.
 
 use parking_lot::Mutex;
+use reprise_router::Decision;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Requests in a worker's running batch (gauge).
 pub const NUM_REQUESTS_RUNNING: &str = "reprise:num_requests_running";
@@ -256,6 +259,78 @@ pub fn merge<'a>(hs: impl Iterator<Item = &'a Histogram>, buckets: usize) -> His
         m.sum += s.sum;
     }
     m
+}
+
+/// The routing decisions of `serve`'s in-process router or of `route`: how many
+/// went to each worker, how much cache the chosen one was believed to hold, and how
+/// long each took.
+#[derive(Debug)]
+pub struct RouterMetrics {
+    decisions: Vec<AtomicU64>,
+    matched_blocks: Histogram,
+    decision_seconds: Histogram,
+}
+
+impl RouterMetrics {
+    /// Counters for up to `max_workers` workers.
+    pub fn new(max_workers: usize) -> Self {
+        Self {
+            decisions: (0..max_workers).map(|_| AtomicU64::new(0)).collect(),
+            matched_blocks: Histogram::new(MATCHED_BLOCK_BUCKETS),
+            decision_seconds: Histogram::new(DECISION_BUCKETS),
+        }
+    }
+
+    /// Records one decision that took `took`.
+    pub fn observe(&self, d: &Decision, took: Duration) {
+        self.decision_seconds.observe(took.as_secs_f64());
+        self.matched_blocks.observe(d.chosen_matched() as f64);
+        if let Some(c) = self.decisions.get(d.worker) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Decisions sent to `worker` so far.
+    pub fn decisions(&self, worker: usize) -> u64 {
+        self.decisions
+            .get(worker)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// The router's series for `workers` workers under `policy`, and the 429 count.
+    pub fn render(&self, out: &mut String, policy: &str, workers: usize, rejected: u64) {
+        let _ = writeln!(
+            out,
+            "# HELP {ROUTER_DECISIONS} Routing decisions by policy and chosen worker.\n# TYPE {ROUTER_DECISIONS} counter"
+        );
+        for (i, c) in self.decisions.iter().take(workers).enumerate() {
+            let _ = writeln!(
+                out,
+                "{ROUTER_DECISIONS}{{policy=\"{policy}\",worker=\"{i}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        let labels = format!("policy=\"{policy}\"");
+        for (name, help, h) in [
+            (
+                ROUTER_MATCHED_BLOCKS,
+                "Prompt blocks the chosen worker was believed to have cached.",
+                &self.matched_blocks,
+            ),
+            (
+                ROUTER_DECISION_SECONDS,
+                "Time spent choosing a worker.",
+                &self.decision_seconds,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            render_hist(out, name, &labels, h.bounds(), &h.snapshot());
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {REQUESTS_REJECTED} Requests refused before routing.\n# TYPE {REQUESTS_REJECTED} counter\n{REQUESTS_REJECTED}{{reason=\"overloaded\"}} {rejected}"
+        );
+    }
 }
 
 /// A label value escaped for the text format.

@@ -53,7 +53,7 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
         .get(REQUEST_ID_HEADER)
         .map(|v| v.to_str().map(str::to_string));
     let (id, from_client) = match given {
-        None => (crate::request_id(), false),
+        None => (crate::ids::new_request_id(), false),
         Some(Ok(s)) if valid_request_id(&s) => (s, true),
         Some(_) => {
             return ApiError::bad_request(
@@ -86,7 +86,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
             .get::<RequestId>()
             .cloned()
             .unwrap_or_else(|| RequestId {
-                id: crate::request_id().into(),
+                id: crate::ids::new_request_id().into(),
                 from_client: false,
             }))
     }

@@ -4,10 +4,11 @@
 
 use crate::cpu::CpuPool;
 use crate::errors::ApiError;
-use crate::tools::ToolParser;
-use reprise_engine::chat_template::ChatTemplate;
-use reprise_engine::grammar::{Constraint, GrammarCompiler, GrammarError, GrammarSpec};
-use reprise_engine::tokenizer::Tokenizer;
+use reprise_text::chat_template::ChatTemplate;
+use reprise_text::grammar::{Constraint, GrammarCompiler, GrammarError, GrammarSpec};
+use reprise_text::meta::ModelMeta;
+use reprise_text::tokenizer::Tokenizer;
+use reprise_text::tools::ToolParser;
 use std::sync::{Arc, OnceLock};
 
 /// What the HTTP layer knows about the served model, shared by `reprise serve` and
@@ -36,6 +37,30 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
+    /// The model whose text side is `meta`, served as `served_model_name` (default:
+    /// its own name) with a context of `max_model_len` tokens; `auto` tool calls are
+    /// parsed with `tool_parser` (default: the one its architecture's templates use).
+    pub fn new(
+        meta: ModelMeta,
+        served_model_name: Option<String>,
+        max_model_len: usize,
+        tool_parser: Option<ToolParser>,
+    ) -> Self {
+        Self {
+            served_model_name: served_model_name.unwrap_or_else(|| meta.name.clone()),
+            tool_parser: tool_parser
+                .unwrap_or_else(|| ToolParser::for_architecture(&meta.architecture)),
+            model_name: meta.name,
+            tokenizer: Arc::new(meta.tokenizer),
+            chat_template: meta.chat_template,
+            max_model_len,
+            vocab_size: meta.vocab_size,
+            created: crate::ids::unix_now(),
+            eos_token_id: meta.eos_token_ids.first().copied(),
+            grammar: OnceLock::new(),
+        }
+    }
+
     /// Whether `model` (absent, or a name) names the served model.
     pub fn is_served(&self, model: Option<&str>) -> bool {
         model.is_none_or(|m| m == self.served_model_name || m == self.model_name)

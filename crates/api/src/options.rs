@@ -1,6 +1,6 @@
-//! Command-line options both binaries' subcommands share, and their checks: one
-//! error type naming the option, sizes, durations, addresses, the served name, ZMQ
-//! endpoints, and the listener's limits.
+//! Command-line options both servers share (`HttpArgs`, flattened into `serve` and
+//! `route`), and their checks: one error type naming the option, sizes, durations,
+//! addresses, the served name, ZMQ endpoints, and the listener's limits.
 
 use crate::listener::ListenerLimits;
 use clap::Args;
@@ -59,7 +59,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// The address `--host` and `--port` name.
-pub fn listen_addr(host: &str, port: u16) -> Result<SocketAddr, ConfigError> {
+fn listen_addr(host: &str, port: u16) -> Result<SocketAddr, ConfigError> {
     match host.parse::<IpAddr>() {
         Ok(ip) => Ok(SocketAddr::new(ip, port)),
         Err(_) => (host, port)
@@ -71,7 +71,7 @@ pub fn listen_addr(host: &str, port: u16) -> Result<SocketAddr, ConfigError> {
 }
 
 /// `--served-model-name` must not be blank.
-pub fn check_served_name(name: Option<&str>) -> Result<(), ConfigError> {
+fn check_served_name(name: Option<&str>) -> Result<(), ConfigError> {
     match name {
         Some(n) if n.trim().is_empty() => Err(err("served-model-name", "must not be empty")),
         _ => Ok(()),
@@ -79,7 +79,7 @@ pub fn check_served_name(name: Option<&str>) -> Result<(), ConfigError> {
 }
 
 /// `--max-body-bytes` in bytes (at least 1 KiB).
-pub fn max_body_bytes(s: &str) -> Result<usize, ConfigError> {
+fn max_body_bytes(s: &str) -> Result<usize, ConfigError> {
     let max_body = parse_size(s).map_err(|m| err("max-body-bytes", m))?;
     if max_body < 1024 {
         return Err(err("max-body-bytes", "must be at least 1KiB"));
@@ -130,7 +130,7 @@ pub fn check_zmq_endpoint(option: &'static str, s: &str) -> Result<(), ConfigErr
 }
 
 /// `--max-connections` and `--header-read-timeout`, checked.
-pub fn listener_limits(a: &ListenerArgs) -> Result<ListenerLimits, ConfigError> {
+fn listener_limits(a: &ListenerArgs) -> Result<ListenerLimits, ConfigError> {
     if a.max_connections == 0 || a.max_connections > 1_000_000 {
         return Err(err(
             "max-connections",
@@ -141,6 +141,81 @@ pub fn listener_limits(a: &ListenerArgs) -> Result<ListenerLimits, ConfigError> 
         max_connections: a.max_connections,
         header_read_timeout: seconds("header-read-timeout", a.header_read_timeout, 0.01, 3600.0)?,
     })
+}
+
+/// The HTTP options of `serve` and `route`.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on (0 picks a free one; the ready line names it).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+
+    /// Require `Authorization: Bearer <key>` on every route except /health and /metrics.
+    #[arg(long, env = "REPRISE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Model name reported by /v1/models and accepted in requests (default: the model's
+    /// name); `reprise route` forwards other names as LoRA adapters of it.
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+
+    /// Most generation requests in flight at once; more get 429.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queue: usize,
+
+    /// Largest accepted request body, e.g. `8MiB` (larger gets 413).
+    #[arg(long, default_value = "8MiB")]
+    pub max_body_bytes: String,
+
+    /// Seconds to let in-flight requests finish after SIGTERM / ctrl-c.
+    #[arg(long, default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
+
+    /// Connection limits of the HTTP listener.
+    #[command(flatten)]
+    pub listener: ListenerArgs,
+}
+
+/// [`HttpArgs`], checked.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Required bearer token.
+    pub api_key: Option<String>,
+    /// Name reported and accepted (`None`: the model's).
+    pub served_model_name: Option<String>,
+    /// Admission bound.
+    pub max_queue: usize,
+    /// Body limit in bytes.
+    pub max_body_bytes: usize,
+    /// Drain deadline.
+    pub shutdown_timeout: Duration,
+    /// Connection limits.
+    pub listener: ListenerLimits,
+}
+
+impl HttpConfig {
+    /// Checks every option; the first problem is the error.
+    pub fn from_args(a: &HttpArgs) -> Result<Self, ConfigError> {
+        check_served_name(a.served_model_name.as_deref())?;
+        if a.max_queue == 0 {
+            return Err(err("max-queue", "must be at least 1"));
+        }
+        Ok(Self {
+            addr: listen_addr(&a.host, a.port)?,
+            api_key: a.api_key.clone().filter(|k| !k.is_empty()),
+            served_model_name: a.served_model_name.clone(),
+            max_queue: a.max_queue,
+            max_body_bytes: max_body_bytes(&a.max_body_bytes)?,
+            shutdown_timeout: seconds("shutdown-timeout", a.shutdown_timeout, 0.0, 86400.0)?,
+            listener: listener_limits(&a.listener)?,
+        })
+    }
 }
 
 /// Options of the HTTP listener, shared by `serve` and `route`.

@@ -8,8 +8,8 @@ pub use crate::fields::Endpoint;
 pub use crate::reader::{kind, Fields};
 use crate::structured::{self, Structured};
 use crate::tools::{self, Tools};
-use reprise_engine::grammar::Constraint;
-use reprise_engine::types::SamplingParams;
+use reprise_protocol::SamplingParams;
+use reprise_text::grammar::Constraint;
 use serde_json::Value;
 
 /// Bounds on request fields that depend on the server, and its defaults.
@@ -491,7 +491,7 @@ fn parse_bad_words(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
 /// `bad_words` as token sequences, as vLLM builds them: each word as given and
 /// with a leading space (when that spells it differently with as many tokens).
 pub fn bad_word_tokens(
-    tokenizer: &reprise_engine::tokenizer::Tokenizer,
+    tokenizer: &reprise_text::tokenizer::Tokenizer,
     words: &[String],
 ) -> Result<Vec<Vec<u32>>, ApiError> {
     let mut out: Vec<Vec<u32>> = Vec::new();

@@ -6,7 +6,7 @@
 
 use crate::errors::ApiError;
 use crate::reader::{kind, Fields};
-use reprise_engine::grammar::GrammarSpec;
+use reprise_text::grammar::GrammarSpec;
 use serde_json::Value;
 
 /// The grammar a request asks for, with the field that asked (for errors).

@@ -6,6 +6,7 @@
 
 pub mod fit;
 pub mod live;
+pub mod options;
 pub mod published;
 pub mod report;
 pub mod sim;
@@ -14,12 +15,12 @@ pub mod workload;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use options::{parse_policies, parse_rates};
 use reprise_engine::executor::CostModel;
 use reprise_router::config::ApproximateConfig;
 use reprise_router::scorer::{OverloadGuard, ScoreWeights};
 use reprise_router::{PolicyKind, RouterConfig};
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::PathBuf;
 use workload::{WorkloadArgs, WorkloadKind};
 
 /// `reprise bench …`
@@ -325,40 +326,6 @@ pub fn load_cost_model(spec: &str) -> Result<CostModel> {
     Ok(c)
 }
 
-/// Parse a comma-separated list of policies.
-pub fn parse_policies(s: &str) -> Result<Vec<PolicyKind>> {
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| PolicyKind::from_str(p).map_err(anyhow::Error::from))
-        .collect::<Result<Vec<_>>>()
-        .and_then(|v| {
-            if v.is_empty() {
-                bail!("no policy given")
-            } else {
-                Ok(v)
-            }
-        })
-}
-
-/// Parse a comma-separated list of positive request rates.
-pub fn parse_rates(s: &str) -> Result<Vec<f64>> {
-    let v = s
-        .split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| {
-            p.trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|r| r.is_finite() && *r > 0.0)
-                .ok_or_else(|| anyhow::anyhow!("request rate '{p}' is not a positive number"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if v.is_empty() {
-        bail!("no request rate given");
-    }
-    Ok(v)
-}
-
 /// Run a `reprise bench` command.
 pub async fn run(args: BenchArgs) -> Result<()> {
     match args.command {
@@ -638,11 +605,6 @@ fn run_parallel<T: Send>(
                 .unwrap_or_else(|| Err(anyhow::anyhow!("a policy did not run")))
         })
         .collect()
-}
-
-/// Create `dir` (and parents).
-pub fn ensure_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
 }
 
 #[cfg(test)]

@@ -496,7 +496,10 @@ async fn bench_label(
         None => first_model(&ep, key.as_deref()).await?.into(),
     };
     let rates: Vec<Option<f64>> = match &load.rates {
-        Some(r) => super::parse_rates(r)?.into_iter().map(Some).collect(),
+        Some(r) => crate::options::parse_rates(r)?
+            .into_iter()
+            .map(Some)
+            .collect(),
         None => vec![None],
     };
     let slo = Slo::parse(&load.goodput)?;
@@ -542,7 +545,7 @@ fn write_live_report(
     extra: Value,
 ) -> Result<()> {
     let dir = &load.out;
-    super::ensure_dir(dir)?;
+    crate::options::ensure_dir(dir)?;
     let rows: Vec<Summary> = runs
         .iter()
         .flat_map(|(_, r)| r.summaries.iter().cloned())
@@ -787,14 +790,14 @@ async fn spawn_and_wait(
 
 /// `reprise bench compare`.
 pub async fn compare(a: CompareArgs) -> Result<()> {
-    let policies = super::parse_policies(&a.policies)?;
+    let policies = crate::options::parse_policies(&a.policies)?;
     let route = match a.deployment.as_str() {
         "in-process" => false,
         "route" => true,
         other => bail!("--deployment: '{other}' is not in-process or route"),
     };
     let wl = Arc::new(Workload::build(&a.load.workload)?);
-    super::ensure_dir(&a.load.out)?;
+    crate::options::ensure_dir(&a.load.out)?;
     let mut runs = Vec::new();
     let mut failures = Vec::new();
     // A policy that fails (server did not start, benchmark error) is reported at the

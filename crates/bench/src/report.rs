@@ -207,7 +207,7 @@ pub fn write_sim_report(
     slo: &Slo,
     wall_s: f64,
 ) -> Result<()> {
-    super::ensure_dir(dir)?;
+    crate::options::ensure_dir(dir)?;
     let rows = sim_rows(results, slo);
     write_records(dir, "results", &rows)?;
     let ladder = ladder_rows(results, slo);

@@ -33,8 +33,10 @@ use reprise_engine::executor::{
     CostModel, Executor, ExecutorError, NewSequence, Sampled, StepInput,
 };
 use reprise_engine::scheduler::{SchedulerConfig, SeqId};
-use reprise_engine::types::{FinishReason, GenerateRequest, SamplingParams, WorkerEvent};
-use reprise_router::{KvEvent, PolicyKind, Router, RouterConfig, TokenId, WorkerLoad};
+use reprise_engine::types::GenerateRequest;
+use reprise_protocol::{FinishReason, SamplingParams, WorkerEvent};
+use reprise_protocol::{KvEvent, TokenId, WorkerLoad};
+use reprise_router::{PolicyKind, Router, RouterConfig};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;

@@ -20,7 +20,7 @@ use clap::{Args, ValueEnum};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use reprise_router::TokenId;
+use reprise_protocol::TokenId;
 use std::sync::Arc;
 
 /// One distinct prompt of a workload.
@@ -278,7 +278,7 @@ impl Workload {
     /// Tokens held by the distinct prompts with shared prefixes counted once (the
     /// "resident set" the cluster's caches would need to hold them all).
     pub fn resident_tokens(&self, block_size: usize) -> usize {
-        let hasher = match reprise_router::BlockHasher::new(block_size, Default::default()) {
+        let hasher = match reprise_protocol::BlockHasher::new(block_size, Default::default()) {
             Ok(h) => h,
             Err(_) => return 0,
         };

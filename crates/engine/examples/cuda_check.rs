@@ -10,11 +10,12 @@
 //! ```
 
 use reprise_engine::cuda::CudaModel;
-use reprise_engine::loader::{load_on, AnyModel, ModelDevice};
+use reprise_engine::loader::{load_on, ModelDevice};
 use reprise_engine::model::{Model, SeqInput};
 use reprise_engine::scheduler::SchedulerConfig;
-use reprise_engine::types::{GenerateRequest, SamplingParams, WorkerEvent};
+use reprise_engine::types::GenerateRequest;
 use reprise_engine::worker::{WorkerConfig, WorkerHandle};
+use reprise_protocol::{SamplingParams, WorkerEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,13 +24,12 @@ type Res<T> = Result<T, String>;
 
 /// The model loaded onto GPU `dev`.
 fn cuda_model(dir: &str, dev: usize) -> Res<Arc<CudaModel>> {
-    match load_on(Some(dir), ModelDevice::Cuda(dev))
+    load_on(Some(dir), ModelDevice::Cuda(dev))
         .map_err(|e| e.to_string())?
         .model
-    {
-        AnyModel::Cuda(m) => Ok(m),
-        AnyModel::Cpu(_) => Err("the model was loaded on the CPU".into()),
-    }
+        .into_any()
+        .downcast::<CudaModel>()
+        .map_err(|_| "the model was loaded on the CPU".to_string())
 }
 
 fn opt(args: &HashMap<String, String>, k: &str) -> Option<String> {
@@ -355,7 +355,7 @@ fn bench(args: &HashMap<String, String>) -> Res<()> {
         let w = WorkerHandle::spawn(
             cfg,
             model.clone(),
-            Box::new(|_: Vec<reprise_engine::KvEvent>| {}),
+            Box::new(|_: Vec<reprise_protocol::KvEvent>| {}),
         )
         .map_err(|e| e.to_string())?;
         let t = Instant::now();

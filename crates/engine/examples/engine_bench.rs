@@ -18,8 +18,9 @@ use reprise_engine::cpu::ops;
 use reprise_engine::loader;
 use reprise_engine::model::ModelConfig;
 use reprise_engine::scheduler::SchedulerConfig;
-use reprise_engine::types::{GenerateRequest, SamplingParams, WorkerEvent};
+use reprise_engine::types::GenerateRequest;
 use reprise_engine::worker::{WorkerConfig, WorkerHandle};
+use reprise_protocol::{SamplingParams, WorkerEvent};
 use std::time::{Duration, Instant};
 
 fn matmul_gflops() -> f64 {
@@ -248,13 +249,13 @@ fn main() {
             max_num_seqs: 256,
             ..Default::default()
         },
-        max_model_len: loaded.max_model_len,
-        eos_token_ids: loaded.eos_token_ids.clone(),
+        max_model_len: loaded.meta.max_model_len,
+        eos_token_ids: loaded.meta.eos_token_ids.clone(),
         tokenizer: None,
         step_timeout: None,
         fault: None,
     };
-    let w = WorkerHandle::spawn_on(worker_cfg, &model, Box::new(|_| {})).expect("spawn worker");
+    let w = WorkerHandle::spawn(worker_cfg, model.clone(), Box::new(|_| {})).expect("spawn worker");
     let mut id = 0u64;
     let mut next = || {
         id += 1;
@@ -304,7 +305,7 @@ fn main() {
     println!();
     println!(
         "model: {} ({} layers, hidden {}; weights {formats}, {:.1} MB)",
-        loaded.name,
+        loaded.meta.name,
         cfg.num_layers,
         cfg.hidden_size,
         wb / 1e6
@@ -352,9 +353,11 @@ fn main() {
     let Some(bin) = arg("--llama-bench") else {
         return;
     };
-    let gguf = src
-        .clone()
-        .unwrap_or_else(|| loader::default_model_path().to_string_lossy().into_owned());
+    let gguf = src.clone().unwrap_or_else(|| {
+        reprise_text::meta::default_model_path()
+            .to_string_lossy()
+            .into_owned()
+    });
     let mut models = vec![gguf.clone()];
     models.extend(arg("--llama-f32"));
     drop(w);

@@ -1,7 +1,9 @@
 //! The quantized linear kernels alone: time of `out = x · wᵀ` for the default model's
-//! shapes and formats at decode and prefill batch sizes, as weight bandwidth
-//! (decode) and GFLOP/s (prefill).
-//! `cargo run --release -p reprise-engine --example quant_bench`
+//! shapes (or Llama-3.2-1B's with `--shapes 1b`) and formats at decode and prefill
+//! batch sizes, as weight bandwidth (decode) and GFLOP/s (prefill), on the
+//! instruction set the process uses (`REPRISE_CPU_ISA` caps it).
+//! `cargo run --release -p reprise-engine --example quant_bench [-- --shapes 1b]
+//!  [--formats Q4_0,Q4_K] [--m 1,8,512]`
 
 use reprise_engine::cpu::quant::{linear, QMatrix, QType};
 use std::time::Instant;
@@ -18,7 +20,8 @@ fn matrix(q: QType, rows: usize, cols: usize) -> QMatrix {
             let nb = rows * cols / q.block_elems();
             let mut raw: Vec<u8> = (0..nb * bb).map(|i| (i * 131 % 251) as u8).collect();
             let scales: &[usize] = match q {
-                QType::Q4_1 => &[0, 2],
+                QType::Q4_1 | QType::Q4K | QType::Q5K => &[0, 2],
+                QType::Q6K => &[208],
                 _ => &[0],
             };
             for b in 0..nb {
@@ -31,19 +34,56 @@ fn matrix(q: QType, rows: usize, cols: usize) -> QMatrix {
     }
 }
 
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
 fn main() {
-    let shapes = [
+    let smollm2 = [
         ("qkv 960×576", 960, 576),
         ("gate+up 3072×576", 3072, 576),
         ("down 576×1536", 576, 1536),
         ("head 49152×576", 49152, 576),
     ];
+    let one_b = [
+        ("qkv 3072×2048", 3072, 2048),
+        ("gate+up 16384×2048", 16384, 2048),
+        ("down 2048×8192", 2048, 8192),
+    ];
+    let shapes: &[(&str, usize, usize)] = match arg("--shapes").as_deref() {
+        Some("1b") => &one_b,
+        _ => &smollm2,
+    };
+    let all = [
+        QType::Q4_0,
+        QType::Q4_1,
+        QType::Q8_0,
+        QType::Q4K,
+        QType::Q5K,
+        QType::Q6K,
+        QType::F32,
+    ];
+    let formats: Vec<QType> = match arg("--formats") {
+        Some(list) => list
+            .split(',')
+            .filter_map(|n| all.into_iter().find(|q| q.name() == n.trim()))
+            .collect(),
+        None => vec![QType::Q4_1, QType::Q8_0, QType::F32],
+    };
+    let ms: Vec<usize> = match arg("--m") {
+        Some(list) => list
+            .split(',')
+            .filter_map(|m| m.trim().parse().ok())
+            .collect(),
+        None => vec![1, 8, 32, 512],
+    };
+    println!("kernels: {}", reprise_engine::simd::isa().name());
     println!("| shape | format | m | time | weight GB/s | GFLOP/s |");
     println!("|---|---|---:|---:|---:|---:|");
-    for (name, rows, cols) in shapes {
-        for q in [QType::Q4_1, QType::Q8_0, QType::F32] {
+    for &(name, rows, cols) in shapes {
+        for &q in &formats {
             let w = [matrix(q, rows, cols)];
-            for m in [1usize, 8, 32, 512] {
+            for &m in &ms {
                 let x: Vec<f32> = (0..m * cols).map(|i| (i % 7) as f32 * 0.1).collect();
                 let mut out = vec![0.0f32; m * rows];
                 let reps = (2_000_000_000 / (rows * cols * m).max(1)).clamp(3, 2000);

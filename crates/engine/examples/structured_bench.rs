@@ -6,11 +6,12 @@
 //! timed, so both sides generate the same number of tokens; the unconstrained side
 //! ignores EOS for the same reason.
 
-use reprise_engine::grammar::{GrammarCompiler, GrammarSpec};
 use reprise_engine::loader;
 use reprise_engine::scheduler::SchedulerConfig;
-use reprise_engine::types::{GenerateRequest, SamplingParams, WorkerEvent};
+use reprise_engine::types::GenerateRequest;
 use reprise_engine::worker::{WorkerConfig, WorkerHandle};
+use reprise_protocol::{SamplingParams, WorkerEvent};
+use reprise_text::grammar::{GrammarCompiler, GrammarSpec};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -47,8 +48,8 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1)
     });
-    let tokenizer = Arc::new(loaded.tokenizer.clone());
-    let eos = loaded.eos_token_ids[0];
+    let tokenizer = Arc::new(loaded.meta.tokenizer.clone());
+    let eos = loaded.meta.eos_token_ids[0];
     let vocab = loaded.model.config().vocab_size;
     let t = Instant::now();
     let compiler = GrammarCompiler::new(tokenizer.clone(), vocab, eos).expect("grammar compiler");
@@ -66,13 +67,13 @@ fn main() {
             block_size: 16,
             ..Default::default()
         },
-        max_model_len: loaded.max_model_len,
-        eos_token_ids: loaded.eos_token_ids.clone(),
+        max_model_len: loaded.meta.max_model_len,
+        eos_token_ids: loaded.meta.eos_token_ids.clone(),
         tokenizer: Some(tokenizer.clone()),
         step_timeout: None,
         fault: None,
     };
-    let w = WorkerHandle::spawn_on(cfg, &loaded.model, Box::new(|_| {})).expect("worker");
+    let w = WorkerHandle::spawn(cfg, loaded.model.clone(), Box::new(|_| {})).expect("worker");
     let prompt = tokenizer
         .encode("Write a list of numbers as a JSON array:", false)
         .expect("prompt");

@@ -3,12 +3,13 @@
 //! Single-threaded and synchronous, so it is tested directly; `worker.rs` puts
 //! it on a thread behind a channel.
 
-use crate::detok::{Detokenizer, StopMatcher, StopOutcome};
 use crate::executor::{Executor, ExecutorError, NewSequence};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SeqId};
-use crate::tokenizer::Tokenizer;
-use crate::types::{FinishReason, GenerateRequest, StopReason, TokenLogprob, WorkerEvent};
-use reprise_router::{KvEvent, TokenId, WorkerLoad};
+use crate::types::GenerateRequest;
+use reprise_protocol::{FinishReason, StopReason, TokenLogprob, WorkerEvent};
+use reprise_protocol::{KvEvent, TokenId, WorkerLoad};
+use reprise_text::detok::{Detokenizer, StopMatcher, StopOutcome};
+use reprise_text::tokenizer::Tokenizer;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -125,7 +126,7 @@ struct SeqState {
 }
 
 /// The tokens that end a sequence under `p`: EOS (unless ignored) and its stop ids.
-fn stop_ids(cfg: &EngineConfig, p: &crate::types::SamplingParams) -> Vec<TokenId> {
+fn stop_ids(cfg: &EngineConfig, p: &reprise_protocol::SamplingParams) -> Vec<TokenId> {
     let mut ids = p.stop_token_ids.clone();
     if !p.ignore_eos {
         ids.extend(&cfg.eos_token_ids);
@@ -506,7 +507,7 @@ impl<E: Executor> Engine<E> {
 mod tests {
     use super::*;
     use crate::executor::{CostModel, CostModelExecutor};
-    use crate::types::SamplingParams;
+    use reprise_protocol::SamplingParams;
 
     fn engine(num_blocks: usize, eos: TokenId) -> Engine<CostModelExecutor> {
         let cost = CostModel {

@@ -2,11 +2,11 @@
 //! (paged attention over the block tables) or a cost model with no tensors,
 //! used by tests and the cluster simulator.
 
-use crate::grammar::Constraint;
 use crate::scheduler::SeqId;
 pub use crate::scheduler::StepInput;
-use crate::types::{SamplingParams, TokenLogprob};
-use reprise_router::TokenId;
+use reprise_protocol::TokenId;
+use reprise_protocol::{SamplingParams, TokenLogprob};
+use reprise_text::grammar::Constraint;
 use serde::{Deserialize, Serialize};
 
 /// A token sampled for one sequence in a step.
@@ -55,6 +55,20 @@ pub trait Executor {
     fn add_sequence(&mut self, _seq: SeqId, _new: &NewSequence<'_>) {}
     /// A sequence ended; drop its per-sequence state.
     fn remove_sequence(&mut self, _seq: SeqId) {}
+}
+
+impl<E: Executor + ?Sized> Executor for Box<E> {
+    fn execute(&mut self, step: &[StepInput<'_>]) -> Result<Vec<Sampled>, ExecutorError> {
+        (**self).execute(step)
+    }
+
+    fn add_sequence(&mut self, seq: SeqId, new: &NewSequence<'_>) {
+        (**self).add_sequence(seq, new)
+    }
+
+    fn remove_sequence(&mut self, seq: SeqId) {
+        (**self).remove_sequence(seq)
+    }
 }
 
 /// Step latency as a function of the work in the step. Loaded from data files

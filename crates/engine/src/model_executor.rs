@@ -1,13 +1,13 @@
 //! The real executor: a model's forward pass over its own KV storage, then each
 //! sequence's own sampler, the rows of a batch sampled in parallel.
 
-use crate::cpu::ops;
 use crate::executor::{Executor, ExecutorError, NewSequence, Sampled, StepInput};
-use crate::model::{Model, ModelError, SeqInput};
+use crate::model::{DeviceMemory, Model, ModelConfig, ModelError, SeqInput, ServedModel};
 use crate::sampler::Sampler;
 use crate::scheduler::SeqId;
-use crate::types::SamplingParams;
 use rayon::prelude::*;
+use reprise_protocol::SamplingParams;
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -102,7 +102,7 @@ impl<M: Model> Executor for ModelExecutor<M> {
             }
         };
         let out: Vec<Sampled> = if work.len() > 1 {
-            ops::pool().install(|| work.par_iter_mut().map(draw).collect())
+            crate::pool::pool().install(|| work.par_iter_mut().map(draw).collect())
         } else {
             work.iter_mut().map(draw).collect()
         };
@@ -121,5 +121,39 @@ impl<M: Model> Executor for ModelExecutor<M> {
 
     fn remove_sequence(&mut self, seq: SeqId) {
         self.samplers.remove(&seq);
+    }
+}
+
+impl<M: Model + 'static> ServedModel for M {
+    fn config(&self) -> &ModelConfig {
+        <M as Model>::config(self)
+    }
+
+    fn kv_block_bytes(&self, block_size: usize) -> usize {
+        <M as Model>::kv_block_bytes(self, block_size)
+    }
+
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        <M as Model>::device_memory(self)
+    }
+
+    fn workspace_bytes(&self, max_batched_tokens: usize, max_seqs: usize) -> u64 {
+        <M as Model>::workspace_bytes(self, max_batched_tokens, max_seqs)
+    }
+
+    fn weights(&self) -> (u64, String) {
+        <M as Model>::weights(self)
+    }
+
+    fn executor(
+        self: Arc<Self>,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Box<dyn crate::executor::Executor + Send>, ModelError> {
+        Ok(Box::new(ModelExecutor::new(self, num_blocks, block_size)?))
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
     }
 }

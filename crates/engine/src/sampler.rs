@@ -11,12 +11,12 @@
 //! of log-probabilities for top-p) instead of sorting the vocabulary, into buffers
 //! kept per thread, so the rows of a batch can be sampled in parallel.
 
-use crate::cpu::ops::exp_sub_sum;
-use crate::grammar::GrammarState;
-use crate::types::{SamplingParams, TokenLogprob};
+use crate::simd::exp_sub_sum;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use reprise_router::TokenId;
+use reprise_protocol::TokenId;
+use reprise_protocol::{SamplingParams, TokenLogprob};
+use reprise_text::grammar::GrammarState;
 use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};

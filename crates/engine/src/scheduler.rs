@@ -8,8 +8,8 @@
 //! preempted, waiting sequences are admitted strictly in order (no skipping
 //! ahead, so none starves), each starting from its longest cached prefix.
 
-use crate::kv::{max_cacheable_blocks, BlockId, BlockPool, BlockTable};
-use reprise_router::{BlockHasher, BlockKey, HashAlgo, KvEvent, TokenId, WorkerLoad};
+use crate::kv::{BlockId, BlockPool, KvCacheManager};
+use reprise_protocol::{BlockHasher, BlockKey, HashAlgo, KvEvent, TokenId, WorkerLoad};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Most steps a waiting sequence is left for blocks a running one is computing
@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 pub const MAX_DEFERRED_STEPS: usize = 64;
 
 /// Identity of a sequence inside one scheduler.
-pub type SeqId = u64;
+pub use crate::kv::manager::SeqId;
 
 /// One sequence's share of a step, as the executor computes it.
 #[derive(Clone, Copy, Debug)]
@@ -111,12 +111,6 @@ struct Sequence {
     prompt_len: usize,
     /// Tokens whose K/V is in the blocks.
     num_computed: usize,
-    block_table: BlockTable,
-    /// Keys of the full blocks of `tokens`, extended lazily.
-    keys: Vec<BlockKey>,
-    /// Leading blocks already registered in the prefix cache.
-    num_registered: usize,
-    extra: Vec<u8>,
     /// Prompt tokens served from the prefix cache at first admission.
     cached_tokens: Option<usize>,
     running: bool,
@@ -166,12 +160,11 @@ pub struct SchedulerStats {
     pub preemptions: u64,
 }
 
-/// Continuous-batching scheduler owning one worker's block pool.
+/// Continuous-batching scheduler owning one worker's KV cache.
 #[derive(Debug)]
 pub struct Scheduler {
     cfg: SchedulerConfig,
-    pool: BlockPool,
-    hasher: BlockHasher,
+    kv: KvCacheManager,
     seqs: HashMap<SeqId, Sequence>,
     /// Admission order, oldest first; preemption takes from the back.
     running: Vec<SeqId>,
@@ -188,11 +181,10 @@ impl Scheduler {
     /// A scheduler with an empty pool.
     pub fn new(cfg: SchedulerConfig) -> Result<Self, SchedulerError> {
         cfg.validate()?;
-        let hasher = BlockHasher::new(cfg.block_size, cfg.hash_algo)
+        let kv = KvCacheManager::new(cfg.num_blocks, cfg.block_size, cfg.hash_algo)
             .map_err(|e| SchedulerError::Config(e.to_string()))?;
         Ok(Self {
-            pool: BlockPool::new(cfg.num_blocks, cfg.block_size),
-            hasher,
+            kv,
             cfg,
             seqs: HashMap::new(),
             running: Vec::new(),
@@ -207,14 +199,15 @@ impl Scheduler {
         &self.cfg
     }
 
-    /// The block pool (read-only: the scheduler alone changes it).
+    /// The block pool (read-only: the scheduler alone changes it, through its KV
+    /// cache manager).
     pub fn pool(&self) -> &BlockPool {
-        &self.pool
+        self.kv.pool()
     }
 
     /// The hasher shared with the router.
     pub fn hasher(&self) -> BlockHasher {
-        self.hasher
+        self.kv.hasher()
     }
 
     /// Running totals.
@@ -238,16 +231,13 @@ impl Scheduler {
         }
         let id = self.next_id;
         self.next_id += 1;
+        self.kv.add(id, extra);
         self.seqs.insert(
             id,
             Sequence {
                 prompt_len: prompt.len(),
                 tokens: prompt,
                 num_computed: 0,
-                block_table: BlockTable::new(),
-                keys: Vec::new(),
-                num_registered: 0,
-                extra,
                 cached_tokens: None,
                 deferred: 0,
                 running: false,
@@ -284,7 +274,7 @@ impl Scheduler {
 
     /// Block table of a live sequence.
     pub fn block_table(&self, id: SeqId) -> Option<&[BlockId]> {
-        self.seqs.get(&id).map(|s| s.block_table.blocks())
+        self.seqs.contains_key(&id).then(|| self.kv.block_table(id))
     }
 
     /// Load snapshot for the router.
@@ -292,8 +282,8 @@ impl Scheduler {
         WorkerLoad {
             running: self.running.len(),
             waiting: self.waiting.len(),
-            blocks_in_use: self.pool.num_in_use(),
-            total_blocks: self.pool.num_blocks(),
+            blocks_in_use: self.kv.pool().num_in_use(),
+            total_blocks: self.kv.pool().num_blocks(),
             prefill_tokens: self
                 .running
                 .iter()
@@ -305,30 +295,29 @@ impl Scheduler {
 
     /// KV events since the last call.
     pub fn drain_events(&mut self) -> Vec<KvEvent> {
-        self.pool.drain_events()
+        self.kv.drain_events()
     }
 
     /// Plan the next step and reserve its blocks.
     pub fn schedule(&mut self) -> StepPlan {
-        let bs = self.cfg.block_size;
         let mut plan = StepPlan::default();
         let mut budget = self.cfg.max_num_batched_tokens;
 
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let id = self.running[i];
-            let (computed, len, table_len) = {
+            let (computed, len) = {
                 let s = &self.seqs[&id];
-                (s.num_computed, s.tokens.len(), s.block_table.len())
+                (s.num_computed, s.tokens.len())
             };
             let n = (len - computed).min(budget);
             if n == 0 {
                 i += 1;
                 continue;
             }
-            let need = blocks_for(computed + n, bs).saturating_sub(table_len);
+            let need = self.kv.blocks_needed(id, computed + n);
             let mut scheduled = true;
-            while self.pool.num_free() < need {
+            while self.kv.num_free() < need {
                 let victim = *self.running.last().expect("running holds at least id");
                 if victim == id {
                     // Nothing newer to take blocks from.
@@ -351,12 +340,8 @@ impl Scheduler {
                 }
                 continue;
             }
-            let s = self.seqs.get_mut(&id).expect("running sequence exists");
-            for _ in 0..need {
-                self.pool
-                    .grow(&mut s.block_table)
-                    .expect("free blocks were counted");
-            }
+            let grown = self.kv.allocate_slots(id, &[], computed + n);
+            debug_assert!(grown, "free blocks were counted");
             plan.seqs.push(ScheduledSeq {
                 seq: id,
                 start: computed,
@@ -375,12 +360,10 @@ impl Scheduler {
 
     /// Keys of the full blocks running sequences have yet to compute and register.
     fn in_flight_keys(&self) -> HashSet<BlockKey> {
-        let bs = self.cfg.block_size;
         let mut keys = HashSet::new();
         for id in &self.running {
             if let Some(s) = self.seqs.get(id) {
-                let full = (s.tokens.len() / bs).min(s.keys.len());
-                keys.extend(s.keys[s.num_registered.min(full)..full].iter().copied());
+                keys.extend(self.kv.pending_keys(*id, s.tokens.len()).iter().copied());
             }
         }
         keys
@@ -401,17 +384,8 @@ impl Scheduler {
             };
             let s = self.seqs.get_mut(&id).expect("waiting sequence exists");
             let len = s.tokens.len();
-            self.hasher.extend_keys(&mut s.keys, &s.tokens, &s.extra);
-            let max_hit = max_cacheable_blocks(len, bs);
-            let hits: Vec<BlockId> = s
-                .keys
-                .iter()
-                .take(max_hit)
-                .map_while(|k| self.pool.lookup(*k))
-                .collect();
-            let next = (hits.len() < max_hit && s.deferred < MAX_DEFERRED_STEPS)
-                .then(|| s.keys[hits.len()]);
-            if let Some(next) = next {
+            let hits = self.kv.computed_blocks(id, &s.tokens);
+            if let Some(next) = hits.next_key.filter(|_| s.deferred < MAX_DEFERRED_STEPS) {
                 let flying = in_flight.get_or_insert_with(|| self.in_flight_keys());
                 if flying.contains(&next) {
                     if let Some(s) = self.seqs.get_mut(&id) {
@@ -421,27 +395,13 @@ impl Scheduler {
                     continue;
                 }
             }
-            let s = self.seqs.get_mut(&id).expect("waiting sequence exists");
-            let hit_tokens = hits.len() * bs;
+            let hit_tokens = hits.blocks.len() * bs;
             let n = (len - hit_tokens).min(budget);
-            let new_blocks = blocks_for(hit_tokens + n, bs) - hits.len();
-            let hits_in_free = hits.iter().filter(|b| self.pool.is_free(**b)).count();
-            if self.pool.num_free() < new_blocks + hits_in_free {
+            if !self.kv.allocate_slots(id, &hits.blocks, hit_tokens + n) {
                 // Strict order: the head waits for blocks rather than being overtaken.
                 break;
             }
-            let mut table = BlockTable::new();
-            for &b in &hits {
-                self.pool.share(&mut table, b);
-            }
-            for _ in 0..new_blocks {
-                self.pool
-                    .grow(&mut table)
-                    .expect("free blocks were counted");
-            }
-            s.num_registered = table.len().min(hit_tokens / bs);
-            let empty = std::mem::replace(&mut s.block_table, table);
-            self.pool.release(empty);
+            let s = self.seqs.get_mut(&id).expect("waiting sequence exists");
             s.num_computed = hit_tokens;
             s.running = true;
             s.cached_tokens.get_or_insert(hit_tokens.min(s.prompt_len));
@@ -450,8 +410,7 @@ impl Scheduler {
             s.deferred = 0;
             // The blocks it will compute are in flight for those behind it.
             if let Some(flying) = in_flight.as_mut() {
-                let full = (len / bs).min(s.keys.len());
-                flying.extend(s.keys[hits.len().min(full)..full].iter().copied());
+                flying.extend(self.kv.pending_keys(id, len).iter().copied());
             }
             self.waiting.remove(idx);
             self.running.push(id);
@@ -475,7 +434,7 @@ impl Scheduler {
                     seq: p.seq,
                     tokens: &s.tokens[p.start..p.start + p.len],
                     start_pos: p.start,
-                    block_table: &s.block_table.blocks()
+                    block_table: &self.kv.block_table(p.seq)
                         [..blocks_for(p.start + p.len, self.cfg.block_size)],
                     sample: p.sample,
                 })
@@ -486,7 +445,6 @@ impl Scheduler {
     /// Record that a planned step was computed: advance each sequence and
     /// register its newly full blocks in the prefix cache.
     pub fn complete(&mut self, plan: &StepPlan) {
-        let bs = self.cfg.block_size;
         for p in &plan.seqs {
             let Some(s) = self.seqs.get_mut(&p.seq) else {
                 continue; // ended between planning and completion
@@ -495,22 +453,7 @@ impl Scheduler {
                 continue;
             }
             s.num_computed = p.start + p.len;
-            let full = s.num_computed / bs;
-            if full > s.num_registered {
-                self.hasher.extend_keys(&mut s.keys, &s.tokens, &s.extra);
-                for i in s.num_registered..full {
-                    let parent = i.checked_sub(1).map(|j| s.keys[j]);
-                    let tokens = &s.tokens[i * bs..(i + 1) * bs];
-                    self.pool.register(
-                        s.block_table.blocks()[i],
-                        s.keys[i],
-                        parent,
-                        tokens,
-                        &s.extra,
-                    );
-                }
-                s.num_registered = full;
-            }
+            self.kv.cache_blocks(p.seq, &s.tokens, s.num_computed);
         }
     }
 
@@ -527,10 +470,10 @@ impl Scheduler {
 
     /// End a sequence (finished or cancelled) and release its blocks at once.
     pub fn finish(&mut self, id: SeqId) -> bool {
-        let Some(mut s) = self.seqs.remove(&id) else {
+        let Some(s) = self.seqs.remove(&id) else {
             return false;
         };
-        self.pool.release(std::mem::take(&mut s.block_table));
+        self.kv.free(id);
         if s.running {
             self.running.retain(|r| *r != id);
         } else {
@@ -551,11 +494,9 @@ impl Scheduler {
 
     fn preempt_running(&mut self, id: SeqId) {
         let s = self.seqs.get_mut(&id).expect("preempted sequence exists");
-        let table = std::mem::take(&mut s.block_table);
         s.num_computed = 0;
-        s.num_registered = 0;
         s.running = false;
-        self.pool.release(table);
+        self.kv.release(id);
         self.running.retain(|r| *r != id);
         self.waiting.push_front(id);
         self.stats.preemptions += 1;
@@ -564,65 +505,20 @@ impl Scheduler {
     /// Check every structural invariant of the scheduler and its pool; used by
     /// property tests and the simulator's self-checks.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let n = self.pool.num_blocks();
-        let mut refs = vec![0u32; n];
         for (id, s) in &self.seqs {
-            if !s.running && !s.block_table.is_empty() {
+            let table = self.kv.block_table(*id);
+            if !s.running && !table.is_empty() {
                 return Err(format!("waiting sequence {id} holds blocks"));
             }
-            if s.running && s.block_table.len() < blocks_for(s.num_computed, self.cfg.block_size) {
+            if s.running && table.len() < blocks_for(s.num_computed, self.cfg.block_size) {
                 return Err(format!("sequence {id} computed past its block table"));
             }
-            for &b in s.block_table.blocks() {
-                refs[b as usize] += 1;
-            }
         }
-        let free: Vec<BlockId> = self.pool.free_queue();
-        let mut in_free = vec![false; n];
-        for &b in &free {
-            if std::mem::replace(&mut in_free[b as usize], true) {
-                return Err(format!("block {b} twice in the free queue"));
-            }
-        }
-        if free.len() != self.pool.num_free() {
-            return Err("free count disagrees with the free queue".into());
-        }
-        for b in 0..n {
-            let rc = self.pool.ref_count(b as BlockId);
-            if rc != refs[b] {
-                return Err(format!(
-                    "block {b}: ref count {rc}, held by {} tables",
-                    refs[b]
-                ));
-            }
-            if (rc == 0) != in_free[b] {
-                return Err(format!(
-                    "block {b}: ref count {rc} but in free queue = {}",
-                    in_free[b]
-                ));
-            }
-        }
-        for (key, b) in self.pool.cached_entries() {
-            if self.pool.key_of(b) != Some(key) {
-                return Err(format!(
-                    "cache maps {key:?} to block {b}, which has another key"
-                ));
-            }
-        }
+        self.kv.check_invariants()?;
         if self.running.len() + self.waiting.len() != self.seqs.len() {
             return Err("running + waiting != live sequences".into());
         }
         Ok(())
-    }
-}
-
-impl Drop for Scheduler {
-    /// Live sequences give their blocks back (the pool goes with them; this keeps
-    /// every table's release explicit).
-    fn drop(&mut self) {
-        for s in self.seqs.values_mut() {
-            self.pool.release(std::mem::take(&mut s.block_table));
-        }
     }
 }
 

@@ -3,15 +3,14 @@
 
 use crate::engine::{Engine, EngineConfig, SubmitError, WorkerSnapshot};
 use crate::executor::{Executor, ExecutorError};
-use crate::loader::AnyModel;
-use crate::model::Model;
-use crate::model_executor::ModelExecutor;
+use crate::model::AnyModel;
 use crate::scheduler::SchedulerConfig;
-use crate::tokenizer::Tokenizer;
-use crate::types::{GenerateRequest, WorkerEvent};
+use crate::types::GenerateRequest;
 use parking_lot::Mutex;
-use reprise_router::TokenId;
-use reprise_router::{KvEvent, KvEventData};
+use reprise_protocol::TokenId;
+use reprise_protocol::WorkerEvent;
+use reprise_protocol::{KvEvent, KvEventData};
+use reprise_text::tokenizer::Tokenizer;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,14 +116,16 @@ pub struct WorkerHandle {
 pub type EventSink = Box<dyn FnMut(Vec<KvEvent>) + Send>;
 
 impl WorkerHandle {
-    /// Spawn the worker thread owning a KV cache for `model` (and, with a step
-    /// timeout, the watchdog thread that fails it when a step hangs).
-    pub fn spawn<M: Model + 'static>(
+    /// Spawn the worker thread owning a KV cache for `model`, on whichever backend
+    /// it is (and, with a step timeout, the watchdog thread that fails it when a step
+    /// hangs).
+    pub fn spawn(
         cfg: WorkerConfig,
-        model: Arc<M>,
+        model: AnyModel,
         on_events: EventSink,
     ) -> Result<WorkerHandle, WorkerError> {
-        let exec = ModelExecutor::new(model, cfg.scheduler.num_blocks, cfg.scheduler.block_size)
+        let exec = model
+            .executor(cfg.scheduler.num_blocks, cfg.scheduler.block_size)
             .map_err(|e| WorkerError::Start(e.to_string()))?;
         let engine_cfg = EngineConfig {
             scheduler: cfg.scheduler.clone(),
@@ -169,19 +170,6 @@ impl WorkerHandle {
             tx,
             shared,
         })
-    }
-
-    /// [`WorkerHandle::spawn`] for whichever backend `model` is on.
-    pub fn spawn_on(
-        cfg: WorkerConfig,
-        model: &AnyModel,
-        on_events: EventSink,
-    ) -> Result<WorkerHandle, WorkerError> {
-        match model {
-            AnyModel::Cpu(m) => Self::spawn(cfg, m.clone(), on_events),
-            #[cfg(feature = "cuda")]
-            AnyModel::Cuda(m) => Self::spawn(cfg, m.clone(), on_events),
-        }
     }
 
     /// Worker index.

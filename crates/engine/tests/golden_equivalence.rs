@@ -13,7 +13,7 @@ const BS: usize = 16;
 const STEPS: usize = 8;
 
 fn load() -> (LoadedModel, Value) {
-    let path = loader::default_model_path();
+    let path = reprise_text::meta::default_model_path();
     if !path.is_file() {
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/fetch-default.sh");
@@ -121,7 +121,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn prefill_chunked_prefix_cached_and_batched_agree() {
     let (lm, g) = load();
-    let m = lm.cpu_model().expect("cpu model").as_ref();
+    let m = lm.cpu_model().expect("cpu model");
+    let m = m.as_ref();
     let bread = prompt(&g, "p05_shared_prefix_recipes_bread");
     let coconut = prompt(&g, "p06_shared_prefix_recipes_coconut");
     let others = [
@@ -192,7 +193,8 @@ fn prefill_chunked_prefix_cached_and_batched_agree() {
 #[test]
 fn bad_inputs_are_errors_not_panics() {
     let (lm, _) = load();
-    let m = lm.cpu_model().expect("cpu model").as_ref();
+    let m = lm.cpu_model().expect("cpu model");
+    let m = m.as_ref();
     let mut cache = m.new_kv_cache(4, BS).expect("kv cache");
     let short = [0u32];
     let toks: Vec<u32> = (0..20).collect();

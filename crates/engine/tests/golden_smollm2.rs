@@ -1,9 +1,9 @@
 //! SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32) against HF transformers:
 //! tokenization, chat template, last-position logits and greedy generation.
 
-use reprise_engine::chat_template::ChatMessage;
 use reprise_engine::loader::{self, LoadedModel};
 use reprise_engine::model::{Model, SeqInput};
+use reprise_text::chat_template::ChatMessage;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -18,7 +18,7 @@ fn golden() -> Value {
 fn model() -> &'static LoadedModel {
     static M: OnceLock<LoadedModel> = OnceLock::new();
     M.get_or_init(|| {
-        let path = loader::default_model_path();
+        let path = reprise_text::meta::default_model_path();
         if !path.is_file() {
             let script =
                 PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/fetch-default.sh");
@@ -95,14 +95,15 @@ fn tokenizer_matches_prompt_token_ids() {
     let m = model();
     for case in g["cases"].as_array().expect("cases") {
         let prompt = case["rendered_prompt"].as_str().expect("prompt");
-        let got = m.tokenizer.encode(prompt, false).expect("encode");
+        let got = m.meta.tokenizer.encode(prompt, false).expect("encode");
         assert_eq!(got, ids(&case["prompt_token_ids"]), "case {}", case["id"]);
-        let with_special = m.tokenizer.encode(prompt, true).expect("encode");
+        let with_special = m.meta.tokenizer.encode(prompt, true).expect("encode");
         assert_eq!(
             with_special, got,
             "add_special_tokens adds nothing for this GGUF"
         );
         let text = m
+            .meta
             .tokenizer
             .decode(&ids(&case["greedy_token_ids"]), true)
             .expect("decode");
@@ -119,7 +120,7 @@ fn tokenizer_matches_prompt_token_ids() {
 fn chat_template_renders_rendered_prompt() {
     let g = golden();
     let m = model();
-    let tmpl = m.chat_template.as_ref().expect("GGUF chat template");
+    let tmpl = m.meta.chat_template.as_ref().expect("GGUF chat template");
     assert_eq!(
         tmpl.source(),
         g["chat_template"].as_str().expect("template")
@@ -147,7 +148,7 @@ fn chat_template_renders_rendered_prompt() {
 fn greedy_and_logits_match_transformers() {
     let g = golden();
     let m = model();
-    assert_eq!(m.eos_token_ids, vec![2]);
+    assert_eq!(m.meta.eos_token_ids, vec![2]);
     let max_new = g["generation"]["max_new_tokens"].as_u64().expect("max_new") as usize;
     let mut worst = 0f32;
     for case in g["cases"].as_array().expect("cases") {
@@ -181,12 +182,13 @@ fn metadata_only_load_tokenizes_and_renders_like_the_full_load() {
     let g = golden();
     let full = model();
     let t0 = std::time::Instant::now();
-    let meta = loader::load_meta(loader::default_model_path().to_str()).expect("load_meta");
+    let meta = reprise_text::meta::load_meta(reprise_text::meta::default_model_path().to_str())
+        .expect("load_meta");
     let meta_secs = t0.elapsed().as_secs_f64();
-    assert_eq!(meta.name, full.name);
-    assert_eq!(meta.eos_token_ids, full.eos_token_ids);
-    assert_eq!(meta.bos_token_id, full.bos_token_id);
-    assert_eq!(meta.max_model_len, full.max_model_len);
+    assert_eq!(meta.name, full.meta.name);
+    assert_eq!(meta.eos_token_ids, full.meta.eos_token_ids);
+    assert_eq!(meta.bos_token_id, full.meta.bos_token_id);
+    assert_eq!(meta.max_model_len, full.meta.max_model_len);
     assert_eq!(meta.vocab_size, full.model.config().vocab_size);
     for case in g["cases"].as_array().expect("cases") {
         let prompt = case["rendered_prompt"].as_str().expect("prompt");

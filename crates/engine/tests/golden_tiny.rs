@@ -3,6 +3,7 @@
 
 use reprise_engine::loader;
 use reprise_engine::model::{Model, ModelError, SeqInput};
+use reprise_text::meta::MetaError;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -68,8 +69,8 @@ fn check(family: &str) {
         serde_json::from_str(&std::fs::read_to_string(d.join("golden.json")).expect("golden.json"))
             .expect("json");
     let lm = loader::load(d.to_str()).expect("load");
-    assert_eq!(lm.eos_token_ids, vec![2]);
-    assert!(lm.chat_template.is_some());
+    assert_eq!(lm.meta.eos_token_ids, vec![2]);
+    assert!(lm.meta.chat_template.is_some());
     let mut worst = 0f32;
     for case in golden["cases"].as_array().expect("cases") {
         let prompt = ids(&case["prompt_token_ids"]);
@@ -118,7 +119,7 @@ fn malformed_sources_are_errors() {
     std::fs::write(&bad, b"not a gguf file at all").expect("write");
     assert!(matches!(
         loader::load(bad.to_str()),
-        Err(ModelError::Malformed { .. })
+        Err(ModelError::Meta(MetaError::Malformed { .. }))
     ));
     std::fs::write(tmp.join("config.json"), r#"{"model_type": "gpt_bigcode"}"#).expect("write");
     assert!(matches!(
@@ -127,7 +128,7 @@ fn malformed_sources_are_errors() {
     ));
     assert!(matches!(
         loader::load(Some("no-such-org/no-such-model")),
-        Err(ModelError::SourceNotFound(_))
+        Err(ModelError::Meta(MetaError::SourceNotFound(_)))
     ));
     std::fs::remove_dir_all(&tmp).ok();
 }
@@ -150,22 +151,22 @@ fn metadata_only_load_needs_no_weights() {
         ] {
             std::fs::copy(d.join(f), tmp.join(f)).expect("copy");
         }
-        let meta = loader::load_meta(tmp.to_str()).expect("load_meta without weights");
+        let meta = reprise_text::meta::load_meta(tmp.to_str()).expect("load_meta without weights");
         assert!(
             loader::load(tmp.to_str()).is_err(),
             "the full load needs the weights"
         );
-        assert_eq!(meta.eos_token_ids, full.eos_token_ids, "{family}");
-        assert_eq!(meta.max_model_len, full.max_model_len, "{family}");
+        assert_eq!(meta.eos_token_ids, full.meta.eos_token_ids, "{family}");
+        assert_eq!(meta.max_model_len, full.meta.max_model_len, "{family}");
         assert_eq!(meta.vocab_size, full.model.config().vocab_size, "{family}");
         let text = "Hello, world! 12345 caches";
         assert_eq!(
             meta.tokenizer.encode(text, true).unwrap(),
-            full.tokenizer.encode(text, true).unwrap()
+            full.meta.tokenizer.encode(text, true).unwrap()
         );
         assert_eq!(
             meta.chat_template.map(|t| t.source().to_string()),
-            full.chat_template.map(|t| t.source().to_string())
+            full.meta.chat_template.map(|t| t.source().to_string())
         );
         let _ = std::fs::remove_dir_all(&tmp);
     }

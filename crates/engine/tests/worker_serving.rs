@@ -4,11 +4,12 @@
 
 use reprise_engine::cpu::attention::PagedKvCache;
 use reprise_engine::cpu::Transformer;
-use reprise_engine::loader::{self, LoadedModel};
+use reprise_engine::loader;
 use reprise_engine::model::{Logits, Model};
 use reprise_engine::scheduler::SchedulerConfig;
-use reprise_engine::types::{FinishReason, GenerateRequest, SamplingParams, WorkerEvent};
+use reprise_engine::types::GenerateRequest;
 use reprise_engine::worker::{Fault, WorkerConfig, WorkerHandle};
+use reprise_protocol::{FinishReason, SamplingParams, WorkerEvent};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -23,7 +24,7 @@ struct Shared {
 fn shared() -> &'static Shared {
     static S: OnceLock<Shared> = OnceLock::new();
     S.get_or_init(|| {
-        let path = loader::default_model_path();
+        let path = reprise_text::meta::default_model_path();
         if !path.is_file() {
             let script =
                 PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/fetch-default.sh");
@@ -33,16 +34,11 @@ fn shared() -> &'static Shared {
                 .expect("run fetch-default.sh");
             assert!(status.success(), "models/fetch-default.sh failed");
         }
-        let LoadedModel {
-            model,
-            eos_token_ids,
-            max_model_len,
-            ..
-        } = loader::load(path.to_str()).expect("load default model");
+        let lm = loader::load(path.to_str()).expect("load default model");
         Shared {
-            model: model.cpu().expect("cpu model").clone(),
-            eos: eos_token_ids,
-            max_model_len,
+            model: lm.cpu_model().expect("cpu model"),
+            eos: lm.meta.eos_token_ids,
+            max_model_len: lm.meta.max_model_len,
         }
     })
 }

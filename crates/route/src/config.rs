@@ -2,12 +2,9 @@
 //! specs and the `--workers-file` format.
 
 use clap::Args;
-use reprise_api::options::{
-    check_served_name, check_zmq_endpoint, err, listen_addr, max_body_bytes, seconds, ConfigError,
-};
+use reprise_api::options::{check_zmq_endpoint, err, seconds, ConfigError, HttpArgs, HttpConfig};
 use reprise_router::{PolicyKind, RouterConfig};
 use serde::Deserialize;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -151,30 +148,9 @@ pub struct RouteArgs {
     #[arg(long)]
     pub block_size: Option<usize>,
 
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-
-    /// Port to listen on (0 picks a free one; the ready line names it).
-    #[arg(long, default_value_t = 8000)]
-    pub port: u16,
-
-    /// Require `Authorization: Bearer <key>` on every route except /health and /metrics.
-    #[arg(long, env = "REPRISE_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-
-    /// Model name reported by /v1/models and accepted in requests (default: the model's
-    /// name); other names are forwarded as LoRA adapters of it.
-    #[arg(long)]
-    pub served_model_name: Option<String>,
-
-    /// Most requests in flight over all workers; more get 429.
-    #[arg(long, default_value_t = 1024)]
-    pub max_queue: usize,
-
-    /// Largest accepted request body, e.g. `8MiB` (larger gets 413).
-    #[arg(long, default_value = "8MiB")]
-    pub max_body_bytes: String,
+    /// The HTTP options `serve` and `route` share.
+    #[command(flatten)]
+    pub http: HttpArgs,
 
     /// Seconds between health checks of each worker (two failures take it out of
     /// routing, two successes bring it back).
@@ -189,14 +165,6 @@ pub struct RouteArgs {
     /// headers come when it is complete).
     #[arg(long, default_value_t = 600.0)]
     pub first_byte_timeout: f64,
-
-    /// Seconds to let in-flight requests finish after SIGTERM / ctrl-c.
-    #[arg(long, default_value_t = 30.0)]
-    pub shutdown_timeout: f64,
-
-    /// Connection limits of the HTTP listener.
-    #[command(flatten)]
-    pub listener: reprise_api::options::ListenerArgs,
 }
 
 /// `reprise route`'s validated settings.
@@ -210,26 +178,14 @@ pub struct RouteConfig {
     pub model: Option<String>,
     /// Router settings (policy and block size resolved).
     pub router: RouterConfig,
-    /// Listen address.
-    pub addr: SocketAddr,
-    /// Required bearer token.
-    pub api_key: Option<String>,
-    /// Name reported and accepted.
-    pub served_model_name: Option<String>,
-    /// Admission bound.
-    pub max_queue: usize,
-    /// Body limit in bytes.
-    pub max_body_bytes: usize,
+    /// The HTTP options.
+    pub http: HttpConfig,
     /// Between health checks.
     pub health_interval: Duration,
     /// TCP connect timeout to a worker.
     pub connect_timeout: Duration,
     /// Timeout for a worker's response headers.
     pub first_byte_timeout: Duration,
-    /// Drain deadline.
-    pub shutdown_timeout: Duration,
-    /// Connection limits of the listener.
-    pub listener: reprise_api::listener::ListenerLimits,
 }
 
 impl RouteConfig {
@@ -274,25 +230,15 @@ impl RouteConfig {
         router
             .validate()
             .map_err(|e| err("router-config", e.to_string()))?;
-        check_served_name(a.served_model_name.as_deref())?;
-        if a.max_queue == 0 {
-            return Err(err("max-queue", "must be at least 1"));
-        }
         Ok(Self {
             workers,
             workers_file,
             model: a.model.clone(),
             router,
-            addr: listen_addr(&a.host, a.port)?,
-            api_key: a.api_key.clone().filter(|k| !k.is_empty()),
-            served_model_name: a.served_model_name.clone(),
-            max_queue: a.max_queue,
-            max_body_bytes: max_body_bytes(&a.max_body_bytes)?,
+            http: HttpConfig::from_args(&a.http)?,
             health_interval: seconds("health-check-interval", a.health_check_interval, 0.01, 60.0)?,
             connect_timeout: seconds("connect-timeout", a.connect_timeout, 0.01, 600.0)?,
             first_byte_timeout: seconds("first-byte-timeout", a.first_byte_timeout, 0.01, 86400.0)?,
-            shutdown_timeout: seconds("shutdown-timeout", a.shutdown_timeout, 0.0, 86400.0)?,
-            listener: reprise_api::options::listener_limits(&a.listener)?,
         })
     }
 }

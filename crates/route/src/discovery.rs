@@ -2,8 +2,8 @@
 //! write such files); a new, valid list replaces the worker set. An unreadable or
 //! invalid file is logged and the current set kept.
 
-use super::pool::WorkerSet;
-use super::RouteState;
+use crate::pool::WorkerSet;
+use crate::remote::RouteApp;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 const POLL: Duration = Duration::from_secs(1);
 
 /// Watches the workers file (if any) forever.
-pub async fn watch(state: Arc<RouteState>) {
+pub async fn watch(app: Arc<RouteApp>) {
+    let state = &app.backend;
     let Some(path) = state.cfg.workers_file.clone() else {
         return;
     };
@@ -25,7 +26,7 @@ pub async fn watch(state: Arc<RouteState>) {
             continue;
         }
         seen = now;
-        let listed = match super::config::read_workers_file(&path) {
+        let listed = match crate::config::read_workers_file(&path) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(

@@ -13,9 +13,10 @@
 //! blocks, but never keeps one the worker has dropped.
 
 use super::worker::RemoteWorker;
+use reprise_protocol::wire::{parse_seq, REPLAY_END_SEQ};
+use reprise_protocol::KvEvent;
 use reprise_router::remote::{Offer, RemoteStream};
-use reprise_router::wire::{parse_seq, REPLAY_END_SEQ};
-use reprise_router::{KvEvent, Router};
+use reprise_router::Router;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

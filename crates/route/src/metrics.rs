@@ -26,83 +26,40 @@ pub struct RouteWorkerView {
     pub stream: reprise_router::remote::RemoteStats,
 }
 
-/// `reprise route`'s metrics.
+/// `reprise route`'s own metrics (its decisions are `reprise_api::metrics::RouterMetrics`).
 #[derive(Debug)]
 pub struct RouteMetrics {
-    /// Decisions per chosen worker index.
-    pub decisions: Vec<AtomicU64>,
-    /// Matched blocks of the chosen worker.
-    pub matched_blocks: Histogram,
-    /// Decision time.
-    pub decision_seconds: Histogram,
     /// Arrival to forwarding.
     pub forward_seconds: Histogram,
     /// Retries on another worker.
     pub retries: AtomicU64,
-    /// 429s.
-    pub rejected_overloaded: AtomicU64,
 }
 
 impl Default for RouteMetrics {
     fn default() -> Self {
         Self {
-            decisions: (0..reprise_router::index::MAX_WORKERS)
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            matched_blocks: Histogram::new(MATCHED_BLOCK_BUCKETS),
-            decision_seconds: Histogram::new(DECISION_BUCKETS),
             forward_seconds: Histogram::new(DECISION_BUCKETS),
             retries: AtomicU64::new(0),
-            rejected_overloaded: AtomicU64::new(0),
         }
     }
 }
 
 impl RouteMetrics {
-    /// Renders the router's and every worker's series.
+    /// Renders the forwarding time, the retries and every worker's series.
     pub fn render(&self, policy: &str, workers: &[RouteWorkerView]) -> String {
         let mut out = String::with_capacity(8 * 1024);
+        let name = ROUTER_FORWARD_SECONDS;
         let _ = writeln!(
             out,
-            "# HELP {ROUTER_DECISIONS} Routing decisions by policy and chosen worker.\n# TYPE {ROUTER_DECISIONS} counter"
+            "# HELP {name} Time from a request's arrival to its forwarding to a worker.\n# TYPE {name} histogram"
         );
-        for (i, c) in self.decisions.iter().take(workers.len()).enumerate() {
-            let _ = writeln!(
-                out,
-                "{ROUTER_DECISIONS}{{policy=\"{policy}\",worker=\"{i}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
+        let h = &self.forward_seconds;
         let labels = format!("policy=\"{policy}\"");
-        for (name, help, h) in [
-            (
-                ROUTER_MATCHED_BLOCKS,
-                "Prompt blocks the chosen worker was believed to have cached.",
-                &self.matched_blocks,
-            ),
-            (
-                ROUTER_DECISION_SECONDS,
-                "Time spent choosing a worker.",
-                &self.decision_seconds,
-            ),
-            (
-                ROUTER_FORWARD_SECONDS,
-                "Time from a request's arrival to its forwarding to a worker.",
-                &self.forward_seconds,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            render_hist(&mut out, name, &labels, h.bounds(), &h.snapshot());
-        }
+        render_hist(&mut out, name, &labels, h.bounds(), &h.snapshot());
         let _ = writeln!(
             out,
             "# HELP {ROUTER_RETRIES} Requests retried on another worker.\n# TYPE {ROUTER_RETRIES} counter\n{ROUTER_RETRIES} {}",
             self.retries.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP {REQUESTS_REJECTED} Requests refused before routing.\n# TYPE {REQUESTS_REJECTED} counter\n{REQUESTS_REJECTED}{{reason=\"overloaded\"}} {}",
-            self.rejected_overloaded.load(Ordering::Relaxed)
         );
         let _ = writeln!(out, "# HELP {WORKER_HEALTHY} 1 while the worker is in routing.\n# TYPE {WORKER_HEALTHY} gauge");
         for (i, w) in workers.iter().enumerate() {
@@ -177,5 +134,21 @@ impl RouteMetrics {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_time_and_retries_carry_the_policy() {
+        let m = RouteMetrics::default();
+        m.forward_seconds.observe(0.001);
+        m.retries.fetch_add(2, Ordering::Relaxed);
+        let text = m.render("cost", &[RouteWorkerView::default()]);
+        assert!(text.contains("reprise:router_forward_seconds_count{policy=\"cost\"} 1"));
+        assert!(text.contains("reprise:router_retries_total 2"));
+        assert!(text.contains("reprise:worker_inflight_requests{worker=\"0\"} 0"));
     }
 }

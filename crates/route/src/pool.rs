@@ -27,7 +27,10 @@ pub struct WorkerSet {
 
 impl WorkerSet {
     /// Builds the router and starts a subscriber per worker with events.
-    pub fn build(specs: Vec<WorkerSpec>, cfg: &RouterConfig) -> Result<Self, crate::RunError> {
+    pub fn build(
+        specs: Vec<WorkerSpec>,
+        cfg: &RouterConfig,
+    ) -> Result<Self, crate::error::RunError> {
         if specs.is_empty() {
             return Ok(Self {
                 router: None,
@@ -38,7 +41,7 @@ impl WorkerSet {
         }
         let router = Arc::new(
             Router::new(cfg.clone(), specs.len(), DEFAULT_POOL_BLOCKS)
-                .map_err(|e| crate::RunError::Other(format!("router: {e}")))?,
+                .map_err(|e| crate::error::RunError::Other(format!("router: {e}")))?,
         );
         let workers: Vec<Arc<RemoteWorker>> = specs
             .iter()

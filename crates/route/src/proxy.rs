@@ -6,17 +6,18 @@
 //! answer) is retried once on the next-best worker; after that the client gets the
 //! error, in OpenAI's shape.
 
-use super::RouteState;
+use crate::remote::RouteApp;
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
+use reprise_api::admission::Routed;
+use reprise_api::app::GenRequest;
 use reprise_api::errors::ApiError;
 use reprise_api::middleware::WORKER_HEADER;
-use reprise_router::{index::bit, Clock, RouteError, Router, SystemClock};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use reprise_router::{index::bit, Clock, RouteError};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,75 +27,18 @@ const ATTEMPTS: usize = 2;
 /// Request headers passed on to the worker (the body is passed on unchanged).
 const FORWARDED: [&str; 4] = ["authorization", "x-request-id", "accept", "user-agent"];
 
-/// What to route by: the prompt's tokens and its key-space bytes (salt, LoRA).
-pub struct Target {
-    /// Prompt token ids (as the worker will see them).
-    pub tokens: Vec<u32>,
-    /// Extra bytes of the prompt's block keys.
-    pub extra: Vec<u8>,
-}
-
-/// Tells the router when a forwarded request ends (its body's last byte, or the
-/// client gone), so its speculative credits lapse.
-pub struct Credited {
-    router: Arc<Router>,
-    worker: usize,
-    target: Target,
-    clock: SystemClock,
-}
-
-impl Drop for Credited {
-    fn drop(&mut self) {
-        let _ = self.router.request_done(
-            self.worker,
-            &self.target.tokens,
-            &self.target.extra,
-            self.clock.now(),
-        );
-    }
-}
-
-/// An admission slot, released when the response body is done.
-pub struct Admission(Arc<AtomicUsize>);
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Takes an admission slot, or 429 / 503.
-pub fn admit(state: &RouteState) -> Result<Admission, ApiError> {
-    if state.draining.load(Ordering::Acquire) {
-        return Err(ApiError::Unavailable("router is shutting down".into()));
-    }
-    let prev = state.admitted.fetch_add(1, Ordering::AcqRel);
-    let slot = Admission(state.admitted.clone());
-    if prev >= state.cfg.max_queue {
-        state
-            .metrics
-            .rejected_overloaded
-            .fetch_add(1, Ordering::Relaxed);
-        return Err(ApiError::Overloaded(state.cfg.max_queue));
-    }
-    Ok(slot)
-}
-
 fn retryable(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
-/// Forwards `body` to `path` on the best worker for `target`.
-pub async fn forward(
-    state: Arc<RouteState>,
-    path: &'static str,
-    body: Bytes,
-    headers: &HeaderMap,
-    arrival: Instant,
-    target: Target,
-    admission: Admission,
-) -> Result<Response, ApiError> {
-    let set = state.set();
+/// Forwards a prepared request's body unchanged to the best worker for its prompt.
+pub async fn forward(app: Arc<RouteApp>, req: GenRequest) -> Result<Response, ApiError> {
+    let path = match req.endpoint {
+        reprise_api::params::Endpoint::Completions => "/v1/completions",
+        reprise_api::params::Endpoint::Chat => "/v1/chat/completions",
+    };
+    let b = &app.backend;
+    let set = b.set();
     let router = set
         .router
         .clone()
@@ -103,22 +47,17 @@ pub async fn forward(
     let mut last_error = String::new();
     for attempt in 0..ATTEMPTS {
         let t0 = Instant::now();
-        let decision =
-            match router.route_excluding(&target.tokens, &target.extra, state.clock.now(), exclude)
-            {
-                Ok(d) => d,
-                Err(RouteError::NoWorkerAvailable) if attempt == 0 => {
-                    return Err(ApiError::Unavailable("no worker is healthy".into()))
-                }
-                Err(RouteError::NoWorkerAvailable) => break,
-                Err(e) => return Err(ApiError::Internal(format!("routing failed: {e}"))),
-            };
-        let m = &state.metrics;
-        m.decision_seconds.observe(t0.elapsed().as_secs_f64());
-        m.matched_blocks.observe(decision.chosen_matched() as f64);
-        if let Some(c) = m.decisions.get(decision.worker) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
+        let decision = match router.route_excluding(&req.prompt, &req.extra, b.clock.now(), exclude)
+        {
+            Ok(d) => d,
+            Err(RouteError::NoWorkerAvailable) if attempt == 0 => {
+                return Err(ApiError::Unavailable("no worker is healthy".into()))
+            }
+            Err(RouteError::NoWorkerAvailable) => break,
+            Err(e) => return Err(ApiError::Internal(format!("routing failed: {e}"))),
+        };
+        app.router_metrics.observe(&decision, t0.elapsed());
+        let m = &b.metrics;
         let Some(w) = set.workers.get(decision.worker).cloned() else {
             return Err(ApiError::Internal(format!(
                 "router chose unknown worker {}",
@@ -127,35 +66,26 @@ pub async fn forward(
         };
         let inflight = w.begin();
         set.report_load(&w);
-        let mut req =
+        let mut up =
             hyper::Request::post(w.url(path)).header(header::CONTENT_TYPE, "application/json");
         for name in FORWARDED {
-            if let Some(v) = headers.get(name) {
-                req = req.header(name, v);
+            if let Some(v) = req.headers.get(name) {
+                up = up.header(name, v);
             }
         }
-        let req = req
-            .body(Full::new(body.clone()))
+        let up = up
+            .body(Full::new(req.body.clone()))
             .map_err(|e| ApiError::Internal(format!("building the upstream request: {e}")))?;
         if attempt == 0 {
-            m.forward_seconds.observe(arrival.elapsed().as_secs_f64());
+            m.forward_seconds
+                .observe(req.arrival.elapsed().as_secs_f64());
         }
-        let sent =
-            tokio::time::timeout(state.cfg.first_byte_timeout, state.client.request(req)).await;
+        let sent = tokio::time::timeout(b.cfg.first_byte_timeout, b.client.request(up)).await;
         let failure = match sent {
             Ok(Ok(resp)) if !(retryable(resp.status()) && attempt + 1 < ATTEMPTS) => {
-                let credited = Credited {
-                    router,
-                    worker: decision.worker,
-                    target,
-                    clock: state.clock,
-                };
-                return Ok(stream_back(
-                    resp,
-                    decision.worker,
-                    (inflight, credited),
-                    admission,
-                ));
+                let routed =
+                    Routed::new(req.permit, router, decision.worker, req.prompt, req.extra);
+                return Ok(stream_back(resp, decision.worker, (inflight, routed)));
             }
             Ok(Ok(resp)) => format!("worker {} answered {}", w.index, resp.status()),
             Ok(Err(e)) => {
@@ -166,16 +96,11 @@ pub async fn forward(
             }
             Err(_) => format!(
                 "worker {} sent no response within {:?}",
-                w.index, state.cfg.first_byte_timeout
+                w.index, b.cfg.first_byte_timeout
             ),
         };
         w.failures.fetch_add(1, Ordering::Relaxed);
-        let _ = router.request_done(
-            decision.worker,
-            &target.tokens,
-            &target.extra,
-            state.clock.now(),
-        );
+        let _ = router.request_done(decision.worker, &req.prompt, &req.extra, b.clock.now());
         tracing::warn!(worker = w.index, attempt, "{failure}");
         drop(inflight);
         set.report_load(&w);
@@ -196,12 +121,10 @@ pub async fn forward(
 fn stream_back(
     resp: hyper::Response<hyper::body::Incoming>,
     worker: usize,
-    inflight: (super::worker::InFlight, Credited),
-    admission: Admission,
+    guards: (crate::worker::InFlight, Routed),
 ) -> Response {
     let (parts, body) = resp.into_parts();
     // The guards live as long as the body: a request is in flight until its last byte.
-    let guards = (inflight, admission);
     let stream = body.into_data_stream().map(move |chunk| {
         let _ = &guards;
         chunk

@@ -6,8 +6,8 @@
 use super::config::WorkerSpec;
 use parking_lot::Mutex;
 use reprise_api::metrics::NUM_PREFILL_TOKENS_PENDING;
+use reprise_protocol::WorkerLoad;
 use reprise_router::remote::RemoteStats;
-use reprise_router::WorkerLoad;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Consecutive results that flip a worker's health.

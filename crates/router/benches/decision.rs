@@ -9,14 +9,14 @@
 //! breakdown of hashing vs index walk, and decisions per second from 2 threads while
 //! a third streams KV events. Set `DECISION_BENCH_QUICK=1` for a short run.
 
-use reprise_router::remote::RemoteStream;
-use reprise_router::wire::{
+use reprise_protocol::wire::{
     encode_batch, EngineHash, EventFormat, StoredBlocks, WireBatch, WireEvent,
 };
-use reprise_router::{
-    BlockHasher, BlockKey, EventSequencer, KvEventData, MemoryTier, PolicyKind, Router,
-    RouterConfig, WorkerLoad,
+use reprise_protocol::{
+    BlockHasher, BlockKey, EventSequencer, KvEventData, MemoryTier, WorkerLoad,
 };
+use reprise_router::remote::RemoteStream;
+use reprise_router::{PolicyKind, Router, RouterConfig};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 

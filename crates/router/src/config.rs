@@ -1,9 +1,9 @@
 //! Router configuration, deserialisable from the server's config file and validated
 //! in one place ([`RouterConfig::validate`]).
 
-use crate::block_key::{BlockHasher, BlockKeyError, HashAlgo};
 use crate::index::MAX_WORKERS;
 use crate::scorer::{OverloadGuard, ScoreWeights};
+use reprise_protocol::block_key::{BlockHasher, BlockKeyError, HashAlgo};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! (bucket index) and the top bits (hashbrown's control byte) are well mixed even
 //! for hand-made keys such as `BlockKey(1)`.
 
-use crate::block_key::BlockKey;
+use reprise_protocol::block_key::BlockKey;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 

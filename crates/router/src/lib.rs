@@ -5,7 +5,8 @@
 //!
 //! # Using it
 //! ```
-//! use reprise_router::{Router, RouterConfig, WorkerLoad};
+//! use reprise_router::{Router, RouterConfig};
+//! use reprise_protocol::WorkerLoad;
 //! use std::time::Duration;
 //!
 //! let router = Router::new(RouterConfig::default(), 2, 4096)?; // 2 workers, 4096 blocks each
@@ -59,28 +60,21 @@
 //! Measured decision times are in the crate's README (`cargo bench -p reprise-router
 //! --bench decision`).
 
-pub mod block_key;
 pub mod clock;
 pub mod config;
 pub mod error;
-pub mod events;
 pub mod index;
 pub mod keymap;
-pub mod load;
 pub mod policy;
 pub mod remote;
 pub mod router;
 pub mod scorer;
 pub mod union;
-pub mod wire;
 
-pub use block_key::{BlockHasher, BlockKey, BlockKeyError, HashAlgo, TokenId, ROOT_PARENT};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{ConfigError, RouterConfig};
 pub use error::RouteError;
-pub use events::{EventSequencer, KvEvent, KvEventData, MemoryTier};
 pub use index::precise::{ApplyOutcome, PreciseIndex, StreamStats};
-pub use load::WorkerLoad;
 pub use policy::{Decision, PolicyKind, RouteRequest, RoutingPolicy};
 pub use router::Router;
 pub use scorer::{OverloadGuard, ScoreWeights, WorkerView};

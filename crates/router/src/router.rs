@@ -1,15 +1,15 @@
 //! The [`Router`] facade used by the server and the cluster simulator.
 
-use crate::block_key::{BlockHasher, BlockKey, TokenId};
 use crate::config::{ConfigError, RouterConfig};
 use crate::error::RouteError;
-use crate::events::KvEvent;
 use crate::index::precise::{ApplyOutcome, PreciseIndex, StreamStats};
 use crate::index::{bit, WorkerMask, MAX_WORKERS};
-use crate::load::WorkerLoad;
 use crate::policy::{self, Decision, PolicyKind, RouteRequest, RoutingPolicy};
 use crate::scorer::WorkerView;
 use parking_lot::Mutex;
+use reprise_protocol::block_key::{BlockHasher, BlockKey, TokenId};
+use reprise_protocol::events::KvEvent;
+use reprise_protocol::load::WorkerLoad;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -123,7 +123,8 @@ impl Router {
         }
         let hasher = config.hasher()?;
         let index = Arc::new(PreciseIndex::new(num_workers, config.block_size));
-        let policy = policy::build(&config, index.clone(), num_workers, blocks_per_worker)?;
+        let policy =
+            policy::factory::build(&config, index.clone(), num_workers, blocks_per_worker)?;
         Ok(Self {
             config,
             hasher,
@@ -360,8 +361,8 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{EventSequencer, KvEventData, MemoryTier};
-    use crate::ROOT_PARENT;
+    use reprise_protocol::events::{EventSequencer, KvEventData, MemoryTier};
+    use reprise_protocol::ROOT_PARENT;
 
     fn router(policy: PolicyKind, n: usize) -> Router {
         let config = RouterConfig {

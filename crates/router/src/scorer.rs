@@ -20,7 +20,7 @@
 
 use crate::error::RouteError;
 use crate::keymap::mix64;
-use crate::load::WorkerLoad;
+use reprise_protocol::load::WorkerLoad;
 use serde::{Deserialize, Serialize};
 
 /// Scorer weights; see the module docs for the formula.

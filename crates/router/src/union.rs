@@ -9,11 +9,11 @@
 //! into one `BlockStored` (one per request and step, as vLLM publishes them), and
 //! consecutive removals into one `BlockRemoved`.
 
-use crate::block_key::BlockKey;
-use crate::events::{KvEvent, KvEventData, MemoryTier};
 use crate::index::{bit, WorkerMask};
 use crate::keymap::KeyMap;
-use crate::wire::{EngineHash, ExtraKey, RemovedBlocks, StoredBlocks, WireEvent};
+use reprise_protocol::block_key::BlockKey;
+use reprise_protocol::events::{KvEvent, KvEventData, MemoryTier};
+use reprise_protocol::wire::{EngineHash, ExtraKey, RemovedBlocks, StoredBlocks, WireEvent};
 
 /// vLLM's name of a tier on the wire.
 pub fn medium_of(tier: MemoryTier) -> &'static str {
@@ -172,11 +172,11 @@ fn push_removed(out: &mut Vec<WireEvent>, key: BlockKey, tier: MemoryTier) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block_key::{extra_bytes, BlockHasher, HashAlgo};
-    use crate::events::EventSequencer;
     use crate::index::precise::PreciseIndex;
     use crate::remote::RemoteStream;
-    use crate::wire::{encode_batch, EventFormat, WireBatch};
+    use reprise_protocol::block_key::{extra_bytes, BlockHasher, HashAlgo};
+    use reprise_protocol::events::EventSequencer;
+    use reprise_protocol::wire::{encode_batch, EventFormat, WireBatch};
 
     const BS: usize = 4;
 
@@ -323,7 +323,10 @@ mod tests {
                         },
                         format,
                     );
-                    assert_eq!(crate::wire::decode_batch(&bytes).unwrap().events, out);
+                    assert_eq!(
+                        reprise_protocol::wire::decode_batch(&bytes).unwrap().events,
+                        out
+                    );
                 }
                 let bytes = encode_batch(
                     &WireBatch {

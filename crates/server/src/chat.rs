@@ -1,45 +1,32 @@
-//! `POST /v1/chat/completions`: messages (and tools) rendered with the model's own
-//! chat template (as HF `apply_chat_template(..., add_generation_prompt=True)`),
-//! then the same generation path as completions; a choice's text becomes tool
-//! calls as the request's `tool_choice` says (`tools.rs` in reprise-api).
+//! `POST /v1/chat/completions`'s answer: the choices' text as assistant messages,
+//! or as tool calls as the request's `tool_choice` says (the parsers are
+//! `reprise_text::tools`), whole or streamed as chunks.
 
-use crate::generate::{
-    finish_reason_str, prepare, stop_reason_json, Generation, Output, TokenInfo, Usage,
-};
+use crate::generate::{finish_reason_str, stop_reason_json, Generation, Output, TokenInfo, Usage};
+use crate::local::ServeApp;
 use crate::sse::{self, ChunkFormat};
-use crate::state::AppState;
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use reprise_api::body::BodyBytes;
+use reprise_api::app::GenRequest;
 use reprise_api::errors::ApiError;
-use reprise_api::middleware::{with_request_id, Arrival, RequestId};
-use reprise_api::params::{Endpoint, GenOptions};
-use reprise_api::prompt::chat_prompt;
-use reprise_api::tools::{hold_from, parse_auto, parse_required, ToolCall, ToolChoice, ToolParser};
+use reprise_api::middleware::with_request_id;
+use reprise_api::params::GenOptions;
+use reprise_api::tools::ToolChoice;
+use reprise_text::tools::{hold_from, parse_auto, parse_required, ToolCall, ToolParser};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-/// The handler: admission first, then parsing, the template and tokenization on
-/// the CPU pool.
-pub async fn chat_completions(
-    State(state): State<Arc<AppState>>,
-    arrival: Arrival,
-    rid: RequestId,
-    BodyBytes(bytes): BodyBytes,
-) -> Result<Response, ApiError> {
-    let (permit, opts, prompt) = prepare(&state, bytes, Endpoint::Chat, None, |model, f, opts| {
-        chat_prompt(model, f, opts.add_special_tokens, opts.tools.as_ref())
-    })
-    .await?;
-    let request_id = rid.resolve(opts.request_id.as_deref());
+/// Runs a prepared chat request and answers it; a choice's text becomes tool calls
+/// as the request's `tool_choice` says.
+pub async fn respond(app: Arc<ServeApp>, req: GenRequest) -> Result<Response, ApiError> {
+    let request_id = req.request_id.clone();
+    let (gen, opts) = Generation::start(&app, req).await?;
     let want_logprobs = opts.params.logprobs.is_some();
-    let mode = ToolMode::of(&opts, state.model.tool_parser);
-    let gen = Generation::start(&state, permit, prompt, &opts, &request_id, arrival.0).await?;
+    let mode = ToolMode::of(&opts, app.model.tool_parser);
     let worker = gen.worker();
     let id = format!("chatcmpl-{request_id}");
-    let model = state.model.served_model_name.clone();
-    let created = reprise_api::unix_now();
+    let model = app.model.served_model_name.clone();
+    let created = reprise_api::ids::unix_now();
     if opts.stream {
         let fmt = ChatChunks {
             call_ids: CallIds(id.clone()),

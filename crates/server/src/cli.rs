@@ -1,7 +1,7 @@
 //! The command line (clap derive). Values are checked in `config.rs`, in one place.
 
 use clap::{Args, Parser, Subcommand};
-use reprise_api::options::ListenerArgs;
+use reprise_api::options::HttpArgs;
 use reprise_route::RouteArgs;
 
 /// reprise: an LLM inference server with cache-aware routing over in-process workers.
@@ -71,33 +71,9 @@ pub struct ServeArgs {
     #[arg(long)]
     pub max_model_len: Option<usize>,
 
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-
-    /// Port to listen on (0 picks a free one; the ready line names it).
-    #[arg(long, default_value_t = 8000)]
-    pub port: u16,
-
-    /// Require `Authorization: Bearer <key>` on every route except /health and /metrics.
-    #[arg(long, env = "REPRISE_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-
-    /// Model name reported by /v1/models and accepted in requests (default: the model's name).
-    #[arg(long)]
-    pub served_model_name: Option<String>,
-
-    /// Most generation requests admitted at once over all workers; more get 429.
-    #[arg(long, default_value_t = 1024)]
-    pub max_queue: usize,
-
-    /// Largest accepted request body, e.g. `8MiB` (larger gets 413).
-    #[arg(long, default_value = "8MiB")]
-    pub max_body_bytes: String,
-
-    /// Seconds to let in-flight requests finish after SIGTERM / ctrl-c.
-    #[arg(long, default_value_t = 30.0)]
-    pub shutdown_timeout: f64,
+    /// The HTTP options `serve` and `route` share.
+    #[command(flatten)]
+    pub http: HttpArgs,
 
     /// Most top logprobs a request may ask for (`logprobs`, `top_logprobs`), as vLLM's option.
     #[arg(long, default_value_t = 20)]
@@ -124,10 +100,6 @@ pub struct ServeArgs {
     /// (its requests get a 500, it leaves routing, the others keep serving); 0 disables.
     #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
     pub step_timeout: f64,
-
-    /// Connection limits of the HTTP listener.
-    #[command(flatten)]
-    pub listener: ListenerArgs,
 
     /// Publish the KV events in vLLM's wire format on this ZMQ PUB endpoint (e.g.
     /// `tcp://*:5557`): bound when it holds `*` or `::` or is `ipc://` / `inproc://`,

@@ -1,51 +1,24 @@
-//! `POST /v1/completions`: a prompt (text or token ids) in, text out.
+//! `POST /v1/completions`'s answer: the choices' text, whole or streamed as chunks.
 
-use crate::generate::{
-    finish_reason_str, prepare, stop_reason_json, Generation, Output, TokenInfo, Usage,
-};
+use crate::generate::{finish_reason_str, stop_reason_json, Generation, Output, TokenInfo, Usage};
+use crate::local::ServeApp;
 use crate::sse::{self, ChunkFormat};
-use crate::state::AppState;
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use reprise_api::body::BodyBytes;
+use reprise_api::app::GenRequest;
 use reprise_api::errors::ApiError;
-use reprise_api::middleware::{with_request_id, Arrival, RequestId};
-use reprise_api::params::Endpoint;
-use reprise_api::prompt::prompt_tokens;
+use reprise_api::middleware::with_request_id;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
-/// Default `max_tokens` of the legacy completions API.
-const DEFAULT_MAX_TOKENS: usize = 16;
-
-/// The handler: admission first, then parsing and tokenization on the CPU pool.
-pub async fn completions(
-    State(state): State<Arc<AppState>>,
-    arrival: Arrival,
-    rid: RequestId,
-    BodyBytes(bytes): BodyBytes,
-) -> Result<Response, ApiError> {
-    let (permit, opts, prompt) = prepare(
-        &state,
-        bytes,
-        Endpoint::Completions,
-        Some(DEFAULT_MAX_TOKENS),
-        |model, f, opts| {
-            prompt_tokens(
-                model,
-                f.value("prompt"),
-                opts.add_special_tokens.unwrap_or(true),
-            )
-        },
-    )
-    .await?;
-    let request_id = rid.resolve(opts.request_id.as_deref());
-    let gen = Generation::start(&state, permit, prompt, &opts, &request_id, arrival.0).await?;
+/// Runs a prepared completions request and answers it.
+pub async fn respond(app: Arc<ServeApp>, req: GenRequest) -> Result<Response, ApiError> {
+    let request_id = req.request_id.clone();
+    let (gen, opts) = Generation::start(&app, req).await?;
     let worker = gen.worker();
     let id = format!("cmpl-{request_id}");
-    let model = state.model.served_model_name.clone();
-    let created = reprise_api::unix_now();
+    let model = app.model.served_model_name.clone();
+    let created = reprise_api::ids::unix_now();
     let want_logprobs = opts.params.logprobs.is_some();
     if opts.stream {
         let fmt = CompletionChunks {

@@ -2,15 +2,11 @@
 //! server needs, checked and converted, or one clear error.
 
 use crate::cli::ServeArgs;
-use reprise_api::listener::ListenerLimits;
-use reprise_api::options::{
-    check_served_name, listen_addr, listener_limits, max_body_bytes, seconds,
-};
 pub use reprise_api::options::{check_zmq_endpoint, err, parse_size, ConfigError};
+use reprise_api::options::{seconds, HttpConfig};
 use reprise_api::params::GenerationDefaults;
-use reprise_api::tools::ToolParser;
 use reprise_router::PolicyKind;
-use std::net::SocketAddr;
+use reprise_text::tools::ToolParser;
 use std::time::Duration;
 
 /// Where a worker runs.
@@ -53,18 +49,8 @@ pub struct ServeConfig {
     pub max_num_seqs: usize,
     /// Requested context length.
     pub max_model_len: Option<usize>,
-    /// Listen address.
-    pub addr: SocketAddr,
-    /// Required bearer token.
-    pub api_key: Option<String>,
-    /// Name reported and accepted.
-    pub served_model_name: Option<String>,
-    /// Admission bound.
-    pub max_queue: usize,
-    /// Body limit in bytes.
-    pub max_body_bytes: usize,
-    /// Drain deadline.
-    pub shutdown_timeout: Duration,
+    /// The HTTP options.
+    pub http: HttpConfig,
     /// Test-only fault injection: (worker, fault).
     pub inject_fault: Option<(usize, reprise_engine::worker::Fault)>,
     /// KV-event publishing, when asked for.
@@ -79,8 +65,6 @@ pub struct ServeConfig {
     pub request_timeout: Option<Duration>,
     /// Bound on one engine step.
     pub step_timeout: Option<Duration>,
-    /// Connection limits.
-    pub listener: ListenerLimits,
 }
 
 /// Where the sampling defaults come from (`--generation-config`).
@@ -116,7 +100,7 @@ pub struct KvEventsConfig {
     /// ROUTER endpoint for replays.
     pub replay_endpoint: Option<String>,
     /// Event encoding.
-    pub format: reprise_router::wire::EventFormat,
+    pub format: reprise_protocol::wire::EventFormat,
     /// Topic (`None`: llm-d's default, built once the address and model are known).
     pub topic: Option<String>,
     /// Batches kept for replay.
@@ -199,14 +183,7 @@ impl ServeConfig {
         if a.max_model_len == Some(0) {
             return Err(err("max-model-len", "must be at least 2"));
         }
-        let addr = listen_addr(&a.host, a.port)?;
-        let api_key = a.api_key.clone().filter(|k| !k.is_empty());
-        check_served_name(a.served_model_name.as_deref())?;
-        if a.max_queue == 0 {
-            return Err(err("max-queue", "must be at least 1"));
-        }
-        let max_body = max_body_bytes(&a.max_body_bytes)?;
-        seconds("shutdown-timeout", a.shutdown_timeout, 0.0, 86400.0)?;
+        let http = HttpConfig::from_args(&a.http)?;
         use reprise_engine::worker::Fault;
         let inject_fault = match (&a.inject_worker_panic, &a.inject_worker_hang) {
             (Some(_), Some(_)) => {
@@ -259,7 +236,6 @@ impl ServeConfig {
         } else {
             Some(seconds("step-timeout", a.step_timeout, 0.01, 86400.0)?)
         };
-        let listener = listener_limits(&a.listener)?;
         let kv_events = match &a.kv_events_endpoint {
             None => {
                 if a.kv_events_replay_endpoint.is_some() || a.kv_events_topic.is_some() {
@@ -307,12 +283,7 @@ impl ServeConfig {
             max_num_batched_tokens: a.max_num_batched_tokens,
             max_num_seqs: a.max_num_seqs,
             max_model_len: a.max_model_len,
-            addr,
-            api_key,
-            served_model_name: a.served_model_name.clone(),
-            max_queue: a.max_queue,
-            max_body_bytes: max_body,
-            shutdown_timeout: Duration::from_secs_f64(a.shutdown_timeout),
+            http,
             inject_fault,
             kv_events,
             max_logprobs: a.max_logprobs,
@@ -320,7 +291,6 @@ impl ServeConfig {
             tool_call_parser,
             request_timeout,
             step_timeout,
-            listener,
         })
     }
 
@@ -386,9 +356,9 @@ mod tests {
         let c = ServeConfig::from_args(&args(&[])).unwrap();
         assert_eq!(c.devices, vec![Device::Cpu, Device::Cpu]);
         assert_eq!(c.policy, PolicyKind::Cost);
-        assert_eq!(c.addr.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.http.addr.to_string(), "127.0.0.1:8000");
         assert_eq!(c.kv, KvSize::Bytes(512 * 1024 * 1024));
-        assert_eq!(c.max_body_bytes, 8 * 1024 * 1024);
+        assert_eq!(c.http.max_body_bytes, 8 * 1024 * 1024);
     }
 
     #[test]
@@ -434,7 +404,7 @@ mod tests {
         ]))
         .unwrap();
         let k = c.kv_events.unwrap();
-        assert_eq!(k.format, reprise_router::wire::EventFormat::Array);
+        assert_eq!(k.format, reprise_protocol::wire::EventFormat::Array);
         assert_eq!((k.buffer_steps, k.topic), (10_000, None));
         assert!(ServeConfig::from_args(&args(&[]))
             .unwrap()

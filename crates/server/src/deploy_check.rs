@@ -167,9 +167,9 @@ fn every_manifest_parses_and_its_reprise_arguments_are_valid() {
                     let cfg = ServeConfig::from_args(&a)
                         .unwrap_or_else(|e| panic!("{file}: reprise serve refuses: {e}"));
                     assert!(
-                        ports.contains(&a.port),
+                        ports.contains(&a.http.port),
                         "{file}: HTTP port {} not exposed",
-                        a.port
+                        a.http.port
                     );
                     let kv = cfg
                         .kv_events
@@ -184,15 +184,15 @@ fn every_manifest_parses_and_its_reprise_arguments_are_valid() {
                             assert_eq!(c[probe]["httpGet"]["path"], "/health", "{file}: {probe}");
                         }
                     }
-                    serve_pods.push((labels.clone(), a.port));
+                    serve_pods.push((labels.clone(), a.http.port));
                 }
                 Command::Route(a) => {
                     let cfg = reprise_route::config::RouteConfig::from_args(&a)
                         .unwrap_or_else(|e| panic!("{file}: reprise route refuses: {e}"));
                     assert!(
-                        ports.contains(&a.port),
+                        ports.contains(&a.http.port),
                         "{file}: HTTP port {} not exposed",
-                        a.port
+                        a.http.port
                     );
                     assert!(
                         !cfg.workers.is_empty() || cfg.workers_file.is_some(),

@@ -1,15 +1,17 @@
-//! From token ids to a worker: admission (bounded, 429 when full), one routing
-//! decision, submission to the chosen worker's channel, and a guard that cancels
-//! the request (freeing its KV blocks at once) if the caller goes away.
+//! From token ids to a worker: one routing decision, submission to the chosen
+//! worker's channel, and a guard that cancels the request (freeing its KV blocks at
+//! once) if the caller goes away.
 
 use crate::metrics::Metrics;
+use reprise_api::admission::{Permit, Routed};
 use reprise_api::errors::ApiError;
-use reprise_api::params::GenOptions;
+use reprise_api::metrics::RouterMetrics;
 use reprise_engine::engine::{SubmitError, WorkerSnapshot};
-use reprise_engine::types::{GenerateRequest, WorkerEvent};
+use reprise_engine::types::GenerateRequest;
 use reprise_engine::worker::{WorkerError, WorkerHandle};
+use reprise_protocol::WorkerEvent;
 use reprise_router::{Clock, RouteError, Router, SystemClock};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,9 +21,6 @@ pub struct Dispatcher {
     workers: Vec<WorkerHandle>,
     clock: SystemClock,
     next_id: AtomicU64,
-    admitted: Arc<AtomicUsize>,
-    max_queue: usize,
-    draining: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -35,18 +34,14 @@ pub struct Submitted {
     pub guard: CancelGuard,
 }
 
-/// Cancels its request on drop unless it finished; also releases the admission slot.
+/// Cancels its request on drop unless it finished; then (as its [`Routed`] drops)
+/// releases the admission slot and tells the router the request ended.
 pub struct CancelGuard {
     handle: WorkerHandle,
     id: u64,
     done: bool,
-    admitted: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
-    /// To tell the router the request ended (its speculative credits lapse).
-    router: Arc<Router>,
-    prompt: Vec<u32>,
-    cache_salt: Vec<u8>,
-    clock: SystemClock,
+    _routed: Routed,
 }
 
 impl CancelGuard {
@@ -64,44 +59,17 @@ impl Drop for CancelGuard {
                 w.finished_abort.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.admitted.fetch_sub(1, Ordering::AcqRel);
-        let _ = self.router.request_done(
-            self.handle.index(),
-            &self.prompt,
-            &self.cache_salt,
-            self.clock.now(),
-        );
-    }
-}
-
-/// An admission slot, taken before a request's expensive work (tokenization) and
-/// held until it is submitted (then owned by its guard).
-pub struct Permit(Option<Arc<AtomicUsize>>);
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if let Some(a) = self.0.take() {
-            a.fetch_sub(1, Ordering::AcqRel);
-        }
     }
 }
 
 impl Dispatcher {
     /// A dispatcher over `workers`, routed by `router`.
-    pub fn new(
-        router: Arc<Router>,
-        workers: Vec<WorkerHandle>,
-        max_queue: usize,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(router: Arc<Router>, workers: Vec<WorkerHandle>, metrics: Arc<Metrics>) -> Self {
         Self {
             router,
             workers,
             clock: SystemClock::new(),
             next_id: AtomicU64::new(1),
-            admitted: Arc::new(AtomicUsize::new(0)),
-            max_queue,
-            draining: AtomicBool::new(false),
             metrics,
         }
     }
@@ -111,14 +79,9 @@ impl Dispatcher {
         &self.router
     }
 
-    /// Requests admitted and not yet finished.
-    pub fn in_flight(&self) -> usize {
-        self.admitted.load(Ordering::Acquire)
-    }
-
-    /// Stop admitting requests (shutdown).
-    pub fn drain(&self) {
-        self.draining.store(true, Ordering::Release);
+    /// Number of workers.
+    pub fn num_workers(&self) -> usize {
+        self.workers.len()
     }
 
     /// Each worker's snapshot and whether it is routable.
@@ -173,40 +136,14 @@ impl Dispatcher {
         }
     }
 
-    /// Takes an admission slot, or 429 (`--max-queue` reached) / 503 (shutting down).
-    pub fn admit(&self) -> Result<Permit, ApiError> {
-        if self.draining.load(Ordering::Acquire) {
-            return Err(ApiError::Unavailable("server is shutting down".into()));
-        }
-        let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
-        let permit = Permit(Some(self.admitted.clone()));
-        if prev >= self.max_queue {
-            self.metrics
-                .rejected_overloaded
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::Overloaded(self.max_queue));
-        }
-        Ok(permit)
-    }
-
-    /// Routes and submits a tokenized request admitted with `permit`.
+    /// Routes and submits `req` (its id is assigned here), admitted with `permit`.
     pub async fn submit(
         &self,
-        mut permit: Permit,
-        prompt: Vec<u32>,
-        opts: &GenOptions,
-        request_id: &str,
+        permit: Permit,
+        mut req: GenerateRequest,
+        decisions: &RouterMetrics,
     ) -> Result<Submitted, ApiError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut req = GenerateRequest {
-            id,
-            request_id: request_id.into(),
-            prompt,
-            params: opts.params.clone(),
-            n: opts.n,
-            cache_salt: opts.cache_salt.clone(),
-            constraint: opts.constraint.clone(),
-        };
+        req.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // A worker found dead is excluded and the request routed again.
         for _ in 0..=self.workers.len() {
             let t0 = Instant::now();
@@ -219,15 +156,8 @@ impl Dispatcher {
                     }
                     other => ApiError::Internal(format!("routing failed: {other}")),
                 })?;
-            self.metrics
-                .decision_seconds
-                .observe(t0.elapsed().as_secs_f64());
+            decisions.observe(&decision, t0.elapsed());
             let w = decision.worker;
-            let matched = decision.chosen_matched();
-            self.metrics.matched_blocks.observe(matched as f64);
-            if let Some(c) = self.metrics.decisions.get(w) {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
             let Some(handle) = self.workers.get(w) else {
                 return Err(ApiError::Internal(format!(
                     "router chose unknown worker {w}"
@@ -240,8 +170,11 @@ impl Dispatcher {
             }
             match submitted {
                 Ok(events) => {
-                    tracing::debug!(worker = w, matched_blocks = matched, "routed");
-                    let admitted = permit.0.take().unwrap_or_else(|| self.admitted.clone());
+                    tracing::debug!(
+                        worker = w,
+                        matched_blocks = decision.chosen_matched(),
+                        "routed"
+                    );
                     return Ok(Submitted {
                         worker: w,
                         events,
@@ -249,12 +182,14 @@ impl Dispatcher {
                             handle: handle.clone(),
                             id: req.id,
                             done: false,
-                            admitted,
                             metrics: self.metrics.clone(),
-                            router: self.router.clone(),
-                            prompt: req.prompt.clone(),
-                            cache_salt: req.cache_salt.clone(),
-                            clock: self.clock,
+                            _routed: Routed::new(
+                                permit,
+                                self.router.clone(),
+                                w,
+                                req.prompt,
+                                req.cache_salt,
+                            ),
                         },
                     });
                 }

@@ -2,63 +2,17 @@
 //! per-choice text out (incremental detokenization, stop strings), logprobs,
 //! usage, latency metrics. Completions and chat only format what this yields.
 
-use crate::dispatch::{Permit, Submitted};
-use crate::state::AppState;
-use bytes::Bytes;
-use reprise_api::body::parse_json;
+use crate::dispatch::Submitted;
+use crate::local::ServeApp;
+use reprise_api::app::GenRequest;
 use reprise_api::errors::ApiError;
-use reprise_api::model_info::ModelInfo;
-use reprise_api::params::{
-    bad_word_tokens, parse_common, resolve_max_tokens, Endpoint, Fields, GenOptions,
-};
-use reprise_engine::detok::{Detokenizer, StopMatcher, StopOutcome};
-use reprise_engine::types::{FinishReason, StopReason, TokenLogprob, WorkerEvent};
+use reprise_api::params::GenOptions;
+use reprise_engine::types::GenerateRequest;
+use reprise_protocol::{FinishReason, StopReason, TokenLogprob, WorkerEvent};
+use reprise_text::detok::{Detokenizer, StopMatcher, StopOutcome};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Builds a request's prompt from its fields (`add_special_tokens` as given).
-pub type PromptFn = fn(&ModelInfo, &Fields, &GenOptions) -> Result<Vec<u32>, ApiError>;
-
-/// A generation request's admission and preparation: the admission slot first, then
-/// on the CPU pool the body parsed and validated for `endpoint`, the prompt built by
-/// `prompt` and truncated as asked, and `max_tokens` resolved against the context.
-pub async fn prepare(
-    state: &Arc<AppState>,
-    bytes: Bytes,
-    endpoint: Endpoint,
-    default_max_tokens: Option<usize>,
-    prompt: PromptFn,
-) -> Result<(Permit, GenOptions, Vec<u32>), ApiError> {
-    let permit = state.dispatcher.admit()?;
-    let st = state.clone();
-    let (opts, ids) = state
-        .cpu
-        .run(move || {
-            let body = parse_json(&bytes)?;
-            let f = Fields::new(&body)?;
-            let mut opts = parse_common(&f, endpoint, &st.parse_limits)?;
-            st.model.check_model(opts.model.as_deref())?;
-            let mut ids = prompt(&st.model, &f, &opts)?;
-            if let Some(t) = opts.truncation {
-                t.apply(&mut ids, st.model.max_model_len);
-            }
-            opts.params.max_tokens = resolve_max_tokens(
-                opts.max_tokens,
-                st.parse_limits.defaults.max_tokens.or(default_max_tokens),
-                ids.len(),
-                st.model.max_model_len,
-            )?;
-            opts.params.bad_words = bad_word_tokens(&st.model.tokenizer, &opts.bad_words)?;
-            // The grammar compiles here, so a bad schema is a 400 before anything queues.
-            if let Some(g) = &opts.grammar {
-                opts.constraint = Some(st.model.compile_grammar(&g.spec, g.param)?);
-            }
-            Ok((opts, ids))
-        })
-        .await?;
-    Ok((permit, opts, ids))
-}
 
 /// One token's logprob information, ready to format.
 #[derive(Clone, Debug, PartialEq)]
@@ -119,7 +73,7 @@ struct Choice {
 
 /// A running generation: pull [`Generation::next`] until it returns `None`.
 pub struct Generation {
-    state: Arc<AppState>,
+    app: Arc<ServeApp>,
     sub: Submitted,
     choices: Vec<Choice>,
     remaining: usize,
@@ -141,38 +95,55 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Routes `prompt` with `opts` (its `max_tokens` and logprobs already resolved)
-    /// to a worker, under the admission `permit` taken when the request arrived, and
-    /// starts consuming that worker's events.
+    /// Routes a prepared request to a worker, under the admission slot taken when
+    /// it arrived, and starts consuming that worker's events. Returns the generation
+    /// and the request's options.
     pub async fn start(
-        state: &Arc<AppState>,
-        permit: Permit,
-        prompt: Vec<u32>,
-        opts: &GenOptions,
-        request_id: &str,
-        arrived: Instant,
-    ) -> Result<Self, ApiError> {
+        app: &Arc<ServeApp>,
+        req: GenRequest,
+    ) -> Result<(Self, GenOptions), ApiError> {
+        let GenRequest {
+            opts,
+            prompt,
+            extra,
+            request_id,
+            arrival,
+            permit,
+            ..
+        } = req;
         let prompt_tokens = prompt.len();
-        let sub = state
+        let engine_req = GenerateRequest {
+            id: 0,
+            request_id,
+            prompt,
+            params: opts.params.clone(),
+            n: opts.n,
+            cache_salt: extra,
+            constraint: opts.constraint.clone(),
+        };
+        let sub = app
+            .backend
             .dispatcher
-            .submit(permit, prompt, opts, request_id)
+            .submit(permit, engine_req, &app.router_metrics)
             .await?;
-        Ok(Self::new(state.clone(), sub, opts, prompt_tokens, arrived))
+        let gen = Self::new(app.clone(), sub, &opts, prompt_tokens, arrival);
+        Ok((gen, opts))
     }
 
     fn new(
-        state: Arc<AppState>,
+        app: Arc<ServeApp>,
         sub: Submitted,
         opts: &GenOptions,
         prompt_tokens: usize,
         arrived: Instant,
     ) -> Self {
         let p = &opts.params;
-        let deadline = state
+        let deadline = app
+            .backend
             .request_timeout
             .map(|t| tokio::time::Instant::from_std(arrived) + t);
         Self {
-            state,
+            app,
             sub,
             choices: (0..opts.n)
                 .map(|_| Choice {
@@ -224,7 +195,7 @@ impl Generation {
             // The guard cancels the request on the worker when the generation is dropped.
             self.remaining = 0;
             self.count_finish(FinishReason::Abort);
-            let secs = self.state.request_timeout.unwrap_or_default();
+            let secs = self.app.backend.request_timeout.unwrap_or_default();
             return Some(Err(ApiError::Timeout(secs.as_secs_f64())));
         };
         let ev = match received {
@@ -233,8 +204,8 @@ impl Generation {
                 self.remaining = 0;
                 self.count_error();
                 let w = self.sub.worker;
-                if !self.state.dispatcher.is_alive(w) {
-                    self.state.dispatcher.mark_dead(w);
+                if !self.app.backend.dispatcher.is_alive(w) {
+                    self.app.backend.dispatcher.mark_dead(w);
                 }
                 return Some(Err(ApiError::Internal(format!(
                     "worker {w} stopped before the request finished"
@@ -303,8 +274,8 @@ impl Generation {
                 self.remaining = 0;
                 self.count_error();
                 let w = self.sub.worker;
-                if !self.state.dispatcher.is_alive(w) {
-                    self.state.dispatcher.mark_dead(w);
+                if !self.app.backend.dispatcher.is_alive(w) {
+                    self.app.backend.dispatcher.mark_dead(w);
                 }
                 return Some(Err(ApiError::Internal(format!("worker {w}: {msg}"))));
             }
@@ -324,7 +295,7 @@ impl Generation {
         out: &mut Vec<Output>,
     ) -> Result<(), ApiError> {
         let now = Instant::now();
-        if let Some(m) = self.state.metrics.workers.get(self.sub.worker) {
+        if let Some(m) = self.app.backend.metrics.workers.get(self.sub.worker) {
             match self.last_token {
                 None => m.ttft.observe((now - self.arrived).as_secs_f64()),
                 Some(t) => m.itl.observe((now - t).as_secs_f64()),
@@ -332,7 +303,7 @@ impl Generation {
         }
         self.first_token.get_or_insert(now);
         self.last_token = Some(now);
-        let tok = &self.state.model.tokenizer;
+        let tok = &self.app.model.tokenizer;
         let (want_logprobs, include_stop, min_tokens) =
             (self.want_logprobs, self.include_stop_str, self.min_tokens);
         let Some(c) = self.choices.get_mut(index) else {
@@ -385,7 +356,7 @@ impl Generation {
     }
 
     fn count_finish(&self, reason: FinishReason) {
-        if let Some(m) = self.state.metrics.workers.get(self.sub.worker) {
+        if let Some(m) = self.app.backend.metrics.workers.get(self.sub.worker) {
             let c = match reason {
                 FinishReason::Stop => &m.finished_stop,
                 FinishReason::Length => &m.finished_length,
@@ -396,14 +367,14 @@ impl Generation {
     }
 
     fn count_error(&self) {
-        if let Some(m) = self.state.metrics.workers.get(self.sub.worker) {
+        if let Some(m) = self.app.backend.metrics.workers.get(self.sub.worker) {
             m.finished_error.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// vLLM's per-request histograms, once every choice is done.
     fn observe_finished(&self, cached: usize) {
-        let Some(m) = self.state.metrics.workers.get(self.sub.worker) else {
+        let Some(m) = self.app.backend.metrics.workers.get(self.sub.worker) else {
             return;
         };
         let now = Instant::now();

@@ -14,11 +14,11 @@
 //! from that number as `[topic, seq, payload]`, then `[b"", 0xff×8, b""]`.
 
 use parking_lot::Mutex;
-use reprise_router::union::CacheUnion;
-use reprise_router::wire::{
+use reprise_protocol::wire::{
     encode_batch, seq_frame, EventFormat, WireBatch, WireEvent, REPLAY_END_SEQ,
 };
-use reprise_router::KvEvent;
+use reprise_protocol::KvEvent;
+use reprise_router::union::CacheUnion;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -203,7 +203,7 @@ impl KvPublisher {
             return;
         }
         let batch = WireBatch {
-            ts: crate::unix_now_f64(),
+            ts: reprise_api::ids::unix_now_f64(),
             events: std::mem::take(&mut st.scratch),
             data_parallel_rank: Some(0),
         };
@@ -261,7 +261,7 @@ fn serve_replays(sh: &Shared, sock: &zmq::Socket) {
                 continue;
             }
         };
-        let Some(start) = reprise_router::wire::parse_seq(start) else {
+        let Some(start) = reprise_protocol::wire::parse_seq(start) else {
             tracing::debug!(
                 "ignoring a replay request whose start is {} bytes, not 8",
                 start.len()

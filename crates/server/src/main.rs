@@ -3,12 +3,13 @@
 //! `reprise-route`) routes to remote workers; `reprise bench` (crate `reprise-bench`)
 //! measures. The HTTP layer both servers share is the crate `reprise-api`.
 //!
-//! A request's path: `listener.rs` (connections) → `server.rs` (request id, route,
-//! auth) → `body.rs` (413) → `completions.rs` / `chat.rs` (admission, then on the
-//! `cpu.rs` pool: fields via `params.rs` and `fields.rs`, template, tokenize once) →
-//! `dispatch.rs` (router, worker channel) → `generate.rs` (worker events → text via
-//! the engine's `detok`) → JSON, or SSE via `sse.rs`.
+//! A request's path: the shared HTTP skeleton (`reprise_api::app`: admission, then
+//! on the CPU pool the fields, template and tokenization) → `backend.rs` (the
+//! in-process workers of `local.rs` as a `Backend`) → `dispatch.rs` (router, worker channel) →
+//! `generate.rs` (worker events → text) → `completions.rs` / `chat.rs` → JSON, or
+//! SSE via `sse.rs`.
 
+mod backend;
 mod chat;
 mod cli;
 mod completions;
@@ -18,44 +19,32 @@ mod deploy_check;
 mod dispatch;
 mod generate;
 mod kv_publisher;
+mod local;
 mod metrics;
-mod render;
-mod server;
 mod sse;
 mod startup;
-mod state;
-mod tokenize;
 
 use clap::Parser;
 use cli::{Cli, Command, ServeArgs};
 use std::process::ExitCode;
 
-/// Seconds since the Unix epoch, with fractions (KV-event batch timestamps).
-pub(crate) fn unix_now_f64() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let cfg = config::ServeConfig::from_args(args)?;
     // Listen before loading the model: a port in use is reported at once, and the
     // KV-event topic can name the real port.
-    let listener = std::net::TcpListener::bind(cfg.addr)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.addr))?;
+    let listener = std::net::TcpListener::bind(cfg.http.addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.http.addr))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let loaded =
-        reprise_api::fetch::load_model(cfg.model.as_deref(), cfg.devices[0].model_device())?;
+    let loaded = startup::load_model(cfg.model.as_deref(), cfg.devices[0].model_device())?;
     let started = startup::start(&cfg, loaded, addr)?;
-    let state = started.state;
+    let app = started.app;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let events = match &state.kv_publisher {
+        let events = match &app.backend.kv_publisher {
             None => String::new(),
             Some(p) => match &p.replay_endpoint {
                 None => format!(", KV events on {}", p.endpoint),
@@ -63,17 +52,21 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             },
         };
         let ready = format!(
-            "reprise: serving {} on http://{} with {} worker{} (policy {}, {} KV blocks of {} tokens each, context {}{events})",
-            state.model.served_model_name,
+            "reprise: serving {} on http://{} with {} worker{} (policy {}, {} KV blocks of {} tokens each, context {}, CPU kernels {}{events})",
+            app.model.served_model_name,
             addr,
             cfg.devices.len(),
             if cfg.devices.len() == 1 { "" } else { "s" },
             cfg.policy,
             started.num_blocks,
             cfg.block_size,
-            state.model.max_model_len,
+            app.model.max_model_len,
+            reprise_engine::simd::isa().name(),
         );
-        server::serve(state, listener, cfg.listener, cfg.shutdown_timeout, ready).await?;
+        let refresher = tokio::spawn(local::refresh_loop(app.clone()));
+        reprise_api::app::serve(app.clone(), listener, ready).await?;
+        refresher.abort();
+        app.backend.dispatcher.shutdown_workers();
         anyhow::Ok(())
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(1));

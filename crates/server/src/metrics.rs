@@ -101,14 +101,6 @@ pub struct ProcessInfo {
 pub struct Metrics {
     /// Per-worker request metrics.
     pub workers: Vec<WorkerLatency>,
-    /// Decisions per chosen worker.
-    pub decisions: Vec<AtomicU64>,
-    /// Matched blocks of the chosen worker.
-    pub matched_blocks: Histogram,
-    /// Decision time.
-    pub decision_seconds: Histogram,
-    /// 429s.
-    pub rejected_overloaded: AtomicU64,
     token_buckets: Box<[f64]>,
     info: ProcessInfo,
 }
@@ -128,24 +120,20 @@ impl Metrics {
         let token_buckets = buckets_1_2_5(max_model_len.max(1));
         Self {
             workers: (0..n).map(|_| WorkerLatency::new(&token_buckets)).collect(),
-            decisions: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            matched_blocks: Histogram::new(MATCHED_BLOCK_BUCKETS),
-            decision_seconds: Histogram::new(DECISION_BUCKETS),
-            rejected_overloaded: AtomicU64::new(0),
             token_buckets: token_buckets.into(),
             info,
         }
     }
 
-    /// Renders everything in the Prometheus text format (version 0.0.4).
+    /// Renders the workers' and the process's series in the Prometheus text format
+    /// (version 0.0.4); the router's come from `reprise_api::metrics::RouterMetrics`.
     pub fn render(
         &self,
-        policy: &str,
         snaps: &[(WorkerSnapshot, bool)],
         publisher: Option<PublisherCounts>,
     ) -> String {
         let mut out = String::with_capacity(32 * 1024);
-        self.render_workers(&mut out, policy, snaps);
+        self.render_workers(&mut out, snaps);
         if let Some(p) = publisher {
             for (name, help, v) in [
                 (KV_EVENT_BATCHES, "KV-event batches published.", p.batches),
@@ -165,7 +153,7 @@ impl Metrics {
         out
     }
 
-    fn render_workers(&self, out: &mut String, policy: &str, snaps: &[(WorkerSnapshot, bool)]) {
+    fn render_workers(&self, out: &mut String, snaps: &[(WorkerSnapshot, bool)]) {
         type Get = fn(&WorkerSnapshot, bool) -> f64;
         let per_worker: [(&str, &str, &str, Get); 10] = [
             (
@@ -281,38 +269,6 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP {ROUTER_DECISIONS} Routing decisions by policy and chosen worker.\n# TYPE {ROUTER_DECISIONS} counter"
-        );
-        for (i, c) in self.decisions.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{ROUTER_DECISIONS}{{policy=\"{policy}\",worker=\"{i}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        let labels = format!("policy=\"{policy}\"");
-        for (name, help, h) in [
-            (
-                ROUTER_MATCHED_BLOCKS,
-                "Prompt blocks the chosen worker was believed to have cached.",
-                &self.matched_blocks,
-            ),
-            (
-                ROUTER_DECISION_SECONDS,
-                "Time spent choosing a worker.",
-                &self.decision_seconds,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            render_hist(out, name, &labels, h.bounds(), &h.snapshot());
-        }
-        let _ = writeln!(
-            out,
-            "# HELP {REQUESTS_REJECTED} Requests refused before routing.\n# TYPE {REQUESTS_REJECTED} counter\n{REQUESTS_REJECTED}{{reason=\"overloaded\"}} {}",
-            self.rejected_overloaded.load(Ordering::Relaxed)
-        );
     }
 
     fn render_vllm(&self, out: &mut String, snaps: &[(WorkerSnapshot, bool)]) {
@@ -523,7 +479,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reprise_router::WorkerLoad;
+    use reprise_protocol::WorkerLoad;
 
     fn info() -> ProcessInfo {
         ProcessInfo {
@@ -547,12 +503,11 @@ mod tests {
     fn renders_every_series_with_worker_labels() {
         let m = Metrics::new(2, 4096, info());
         m.workers[1].ttft.observe(0.03);
-        m.decisions[1].fetch_add(3, Ordering::Relaxed);
         let snap = WorkerSnapshot {
             alive: true,
             ..Default::default()
         };
-        let text = m.render("precise", &[(snap, true), (snap, false)], None);
+        let text = m.render(&[(snap, true), (snap, false)], None);
         for name in [
             NUM_REQUESTS_RUNNING,
             NUM_REQUESTS_WAITING,
@@ -576,9 +531,7 @@ mod tests {
             text.contains("reprise:time_to_first_token_seconds_bucket{worker=\"1\",le=\"0.04\"} 1")
         );
         assert!(text.contains("reprise:time_to_first_token_seconds_count{worker=\"1\"} 1"));
-        assert!(text.contains("reprise:router_decisions_total{policy=\"precise\",worker=\"1\"} 3"));
         assert!(text.contains("reprise:worker_alive{worker=\"1\"} 0"));
-        assert!(text.contains("reprise:router_matched_blocks_count{policy=\"precise\"} 0"));
     }
 
     #[test]
@@ -602,7 +555,6 @@ mod tests {
         };
         let snaps = [(snap(2, 10, 50, true), true), (snap(3, 30, 70, true), true)];
         let text = m.render(
-            "precise",
             &snaps,
             Some(PublisherCounts {
                 batches: 4,
@@ -655,7 +607,7 @@ mod tests {
             (snap(2, 10, 50, true), true),
             (snap(3, 30, 70, false), false),
         ];
-        let text = m.render("precise", &snaps, None);
+        let text = m.render(&snaps, None);
         assert_eq!(value(&text, &format!("vllm:num_requests_running{l}")), 2.0);
         assert_eq!(
             value(&text, &format!("vllm:prefix_cache_queries_total{l}")),

@@ -1,29 +1,46 @@
-//! Startup: size the KV caches, build the router and the KV-event publisher, and
-//! spawn one worker per device (the model was loaded by `reprise_api::fetch`).
+//! Startup: load the model (fetching the default one the first time), size the KV
+//! caches, build the router and the KV-event publisher, and spawn one worker per
+//! device.
 
 use crate::config::{Device, GenerationConfig, KvSize, ServeConfig};
 use crate::dispatch::Dispatcher;
 use crate::kv_publisher::{KvPublisher, PublisherConfig};
+use crate::local::{Local, ServeApp};
 use crate::metrics::{Metrics, ProcessInfo};
-use crate::state::AppState;
 use anyhow::bail;
+use reprise_api::admission::Admission;
+use reprise_api::app::App;
+use reprise_api::fetch::{load_fetching, LoadError};
+use reprise_api::metrics::RouterMetrics;
 use reprise_api::model_info::ModelInfo;
-use reprise_api::params::GenerationDefaults;
-use reprise_api::tools::ToolParser;
-use reprise_engine::loader::{AnyModel, LoadedModel};
-use reprise_engine::model;
+use reprise_api::params::{GenerationDefaults, ParseLimits};
+use reprise_engine::loader::{self, LoadedModel, ModelDevice};
+use reprise_engine::model::{self, AnyModel, ModelError};
 use reprise_engine::scheduler::SchedulerConfig;
 use reprise_engine::worker::{WorkerConfig, WorkerHandle};
 use reprise_router::{Router, RouterConfig};
+use reprise_text::meta::MetaError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// What the ready line reports.
 pub struct Started {
-    /// Shared state for the HTTP layer.
-    pub state: Arc<AppState>,
+    /// The application.
+    pub app: Arc<ServeApp>,
     /// Blocks per worker.
     pub num_blocks: usize,
+}
+
+/// Loads `source` (or the default model, fetched first when missing) onto `device`.
+pub fn load_model(
+    source: Option<&str>,
+    device: ModelDevice,
+) -> Result<LoadedModel, LoadError<ModelError>> {
+    load_fetching(
+        source,
+        |s| loader::load_on(s, device),
+        |e| matches!(e, ModelError::Meta(MetaError::DefaultModelMissing(_))),
+    )
 }
 
 /// `host:port` as others should reach this server: the listen address, or for a
@@ -47,19 +64,10 @@ pub fn advertised(addr: SocketAddr) -> String {
 
 /// Builds the router, the KV-event publisher and the workers, and the state around them.
 pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow::Result<Started> {
-    let LoadedModel {
-        model,
-        tokenizer,
-        chat_template,
-        eos_token_ids,
-        max_model_len: model_max,
-        name,
-        family,
-        generation_config,
-        ..
-    } = loaded;
+    let LoadedModel { model, meta } = loaded;
     let defaults = match &cfg.generation_config {
-        GenerationConfig::Model => generation_config
+        GenerationConfig::Model => meta
+            .generation_config
             .as_ref()
             .map(GenerationDefaults::from_json)
             .unwrap_or_default(),
@@ -71,14 +79,11 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
         // vLLM says the same, since a default the user did not set changes outputs.
         tracing::info!("sampling defaults from the generation config: {described} (--generation-config vllm to ignore them)");
     }
-    let eos_token_id = eos_token_ids.first().copied();
-    let vocab_size = model.config().vocab_size;
-    let tokenizer = Arc::new(tokenizer);
     // One copy of the weights per device, shared by that device's workers.
     let mut per_device: Vec<(Device, AnyModel)> = vec![(cfg.devices[0], model.clone())];
     for d in &cfg.devices {
         if per_device.iter().all(|(x, _)| x != d) {
-            let m = reprise_api::fetch::load_model(cfg.model.as_deref(), d.model_device())?;
+            let m = load_model(cfg.model.as_deref(), d.model_device())?;
             per_device.push((*d, m.model));
         }
     }
@@ -106,8 +111,19 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
         }
         _ => cfg.num_blocks(bytes_per_block)?,
     };
-    let max_model_len =
-        cfg.resolve_max_model_len(model_max, num_blocks.saturating_mul(cfg.block_size))?;
+    let max_model_len = cfg.resolve_max_model_len(
+        meta.max_model_len,
+        num_blocks.saturating_mul(cfg.block_size),
+    )?;
+    let eos_token_ids = meta.eos_token_ids.clone();
+    let model_info = ModelInfo::new(
+        meta,
+        cfg.http.served_model_name.clone(),
+        max_model_len,
+        cfg.tool_call_parser,
+    );
+    let tokenizer = model_info.tokenizer.clone();
+    let served_model_name = model_info.served_model_name.clone();
     let sched_defaults = SchedulerConfig::default();
     let router_cfg = RouterConfig {
         policy: cfg.policy,
@@ -116,10 +132,6 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
         ..Default::default()
     };
     let n = cfg.devices.len();
-    let served_model_name = cfg
-        .served_model_name
-        .clone()
-        .unwrap_or_else(|| name.clone());
     let kv_publisher = match &cfg.kv_events {
         None => None,
         Some(k) => Some(Arc::new(KvPublisher::start(&PublisherConfig {
@@ -161,7 +173,7 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
         };
         let r = router.clone();
         let publisher = kv_publisher.clone();
-        let sink = Box::new(move |evs: Vec<reprise_router::KvEvent>| {
+        let sink = Box::new(move |evs: Vec<reprise_protocol::KvEvent>| {
             if let Err(e) = r.apply_events(i, &evs) {
                 tracing::warn!(worker = i, "KV events rejected by the router: {e}");
             }
@@ -169,7 +181,7 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
                 p.worker_events(i, &evs);
             }
         });
-        let h = WorkerHandle::spawn_on(wcfg, &worker_model, sink)
+        let h = WorkerHandle::spawn(wcfg, worker_model.clone(), sink)
             .map_err(|e| anyhow::anyhow!("worker {i}: {e}"))?;
         workers.push(h);
     }
@@ -187,38 +199,28 @@ pub fn start(cfg: &ServeConfig, loaded: LoadedModel, addr: SocketAddr) -> anyhow
             hash_algo: sched_defaults.hash_algo.name().into(),
         },
     ));
-    let dispatcher = Dispatcher::new(router, workers, cfg.max_queue, metrics.clone());
-    let state = AppState {
-        model: ModelInfo {
-            served_model_name,
-            model_name: name,
-            tokenizer,
-            chat_template,
-            max_model_len,
-            vocab_size,
-            created: reprise_api::unix_now(),
-            eos_token_id,
-            tool_parser: cfg
-                .tool_call_parser
-                .unwrap_or_else(|| ToolParser::for_family(family)),
-            grammar: Default::default(),
+    let limits = ParseLimits {
+        vocab_size: model_info.vocab_size,
+        max_logprobs: cfg.max_logprobs,
+        max_n: cfg.max_num_seqs,
+        defaults,
+    };
+    let app = App {
+        backend: Local {
+            dispatcher: Dispatcher::new(router, workers, metrics.clone()),
+            metrics,
+            kv_publisher,
+            request_timeout: cfg.request_timeout,
         },
-        dispatcher,
-        metrics,
-        api_key: cfg.api_key.clone(),
-        max_body_bytes: cfg.max_body_bytes,
-        kv_publisher,
+        model: model_info,
+        http: cfg.http.clone(),
+        limits,
+        admission: Admission::new(cfg.http.max_queue),
+        router_metrics: RouterMetrics::new(n),
         cpu: reprise_api::cpu::CpuPool::per_core(),
-        request_timeout: cfg.request_timeout,
-        parse_limits: reprise_api::params::ParseLimits {
-            vocab_size,
-            max_logprobs: cfg.max_logprobs,
-            max_n: cfg.max_num_seqs,
-            defaults,
-        },
     };
     Ok(Started {
-        state: Arc::new(state),
+        app: Arc::new(app),
         num_blocks,
     })
 }

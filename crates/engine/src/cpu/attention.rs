@@ -5,8 +5,9 @@
 //! keys for all kv heads are one contiguous row and a block is the unit the
 //! KV cache manager hands out. [`paged_attention`] is the kernel.
 
-use super::ops::{axpy, dot, exp_sub_sum, gemm_f32};
+use super::ops::{axpy, dot, gemm_f32};
 use crate::model::KvStorage;
+use crate::simd::exp_sub_sum;
 use rayon::prelude::*;
 
 /// Per-layer K and V storage in host blocks (f32).

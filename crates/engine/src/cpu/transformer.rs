@@ -3,7 +3,7 @@
 //! file's format ([`QMatrix`]: GGUF blocks, bf16, f16 or f32).
 
 use super::attention::{paged_attention, AttnSeq, AttnShape, PagedKvCache};
-use super::ops::{self, rms_norm, rms_norm_inplace, rope_half, swiglu};
+use super::ops::{rms_norm, rms_norm_inplace, rope_half, swiglu};
 use super::quant::{self, QMatrix};
 use crate::model::{Logits, ModelConfig, ModelError, SeqInput};
 
@@ -382,7 +382,7 @@ impl crate::model::Model for Transformer {
         // The whole step runs on the compute pool, so its ~150 parallel sections are
         // forked and joined inside the pool instead of each one waking a pool thread
         // from this (outside) thread and putting this thread to sleep until it ends.
-        ops::pool().install(|| self.forward_in_pool(batch, cache))
+        crate::pool::pool().install(|| self.forward_in_pool(batch, cache))
     }
 }
 

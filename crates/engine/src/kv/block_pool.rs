@@ -10,7 +10,7 @@
 use super::block_table::BlockTable;
 use super::prefix_cache::PrefixCache;
 use super::BlockId;
-use reprise_router::{BlockKey, EventSequencer, KvEvent, KvEventData, MemoryTier, TokenId};
+use reprise_protocol::{BlockKey, EventSequencer, KvEvent, KvEventData, MemoryTier, TokenId};
 
 const NIL: u32 = u32::MAX;
 
@@ -100,6 +100,11 @@ impl BlockPool {
     /// The block currently findable under `key`.
     pub fn lookup(&self, key: BlockKey) -> Option<BlockId> {
         self.cache.get(key)
+    }
+
+    /// Blocks of the longest cached chain of `keys` from block 0.
+    pub fn longest_cached_chain(&self, keys: &[BlockKey]) -> Vec<BlockId> {
+        self.cache.longest_chain(keys, keys.len())
     }
 
     /// Whether the block sits in the free queue.

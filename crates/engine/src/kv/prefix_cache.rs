@@ -2,7 +2,7 @@
 //! longest-cached-chain lookup over a prompt's keys.
 
 use super::BlockId;
-use reprise_router::BlockKey;
+use reprise_protocol::BlockKey;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 

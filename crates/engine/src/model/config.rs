@@ -1,6 +1,7 @@
 //! Model hyper-parameters, from HF config.json or GGUF metadata.
 
 use super::ModelError;
+use reprise_text::meta::id_list;
 use serde_json::Value;
 
 /// The model family; decides which optional pieces (biases, q/k norms) exist.
@@ -95,18 +96,6 @@ fn get_usize(v: &Value, key: &str) -> Result<usize, ModelError> {
 
 fn get_f32(v: &Value, key: &str) -> Option<f32> {
     v.get(key).and_then(Value::as_f64).map(|x| x as f32)
-}
-
-/// Token ids given as one integer or a list of them.
-pub(crate) fn id_list(v: Option<&Value>) -> Vec<u32> {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64().map(|x| x as u32))
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 /// Parses a `rope_scaling` / `rope_parameters` object.

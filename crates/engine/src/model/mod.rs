@@ -7,9 +7,11 @@ pub(crate) mod config;
 
 pub use config::{Family, ModelConfig, RopeScaling};
 
-use crate::chat_template::ChatTemplateError;
-use crate::tokenizer::TokenizerError;
+use crate::executor::Executor;
+use reprise_text::meta::MetaError;
+use std::any::Any;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Everything that can go wrong loading or running a model.
 #[derive(Debug, thiserror::Error)]
@@ -22,12 +24,9 @@ pub enum ModelError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The default model is not in the cache.
-    #[error("default model not found at {0}; run models/fetch-default.sh to fetch it")]
-    DefaultModelMissing(PathBuf),
-    /// The model source is neither a file, a directory nor a cached HF repo.
-    #[error("model source {0:?} is not a GGUF file, a model directory or a HuggingFace repo id in the local hf-hub cache")]
-    SourceNotFound(String),
+    /// The model source, or its text side (tokenizer, template, special tokens).
+    #[error(transparent)]
+    Meta(#[from] MetaError),
     /// The architecture is not one we implement.
     #[error("unsupported model architecture {0:?} (supported: llama, qwen2, qwen3)")]
     UnsupportedArchitecture(String),
@@ -50,12 +49,6 @@ pub enum ModelError {
         /// Reader's message.
         reason: String,
     },
-    /// The tokenizer could not be built.
-    #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
-    /// The chat template could not be compiled.
-    #[error(transparent)]
-    ChatTemplate(#[from] ChatTemplateError),
     /// The device (GPU) failed or is missing.
     #[error("device error: {0}")]
     Device(String),
@@ -157,6 +150,35 @@ pub trait Model: Send + Sync {
         (0, String::new())
     }
 }
+
+/// A loaded model as workers start from it, whichever backend computes it (the CPU
+/// transformer, a CUDA model): what sizing the KV pools needs, and each worker's
+/// executor over its own KV storage. Every [`Model`] is one (`model_executor.rs`).
+pub trait ServedModel: Send + Sync {
+    /// The model's hyper-parameters.
+    fn config(&self) -> &ModelConfig;
+    /// Bytes of one KV block of `block_size` tokens on this backend.
+    fn kv_block_bytes(&self, block_size: usize) -> usize;
+    /// The device's memory (`None` on the host).
+    fn device_memory(&self) -> Option<DeviceMemory>;
+    /// A worker's scratch at these batch limits.
+    fn workspace_bytes(&self, max_batched_tokens: usize, max_seqs: usize) -> u64;
+    /// Weight bytes and formats.
+    fn weights(&self) -> (u64, String);
+    /// A worker's executor: this model over a new KV storage of `num_blocks` blocks
+    /// of `block_size` tokens.
+    fn executor(
+        self: Arc<Self>,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Box<dyn Executor + Send>, ModelError>;
+    /// The concrete model, for tools that need one backend's own type.
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+/// A loaded model on its backend; workers of one device share it (the weights are
+/// read-only).
+pub type AnyModel = Arc<dyn ServedModel>;
 
 /// A device's memory as its driver reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use super::*;
 use proptest::prelude::*;
-use reprise_router::KvEventData;
+use reprise_protocol::KvEventData;
 use std::collections::{HashMap, HashSet};
 
 fn sched(num_blocks: usize, block_size: usize, budget: usize) -> Scheduler {

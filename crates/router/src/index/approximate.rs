@@ -10,10 +10,10 @@
 //! It is wrong whenever the engine evicted differently (other traffic, preemption,
 //! a different pool size) — the reason the precise index exists.
 
-use crate::block_key::BlockKey;
 use crate::index::{bit, longest_runs, WorkerMask};
 use crate::keymap::KeyMap;
 use parking_lot::RwLock;
+use reprise_protocol::block_key::BlockKey;
 
 const NIL: u32 = u32::MAX;
 

@@ -13,7 +13,7 @@ pub mod approximate;
 pub mod precise;
 pub mod speculative;
 
-use crate::block_key::BlockKey;
+use reprise_protocol::block_key::BlockKey;
 
 /// Bitset of workers: bit `w` set means worker `w`.
 pub type WorkerMask = u128;

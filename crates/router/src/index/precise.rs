@@ -34,12 +34,12 @@
 //! (resync) scans the shards one at a time, so routing stalls for at most one
 //! shard's scan. Events of one worker are serialised by that worker's stream mutex.
 
-use crate::block_key::BlockKey;
 use crate::error::RouteError;
-use crate::events::{KvEvent, KvEventData, MemoryTier};
 use crate::index::{bit, longest_runs, WorkerMask, MAX_WORKERS};
 use crate::keymap::{fold, KeyMap};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use reprise_protocol::block_key::BlockKey;
+use reprise_protocol::events::{KvEvent, KvEventData, MemoryTier};
 
 /// Number of lock shards; a power of two.
 pub const SHARDS: usize = 16;

@@ -18,11 +18,11 @@
 //! per key); a FIFO of expiries lets each write prune expired credits in amortised
 //! O(1). Lookups also compare against `now`, so expiry is exact without pruning.
 
-use crate::block_key::BlockKey;
 use crate::clock::to_nanos;
 use crate::index::{bit, WorkerMask};
 use crate::keymap::KeyMap;
 use parking_lot::{RwLock, RwLockReadGuard};
+use reprise_protocol::block_key::BlockKey;
 use std::collections::VecDeque;
 use std::time::Duration;
 

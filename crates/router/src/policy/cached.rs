@@ -3,12 +3,12 @@
 //! events a guess from those decisions. Shared by `precise` and `cost`.
 
 use super::RouteRequest;
-use crate::block_key::BlockKey;
 use crate::index::approximate::ApproximateIndex;
 use crate::index::precise::PreciseIndex;
 use crate::index::speculative::SpeculativeIndex;
 use crate::index::{bit, WorkerMask, MAX_WORKERS};
 use parking_lot::RwLock;
+use reprise_protocol::block_key::BlockKey;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -21,12 +21,12 @@
 
 use super::cached::CachedPrefixes;
 use super::{Decision, PolicyKind, RouteRequest, RoutingPolicy};
-use crate::block_key::BlockKey;
 pub use crate::config::CostWeights;
 use crate::error::RouteError;
 use crate::keymap::fold;
 use crate::scorer::{tie_rank, WorkerView};
 use parking_lot::Mutex;
+use reprise_protocol::block_key::BlockKey;
 use std::collections::VecDeque;
 use std::time::Duration;
 

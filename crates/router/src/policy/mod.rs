@@ -14,20 +14,19 @@
 pub mod approximate;
 pub mod cached;
 pub mod cost;
+pub mod factory;
 pub mod load;
 pub mod precise;
 pub mod random;
 pub mod round_robin;
 
-use crate::block_key::BlockKey;
 pub use crate::config::PolicyKind;
-use crate::config::{ConfigError, RouterConfig};
 use crate::error::RouteError;
 use crate::index::precise::PreciseIndex;
 use crate::index::{all_workers, WorkerMask};
 use crate::keymap::fold;
-use crate::scorer::{Scorer, WorkerView};
-use std::sync::Arc;
+use crate::scorer::WorkerView;
+use reprise_protocol::block_key::BlockKey;
 use std::time::Duration;
 
 /// One prompt to route, with everything the policy may look at.
@@ -100,50 +99,6 @@ pub trait RoutingPolicy: Send + Sync {
     fn set_pool_blocks(&self, _worker: usize, _blocks: usize) {}
 }
 
-/// Build the policy `config.policy` names. `index` is the router's precise index
-/// (fed by events whatever the policy; the baselines use it to report matches).
-pub fn build(
-    config: &RouterConfig,
-    index: Arc<PreciseIndex>,
-    num_workers: usize,
-    blocks_per_worker: usize,
-) -> Result<Box<dyn RoutingPolicy>, ConfigError> {
-    config.validate()?;
-    let scorer = Scorer {
-        weights: config.weights,
-        guard: config.overload,
-        seed: config.seed,
-    };
-    let cached = |index| {
-        cached::CachedPrefixes::new(
-            index,
-            config.speculative_ttl(),
-            config.speculative_max_ttl(),
-            num_workers,
-            blocks_per_worker,
-        )
-    };
-    Ok(match config.policy {
-        PolicyKind::Precise => Box::new(precise::PrecisePolicy::over(cached(index), scorer)),
-        PolicyKind::Cost => Box::new(cost::CostPolicy::new(
-            cached(index),
-            config.cost,
-            config.seed,
-            num_workers,
-            config.block_size,
-        )),
-        PolicyKind::Approximate => Box::new(approximate::ApproximatePolicy::new(
-            num_workers,
-            blocks_per_worker,
-            scorer,
-            config.approximate,
-        )),
-        PolicyKind::Load => Box::new(load::LoadPolicy::new(index, scorer)),
-        PolicyKind::RoundRobin => Box::new(round_robin::RoundRobinPolicy::new(index)),
-        PolicyKind::Random => Box::new(random::RandomPolicy::new(index, config.seed)),
-    })
-}
-
 /// Index of the `n`-th available worker (`n < count of available`).
 fn nth_available(workers: &[WorkerView], n: usize) -> Option<usize> {
     workers
@@ -165,8 +120,8 @@ fn observed_matches(index: &PreciseIndex, req: &RouteRequest<'_>) -> Vec<usize> 
 pub(crate) mod test_util {
     //! Helpers shared by the policies' tests.
     use super::*;
-    use crate::block_key::{BlockHasher, HashAlgo};
-    use crate::load::WorkerLoad;
+    use reprise_protocol::block_key::{BlockHasher, HashAlgo};
+    use reprise_protocol::load::WorkerLoad;
 
     /// `n` idle available workers.
     pub fn idle(n: usize) -> Vec<WorkerView> {
@@ -185,7 +140,7 @@ pub(crate) mod test_util {
 
     /// Worker `w` stores `keys` as one chain (its events, applied to `idx`).
     pub fn store(idx: &PreciseIndex, w: usize, keys: &[BlockKey]) {
-        use crate::events::{KvEvent, KvEventData, MemoryTier};
+        use reprise_protocol::events::{KvEvent, KvEventData, MemoryTier};
         let evs: Vec<_> = keys
             .iter()
             .enumerate()
@@ -233,7 +188,10 @@ pub(crate) mod test_util {
 
 #[cfg(test)]
 mod tests {
+    use super::factory::build;
     use super::*;
+    use crate::config::RouterConfig;
+    use std::sync::Arc;
 
     #[test]
     fn names_round_trip_and_unknown_is_a_clear_error() {

@@ -3,11 +3,11 @@
 
 use super::cached::CachedPrefixes;
 use super::{Decision, PolicyKind, RouteRequest, RoutingPolicy};
-use crate::block_key::BlockKey;
 use crate::error::RouteError;
 use crate::index::precise::PreciseIndex;
 use crate::index::speculative::SpeculativeIndex;
 use crate::scorer::Scorer;
+use reprise_protocol::block_key::BlockKey;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,7 +107,7 @@ mod tests {
     }
 
     fn req<'a>(
-        keys: &'a [crate::BlockKey],
+        keys: &'a [reprise_protocol::BlockKey],
         views: &'a [crate::WorkerView],
         ms: u64,
     ) -> RouteRequest<'a> {

@@ -17,10 +17,12 @@
 //! clears and accepts the stream from where it is. The router's index therefore never
 //! holds a block the engine has dropped, only misses some until they are re-stored.
 
-use crate::block_key::{extra_bytes, BlockHasher, BlockKey, ROOT_PARENT};
-use crate::events::{EventSequencer, KvEvent, KvEventData, MemoryTier};
 use crate::keymap::KeyMap;
-use crate::wire::{decode_batch, EngineHash, StoredBlocks, WireBatch, WireError, WireEvent};
+use reprise_protocol::block_key::{extra_bytes, BlockHasher, BlockKey, ROOT_PARENT};
+use reprise_protocol::events::{EventSequencer, KvEvent, KvEventData, MemoryTier};
+use reprise_protocol::wire::{
+    decode_batch, EngineHash, StoredBlocks, WireBatch, WireError, WireEvent,
+};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 

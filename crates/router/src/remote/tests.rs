@@ -1,8 +1,37 @@
 use super::*;
-use crate::block_key::HashAlgo;
 use crate::index::precise::PreciseIndex;
-use crate::wire::tests::{fixture, frames};
-use crate::wire::{encode_batch, EventFormat, RemovedBlocks};
+use reprise_protocol::block_key::HashAlgo;
+use reprise_protocol::wire::{encode_batch, EventFormat, RemovedBlocks};
+
+/// The vLLM frames fixture (`tests/data/kv-events/`).
+fn fixture() -> serde_json::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/data/kv-events/vllm_events_public.json"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).expect("fixture json")
+}
+
+/// `(seq, payload)` of every frame of one variant.
+fn frames(f: &serde_json::Value, variant: &str) -> Vec<(u64, Vec<u8>)> {
+    let hex = |s: &str| -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    };
+    f["variants"][variant]
+        .as_array()
+        .expect("variant")
+        .iter()
+        .map(|fr| {
+            let seq = reprise_protocol::wire::parse_seq(&hex(fr["seq"].as_str().expect("seq")))
+                .expect("8-byte seq");
+            (seq, hex(fr["payload"].as_str().expect("payload")))
+        })
+        .collect()
+}
 
 fn hasher(bs: usize) -> BlockHasher {
     BlockHasher::new(bs, HashAlgo::Xxh3).unwrap()
@@ -123,7 +152,7 @@ fn stored(
         lora_id: None,
         medium: Some("GPU".into()),
         lora_name: None,
-        extra_keys: salt.map(|s| vec![Some(vec![crate::wire::ExtraKey::Str(s.into())])]),
+        extra_keys: salt.map(|s| vec![Some(vec![reprise_protocol::wire::ExtraKey::Str(s.into())])]),
     };
     (s, hashes)
 }

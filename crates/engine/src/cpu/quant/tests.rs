@@ -109,44 +109,18 @@ fn simd_dequantization_is_bit_exact() {
         let want = reference_values(q, &raw, cols);
         assert!(want.iter().all(|v| v.is_finite()), "{q:?}");
         let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-        let mut got = vec![1.0f32; cols];
-        w.dequant_row_chunk(0, 0, &mut got);
-        assert!(
-            same(&got, &want),
-            "{q:?}: the dispatched dequantizer differs from the reference"
-        );
-        // A chunk starting mid-row.
-        let mut part = vec![0.0f32; cols - be];
-        w.dequant_row_chunk(0, be, &mut part);
-        assert!(same(&part, &want[be..]), "{q:?}: a chunk differs");
-        // Each SIMD level this CPU has, whichever the dispatch picked.
-        #[cfg(target_arch = "x86_64")]
-        for (level, ok) in [
-            (2u8, simd::level() == Some(2)),
-            (
-                1,
-                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"),
-            ),
-        ] {
-            if !ok || q == QType::F32 {
-                continue;
-            }
-            let mut got = vec![2.0f32; cols];
-            // SAFETY: the CPU has the level's features (checked above).
-            let done = unsafe {
-                if q.planar().is_some() {
-                    simd::dequant_planar(level, q, w.row_raw(0).as_ptr(), cols / 32, 0, &mut got);
-                    true
-                } else {
-                    simd::dequant(level, q, w.raw(), &mut got)
-                }
-            };
-            if done {
-                assert!(
-                    same(&got, &want),
-                    "{q:?}: SIMD level {level} differs from the reference"
-                );
-            }
+        // Every instruction set this CPU has, whichever the dispatch picks.
+        for on in Isa::available() {
+            let mut got = vec![1.0f32; cols];
+            w.dequant_row_chunk_on(on, 0, 0, &mut got);
+            assert!(
+                same(&got, &want),
+                "{q:?} on {on:?}: the dequantizer differs from the reference"
+            );
+            // A chunk starting mid-row.
+            let mut part = vec![0.0f32; cols - be];
+            w.dequant_row_chunk_on(on, 0, be, &mut part);
+            assert!(same(&part, &want[be..]), "{q:?} on {on:?}: a chunk differs");
         }
     }
 }
@@ -160,20 +134,23 @@ fn every_format_multiplies_like_dequantize_then_multiply() {
         for cols in [be, 3 * be, (KC / be + 1) * be + be] {
             for (rows, ms) in [
                 (1usize, &[1usize, 2][..]),
-                (13, &[1, 3, 5, 33][..]),
+                (13, &[1, 3, 5, 8, 9, 33][..]),
                 (PANEL + 7, &[4, 40][..]),
             ] {
                 let raw = random_raw(q, rows, cols, &mut rng);
                 let w = QMatrix::from_raw(q, rows, cols, &raw).unwrap();
                 let raw = &raw;
-                for &m in ms {
+                for (&m, on) in ms
+                    .iter()
+                    .flat_map(|m| Isa::available().into_iter().map(move |on| (m, on)))
+                {
                     let x: Vec<f32> = (0..m * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
                     let want = reference(&w, raw, &x, m);
                     for accumulate in [false, true] {
                         let init: Vec<f32> =
                             (0..m * rows).map(|_| rng.random_range(-1.0..1.0)).collect();
                         let mut out = init.clone();
-                        linear(&mut out, &x, std::slice::from_ref(&w), m, accumulate);
+                        linear_on(on, &mut out, &x, std::slice::from_ref(&w), m, accumulate);
                         for (idx, (&got, &w0)) in out.iter().zip(&want).enumerate() {
                             let want = w0
                                 + if accumulate {
@@ -184,7 +161,7 @@ fn every_format_multiplies_like_dequantize_then_multiply() {
                             let tol = 1e-4 * (1.0 + want.abs()) * (cols as f64).sqrt();
                             assert!(
                                 (f64::from(got) - want).abs() <= tol,
-                                "{q:?} rows {rows} cols {cols} m {m} acc {accumulate} [{idx}]: {got} vs {want}"
+                                "{q:?} on {on:?} rows {rows} cols {cols} m {m} acc {accumulate} [{idx}]: {got} vs {want}"
                             );
                         }
                     }
@@ -264,8 +241,14 @@ fn malformed_raw_data_is_an_error() {
         QMatrix::from_raw(QType::Q8_0, 2, 64, &[0; 100]),
         Err(QuantError::Size { .. })
     ));
-    assert_eq!(QType::from_ggml(GgmlDType::Q8K), None);
-    assert_eq!(QType::from_ggml(GgmlDType::Q4K), Some(QType::Q4K));
+    assert_eq!(
+        QType::from_ggml(candle_core::quantized::GgmlDType::Q8K),
+        None
+    );
+    assert_eq!(
+        QType::from_ggml(candle_core::quantized::GgmlDType::Q4K),
+        Some(QType::Q4K)
+    );
 }
 
 /// A row's result does not depend on the batch it is in, within each kernel: the
@@ -274,13 +257,18 @@ fn malformed_raw_data_is_an_error() {
 #[test]
 fn batch_size_does_not_change_a_rows_bits_within_a_kernel() {
     let mut rng = StdRng::seed_from_u64(5);
-    for q in [
+    for (q, on) in [
         QType::Q4_0,
         QType::Q4_1,
         QType::Q8_0,
+        QType::Q4K,
+        QType::Q5K,
         QType::Q6K,
         QType::BF16,
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|q| Isa::available().into_iter().map(move |on| (q, on)))
+    {
         let (rows, cols) = (9, 1536);
         let w = QMatrix::from_raw(q, rows, cols, &random_raw(q, rows, cols, &mut rng)).unwrap();
         let x: Vec<f32> = (0..16 * cols)
@@ -288,20 +276,24 @@ fn batch_size_does_not_change_a_rows_bits_within_a_kernel() {
             .collect();
         let row0 = |m: usize| {
             let mut out = vec![0.0f32; m * rows];
-            linear(&mut out, &x[..m * cols], std::slice::from_ref(&w), m, false);
+            linear_on(
+                on,
+                &mut out,
+                &x[..m * cols],
+                std::slice::from_ref(&w),
+                m,
+                false,
+            );
             out.truncate(rows);
             out
         };
-        #[cfg(target_arch = "x86_64")]
-        let fused = simd::has_fused(q);
-        #[cfg(not(target_arch = "x86_64"))]
-        let fused = false;
-        let (alone, five) = (row0(1), row0(5));
+        let fused = kernels::has_fused(q);
+        let (alone, tiled) = (row0(1), row0(FUSED_MAX_M + 1));
         for m in 2..=16 {
             let want = if m <= FUSED_MAX_M || !fused {
                 &alone
             } else {
-                &five
+                &tiled
             };
             let same = row0(m)
                 .iter()
@@ -309,12 +301,15 @@ fn batch_size_does_not_change_a_rows_bits_within_a_kernel() {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
                 same,
-                "{q:?}: row 0 in a batch of {m} differs from its kernel's other batches"
+                "{q:?} on {on:?}: row 0 in a batch of {m} differs from its kernel's other batches"
             );
         }
         // Across the two kernels: the same products in another order.
-        for (a, b) in alone.iter().zip(&five) {
-            assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{q:?}: {a} vs {b}");
+        for (a, b) in alone.iter().zip(&tiled) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                "{q:?} on {on:?}: {a} vs {b}"
+            );
         }
     }
 }

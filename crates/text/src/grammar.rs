@@ -12,7 +12,7 @@ use crate::tokenizer::Tokenizer;
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory, TokenParser};
-use reprise_router::TokenId;
+use reprise_protocol::TokenId;
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -308,7 +308,9 @@ mod tests {
             }
             state.prepare();
             state.apply(&mut logits);
-            let t = crate::sampler::argmax(&logits);
+            let t = (0..logits.len())
+                .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+                .unwrap_or(0) as u32;
             assert!(logits[t as usize].is_finite(), "some token allowed");
             if t == eos {
                 break;

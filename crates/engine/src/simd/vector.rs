@@ -1,0 +1,61 @@
+//! The seam itself: the vector primitives every ISA file implements.
+
+/// Vector primitives of one instruction set: `LANES` f32 lanes, and 16-byte vectors
+/// for unpacking quantized weights. Every method is `unsafe`: it may only run on a
+/// CPU that has the instruction set, inside a function compiled for it (the
+/// `isa_fn!` dispatch), with pointers valid for what it reads or writes.
+#[allow(clippy::missing_safety_doc)] // the trait's doc states the one contract
+pub trait Simd: Copy + 'static {
+    /// f32 lanes of [`Simd::F`].
+    const LANES: usize;
+    /// Activation rows the register tile holds beside four weight rows.
+    const TILE_ROWS: usize;
+    /// `LANES` f32 values.
+    type F: Copy;
+    /// 16 bytes.
+    type B: Copy;
+
+    /// All zeros.
+    unsafe fn zero() -> Self::F;
+    /// `x` in every lane.
+    unsafe fn splat(x: f32) -> Self::F;
+    /// `LANES` values from `p` (unaligned).
+    unsafe fn load(p: *const f32) -> Self::F;
+    /// `LANES` values to `p` (unaligned).
+    unsafe fn store(p: *mut f32, v: Self::F);
+    /// `a + b`.
+    unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
+    /// `a - b`.
+    unsafe fn sub(a: Self::F, b: Self::F) -> Self::F;
+    /// `a · b`.
+    unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
+    /// `a · b + c` (fused where the ISA has it).
+    unsafe fn fma(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    /// The sum of the lanes.
+    unsafe fn sum(v: Self::F) -> f32;
+    /// `exp(v)` (Cephes' single precision: within 2 ulp; clamped, never NaN).
+    unsafe fn exp(v: Self::F) -> Self::F;
+    /// `LANES` IEEE halves from `p` (unaligned) as f32.
+    unsafe fn load_f16(p: *const u8) -> Self::F;
+    /// `LANES` bfloat16 values from `p` (unaligned) as f32.
+    unsafe fn load_bf16(p: *const u8) -> Self::F;
+
+    /// 16 bytes from `p` (unaligned).
+    unsafe fn load16(p: *const u8) -> Self::B;
+    /// `x` in every byte.
+    unsafe fn splat8(x: u8) -> Self::B;
+    /// Bitwise and.
+    unsafe fn and8(a: Self::B, b: Self::B) -> Self::B;
+    /// Bitwise or.
+    unsafe fn or8(a: Self::B, b: Self::B) -> Self::B;
+    /// Bytewise `a - b` (wrapping).
+    unsafe fn sub8(a: Self::B, b: Self::B) -> Self::B;
+    /// Each byte shifted right by `N` bits (zeros in).
+    unsafe fn shr8<const N: i32>(a: Self::B) -> Self::B;
+    /// Each byte shifted left by `N` bits (zeros in).
+    unsafe fn shl8<const N: i32>(a: Self::B) -> Self::B;
+    /// Bytes `part·LANES ..` of `b`, unsigned, as f32.
+    unsafe fn u8_to_f(b: Self::B, part: usize) -> Self::F;
+    /// Bytes `part·LANES ..` of `b`, signed, as f32.
+    unsafe fn i8_to_f(b: Self::B, part: usize) -> Self::F;
+}
