@@ -1,6 +1,6 @@
 //! Decode-step profile: the default model's forward at batch 1 after a 128-token
 //! prefill, timed per step, for `perf record` (not part of the test suite).
-//! `cargo run --release -p reprise-engine --example decode_profile [-- STEPS]`
+//! `cargo run --release -p reprise-engine --example decode_profile [-- STEPS [MODEL]]`
 
 use reprise_engine::loader;
 use reprise_engine::model::{Model, SeqInput};
@@ -11,7 +11,8 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
-    let m = loader::load(None).expect("load the default model (run models/fetch-default.sh)");
+    let src = std::env::args().nth(2);
+    let m = loader::load(src.as_deref()).expect("load the model (run models/fetch-default.sh)");
     let model = m.cpu_model().expect("cpu model").clone();
     let bs = 16;
     let blocks = (128 + steps).div_ceil(bs) + 1;

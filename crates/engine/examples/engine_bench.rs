@@ -3,15 +3,17 @@
 //! in the same run so every figure reads as a fraction of the hardware.
 //!
 //! `cargo run --release -p reprise-engine --example engine_bench [-- --model SRC]
-//!  [--llama-bench BIN [--llama-f32 F32.gguf]]`
+//!  [--llama-bench BIN [--llama-f32 F32.gguf]] [--short] [--numerics exact|fast]`
 //!
 //! Prints prefill tokens/s at 512 and 2,048 tokens, decode tokens/s at batch
 //! 1, 8 and 32 (and at batch 8 sampled with `top_p = 0.9` against greedy, runs
 //! interleaved), TTFT of a 2,000-token prompt cold and warm (prefix cached),
 //! and the yardsticks: f32 matrix-product rate and memory copy bandwidth. Given a
-//! `llama-bench` binary (`shared/tools/llama-cpp-yardstick.sh` builds one and the
-//! F32 form of the GGUF), it runs llama.cpp on the same GGUF (and its F32 form) with
-//! the same threads right after, and prints both engines side by side.
+//! `llama-bench` binary (`scripts/llama-cpp-yardstick.sh build` makes one; its
+//! `quantize … F32` the F32 form of the GGUF), it runs llama.cpp on the same GGUF (and its F32 form) with
+//! the same threads right after, and prints both engines side by side. `--short`
+//! (for 1B+ models on a few cores) measures only prefill 512 and batch-1 decode, and
+//! llama-bench only `-p 512 -n 64 -r 2`.
 
 use rayon::prelude::*;
 use reprise_engine::cpu::ops;
@@ -74,20 +76,30 @@ fn flops_per_decoded_token(c: &ModelConfig) -> f64 {
 }
 
 /// What llama-bench measured: (model file, test, tokens/s).
-fn llama_bench(bin: &str, models: &[String], threads: usize) -> Vec<(String, String, f64)> {
+fn llama_bench(
+    bin: &str,
+    models: &[String],
+    threads: usize,
+    short: bool,
+) -> Vec<(String, String, f64)> {
     let mut cmd = std::process::Command::new(bin);
     for m in models {
         cmd.args(["-m", m]);
     }
+    let (p, n, r) = if short {
+        ("512", "64", "2")
+    } else {
+        ("512,2048", "128", "3")
+    };
     cmd.args([
         "-t",
         &threads.to_string(),
         "-p",
-        "512,2048",
+        p,
         "-n",
-        "128",
+        n,
         "-r",
-        "3",
+        r,
         "-o",
         "json",
     ]);
@@ -227,6 +239,14 @@ fn decode_rate_with(
 
 fn main() {
     let src = arg("--model");
+    let short = std::env::args().any(|a| a == "--short");
+    if let Some(n) = arg("--numerics") {
+        let Some(n) = reprise_engine::cpu::quant::Numerics::parse(&n) else {
+            eprintln!("error: --numerics must be exact or fast");
+            std::process::exit(2)
+        };
+        reprise_engine::cpu::quant::set_numerics(n);
+    }
     println!(
         "measuring yardsticks ({} threads)...",
         rayon::current_num_threads()
@@ -266,11 +286,30 @@ fn main() {
     ttft(&w, next(), prompt(1, 64));
 
     let best_prefill = |n: usize, next: &mut dyn FnMut() -> u64| {
-        (0..3)
+        (0..if short { 2 } else { 3 })
             .map(|r| n as f64 / ttft(&w, next(), prompt(100 + r + n as u32, n)))
             .fold(0.0, f64::max)
     };
     let p512 = best_prefill(512, &mut next);
+    if short {
+        let d1 = decode_rate(&w, 10_000, 1, 64);
+        println!(
+            "\nmodel: {} (weights {formats}, {:.1} MB); kernels {}, {} numerics",
+            loaded.meta.name,
+            weight_bytes as f64 / 1e6,
+            reprise_engine::simd::isa().name(),
+            reprise_engine::cpu::quant::numerics().name()
+        );
+        println!("yardsticks: f32 matmul {gflops:.1} GFLOP/s; memory copy {gbps:.1} GB/s");
+        println!("| prefill, 512 tokens | {p512:.1} tok/s |");
+        println!(
+            "| decode, batch 1 | {d1:.2} tok/s | {:.0}% of copy bandwidth |",
+            100.0 * d1 * weight_bytes as f64 / (gbps * 1e9)
+        );
+        drop(w);
+        compare_llama(src.as_deref(), &[("pp512", p512), ("tg64", d1)], true);
+        return;
+    }
     let p2048 = best_prefill(2048, &mut next);
     let d1 = decode_rate(&w, 10_000, 1, 64);
     let d8 = decode_rate(&w, 20_000, 8, 64);
@@ -350,23 +389,32 @@ fn main() {
         cold / warm
     );
 
+    drop(w);
+    compare_llama(
+        src.as_deref(),
+        &[("pp512", p512), ("pp2048", p2048), ("tg128", d1)],
+        false,
+    );
+}
+
+/// Runs llama-bench (when `--llama-bench` names it) on the same GGUF and prints
+/// both engines' figures side by side.
+fn compare_llama(src: Option<&str>, ours: &[(&str, f64)], short: bool) {
     let Some(bin) = arg("--llama-bench") else {
         return;
     };
-    let gguf = src.clone().unwrap_or_else(|| {
+    let gguf = src.map(str::to_owned).unwrap_or_else(|| {
         reprise_text::meta::default_model_path()
             .to_string_lossy()
             .into_owned()
     });
     let mut models = vec![gguf.clone()];
     models.extend(arg("--llama-f32"));
-    drop(w);
     println!("\nrunning llama-bench on {} ...", models.join(" and "));
-    let runs = llama_bench(&bin, &models, rayon::current_num_threads());
+    let runs = llama_bench(&bin, &models, rayon::current_num_threads(), short);
     if runs.is_empty() {
         return;
     }
-    let ours = [("pp512", p512), ("pp2048", p2048), ("tg128", d1)];
     let files: Vec<String> = models
         .iter()
         .map(|m| {
@@ -383,11 +431,17 @@ fn main() {
     }
     println!(" reprise ÷ llama.cpp's best |");
     println!("|---|---:|{}---:|", "---:|".repeat(files.len()));
-    for (test, v) in ours {
+    for &(test, v) in ours {
         let label = match test {
             "pp512" => "prefill, 512",
             "pp2048" => "prefill, 2,048",
-            _ => "decode, batch 1 (llama.cpp: tg128)",
+            t => {
+                if t == "tg64" {
+                    "decode, batch 1 (llama.cpp: tg64)"
+                } else {
+                    "decode, batch 1 (llama.cpp: tg128)"
+                }
+            }
         };
         print!("| {label} | {v:.1} tok/s |");
         let mut best = 0.0f64;

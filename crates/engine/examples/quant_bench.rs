@@ -3,9 +3,11 @@
 //! batch sizes, as weight bandwidth (decode) and GFLOP/s (prefill), on the
 //! instruction set the process uses (`REPRISE_CPU_ISA` caps it).
 //! `cargo run --release -p reprise-engine --example quant_bench [-- --shapes 1b]
-//!  [--formats Q4_0,Q4_K] [--m 1,8,512]`
+//!  [--formats Q4_0,Q4_K] [--m 1,8,512] [--numerics exact,fast]`
+//! (`fast`: 8-bit activations and integer dot products, `--cpu-numerics fast`; it
+//! changes only the fused decode kernels, m ≤ 4).
 
-use reprise_engine::cpu::quant::{linear, QMatrix, QType};
+use reprise_engine::cpu::quant::{linear, set_numerics, Numerics, QMatrix, QType};
 use std::time::Instant;
 
 fn matrix(q: QType, rows: usize, cols: usize) -> QMatrix {
@@ -77,13 +79,21 @@ fn main() {
             .collect(),
         None => vec![1, 8, 32, 512],
     };
+    let numerics: Vec<Numerics> = match arg("--numerics") {
+        Some(list) => list
+            .split(',')
+            .filter_map(|n| Numerics::parse(n.trim()))
+            .collect(),
+        None => vec![Numerics::Exact],
+    };
     println!("kernels: {}", reprise_engine::simd::isa().name());
-    println!("| shape | format | m | time | weight GB/s | GFLOP/s |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("| shape | format | numerics | m | time | weight GB/s | GFLOP/s |");
+    println!("|---|---|---|---:|---:|---:|---:|");
     for &(name, rows, cols) in shapes {
         for &q in &formats {
             let w = [matrix(q, rows, cols)];
-            for &m in &ms {
+            for (&m, &num) in ms.iter().flat_map(|m| numerics.iter().map(move |n| (m, n))) {
+                set_numerics(num);
                 let x: Vec<f32> = (0..m * cols).map(|i| (i % 7) as f32 * 0.1).collect();
                 let mut out = vec![0.0f32; m * rows];
                 let reps = (2_000_000_000 / (rows * cols * m).max(1)).clamp(3, 2000);
@@ -94,8 +104,9 @@ fn main() {
                 }
                 let s = t.elapsed().as_secs_f64() / reps as f64;
                 println!(
-                    "| {name} | {} | {m} | {:.1} µs | {:.1} | {:.1} |",
+                    "| {name} | {} | {} | {m} | {:.1} µs | {:.1} | {:.1} |",
                     q.name(),
+                    num.name(),
                     s * 1e6,
                     w[0].nbytes() as f64 / s / 1e9,
                     2.0 * (rows * cols * m) as f64 / s / 1e9

@@ -71,6 +71,12 @@ pub struct ServeArgs {
     #[arg(long)]
     pub max_model_len: Option<usize>,
 
+    /// Numerics of the CPU's quantized decode products: `exact` (f32 activations,
+    /// the goldens' tokens) or `fast` (8-bit activations and integer dot products, as
+    /// llama.cpp; faster batch-1 decode, logits off by the activations' rounding).
+    #[arg(long, default_value = "exact", value_name = "exact|fast")]
+    pub cpu_numerics: String,
+
     /// The HTTP options `serve` and `route` share.
     #[command(flatten)]
     pub http: HttpArgs,

@@ -51,6 +51,8 @@ pub struct ServeConfig {
     pub max_model_len: Option<usize>,
     /// The HTTP options.
     pub http: HttpConfig,
+    /// Numerics of the CPU's quantized products.
+    pub cpu_numerics: reprise_engine::cpu::quant::Numerics,
     /// Test-only fault injection: (worker, fault).
     pub inject_fault: Option<(usize, reprise_engine::worker::Fault)>,
     /// KV-event publishing, when asked for.
@@ -184,6 +186,8 @@ impl ServeConfig {
             return Err(err("max-model-len", "must be at least 2"));
         }
         let http = HttpConfig::from_args(&a.http)?;
+        let cpu_numerics = reprise_engine::cpu::quant::Numerics::parse(&a.cpu_numerics)
+            .ok_or_else(|| err("cpu-numerics", "must be exact or fast"))?;
         use reprise_engine::worker::Fault;
         let inject_fault = match (&a.inject_worker_panic, &a.inject_worker_hang) {
             (Some(_), Some(_)) => {
@@ -284,6 +288,7 @@ impl ServeConfig {
             max_num_seqs: a.max_num_seqs,
             max_model_len: a.max_model_len,
             http,
+            cpu_numerics,
             inject_fault,
             kv_events,
             max_logprobs: a.max_logprobs,
@@ -359,6 +364,7 @@ mod tests {
         assert_eq!(c.http.addr.to_string(), "127.0.0.1:8000");
         assert_eq!(c.kv, KvSize::Bytes(512 * 1024 * 1024));
         assert_eq!(c.http.max_body_bytes, 8 * 1024 * 1024);
+        assert_eq!(c.cpu_numerics, reprise_engine::cpu::quant::Numerics::Exact);
     }
 
     #[test]
@@ -374,7 +380,8 @@ mod tests {
 
     #[test]
     fn bad_options_name_the_option() {
-        let cases: [(&[&str], &str); 8] = [
+        let cases: [(&[&str], &str); 9] = [
+            (&["--cpu-numerics", "int4"], "--cpu-numerics"),
             (&["--devices", "cuda:0"], "--devices"),
             (&["--devices", "cpu,,cpu"], "--devices"),
             (&["--devices", "tpu"], "--devices"),

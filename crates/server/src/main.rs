@@ -36,6 +36,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.http.addr))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    // Before any model runs: every worker's quantized products read it.
+    reprise_engine::cpu::quant::set_numerics(cfg.cpu_numerics);
     let loaded = startup::load_model(cfg.model.as_deref(), cfg.devices[0].model_device())?;
     let started = startup::start(&cfg, loaded, addr)?;
     let app = started.app;
@@ -52,7 +54,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             },
         };
         let ready = format!(
-            "reprise: serving {} on http://{} with {} worker{} (policy {}, {} KV blocks of {} tokens each, context {}, CPU kernels {}{events})",
+            "reprise: serving {} on http://{} with {} worker{} (policy {}, {} KV blocks of {} tokens each, context {}, CPU kernels {} ({} numerics){events})",
             app.model.served_model_name,
             addr,
             cfg.devices.len(),
@@ -62,6 +64,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             cfg.block_size,
             app.model.max_model_len,
             reprise_engine::simd::isa().name(),
+            cfg.cpu_numerics.name(),
         );
         let refresher = tokio::spawn(local::refresh_loop(app.clone()));
         reprise_api::app::serve(app.clone(), listener, ready).await?;

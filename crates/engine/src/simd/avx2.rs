@@ -28,6 +28,7 @@ impl Simd for Avx2 {
     const TILE_ROWS: usize = 2;
     type F = __m256;
     type B = __m128i;
+    type D = __m256;
 
     #[inline(always)]
     unsafe fn zero() -> __m256 {
@@ -144,4 +145,40 @@ impl Simd for Avx2 {
         let b = if part == 0 { b } else { _mm_srli_si128::<8>(b) };
         _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b))
     }
+
+    #[inline(always)]
+    unsafe fn dzero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn idot(w: [__m128i; 2], x: *const i8, half: bool, d: f32, acc: __m256) -> __m256 {
+        idot256(w, x, half, d, acc)
+    }
+    #[inline(always)]
+    unsafe fn dsum(v: __m256) -> f32 {
+        Self::sum(v)
+    }
+}
+
+/// [`Simd::idot`] in 256 bits (AVX-512 uses it as it is: a block is 32 bytes).
+#[inline(always)]
+pub(super) unsafe fn idot256(
+    w: [__m128i; 2],
+    x: *const i8,
+    half: bool,
+    d: f32,
+    acc: __m256,
+) -> __m256 {
+    let (w, x) = if half {
+        (
+            _mm256_zextsi128_si256(w[0]),
+            _mm256_zextsi128_si256(_mm_loadu_si128(x.cast())),
+        )
+    } else {
+        (_mm256_set_m128i(w[1], w[0]), _mm256_loadu_si256(x.cast()))
+    };
+    // |w| (unsigned) times x with w's sign: maddubs' u8 × i8 pairs, summed to i32.
+    let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    let p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+    _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p32), acc)
 }

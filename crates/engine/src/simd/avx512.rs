@@ -1,6 +1,6 @@
 //! [`Simd`] for x86-64 AVX-512 (F, BW, VL, with AVX2, FMA and F16C): sixteen f32 lanes.
 
-use super::avx2::{EXP_HI, EXP_LO, EXP_P, LN2_HI, LN2_LO, LOG2E};
+use super::avx2::{idot256, EXP_HI, EXP_LO, EXP_P, LN2_HI, LN2_LO, LOG2E};
 use super::vector::Simd;
 use std::arch::x86_64::*;
 
@@ -14,6 +14,7 @@ impl Simd for Avx512 {
     const TILE_ROWS: usize = 6;
     type F = __m512;
     type B = __m128i;
+    type D = __m256;
 
     #[inline(always)]
     unsafe fn zero() -> __m512 {
@@ -113,5 +114,18 @@ impl Simd for Avx512 {
     #[inline(always)]
     unsafe fn i8_to_f(b: __m128i, _part: usize) -> __m512 {
         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))
+    }
+
+    #[inline(always)]
+    unsafe fn dzero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn idot(w: [__m128i; 2], x: *const i8, half: bool, d: f32, acc: __m256) -> __m256 {
+        idot256(w, x, half, d, acc)
+    }
+    #[inline(always)]
+    unsafe fn dsum(v: __m256) -> f32 {
+        super::avx2::Avx2::sum(v)
     }
 }

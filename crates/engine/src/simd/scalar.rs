@@ -25,6 +25,7 @@ impl Simd for Scalar {
     const TILE_ROWS: usize = 2;
     type F = [f32; L];
     type B = [u8; 16];
+    type D = [f32; L];
 
     #[inline(always)]
     unsafe fn zero() -> [f32; L] {
@@ -118,5 +119,24 @@ impl Simd for Scalar {
     #[inline(always)]
     unsafe fn i8_to_f(b: [u8; 16], part: usize) -> [f32; L] {
         std::array::from_fn(|i| f32::from(b[part * L + i] as i8))
+    }
+
+    #[inline(always)]
+    unsafe fn dzero() -> [f32; L] {
+        [0.0; L]
+    }
+    #[inline(always)]
+    unsafe fn idot(w: [[u8; 16]; 2], x: *const i8, half: bool, d: f32, acc: [f32; L]) -> [f32; L] {
+        let n = if half { 16 } else { 32 };
+        let mut lanes = [0i32; L];
+        for j in 0..n {
+            let wv = w[j / 16][j % 16] as i8;
+            lanes[(j / 4) % L] += i32::from(wv) * i32::from(*x.add(j));
+        }
+        std::array::from_fn(|i| acc[i] + d * lanes[i] as f32)
+    }
+    #[inline(always)]
+    unsafe fn dsum(v: [f32; L]) -> f32 {
+        v.iter().sum()
     }
 }

@@ -14,6 +14,9 @@ pub trait Simd: Copy + 'static {
     type F: Copy;
     /// 16 bytes.
     type B: Copy;
+    /// Eight f32 lanes accumulating integer dot products (256 bits on every x86
+    /// ISA: a 32-value block is what one integer product covers).
+    type D: Copy;
 
     /// All zeros.
     unsafe fn zero() -> Self::F;
@@ -58,4 +61,14 @@ pub trait Simd: Copy + 'static {
     unsafe fn u8_to_f(b: Self::B, part: usize) -> Self::F;
     /// Bytes `part·LANES ..` of `b`, signed, as f32.
     unsafe fn i8_to_f(b: Self::B, part: usize) -> Self::F;
+
+    /// All-zero integer-dot accumulator.
+    unsafe fn dzero() -> Self::D;
+    /// `acc + d · (w · x)` spread over eight lanes: `w` the 32 signed bytes of
+    /// `w[0]` then `w[1]` (only `w[0]`'s 16 when `half`), `x` as many signed bytes,
+    /// each `|w| ≤ 128` so no pair sum saturates (llama.cpp's `maddubs` form: |w| ×
+    /// sign(x, w)).
+    unsafe fn idot(w: [Self::B; 2], x: *const i8, half: bool, d: f32, acc: Self::D) -> Self::D;
+    /// The sum of the lanes of an integer-dot accumulator.
+    unsafe fn dsum(v: Self::D) -> f32;
 }

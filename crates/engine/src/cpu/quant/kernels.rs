@@ -388,28 +388,69 @@ pub unsafe fn dequant_half<S: Simd>(bf16: bool, row: *const u8, v0: usize, out: 
     }
 }
 
-/// Multiplies each group into `M` activation rows.
-struct Dot<S: Simd, const M: usize> {
+/// The activation rows of a fused product: their f32 values and 32-value block
+/// sums and, for the integer path, their 8-bit form ([`quantize_q8`]). Rows past the
+/// call's `m` repeat the last (results dropped).
+#[derive(Clone, Copy)]
+pub struct Acts {
+    /// f32 rows.
+    pub x: [*const f32; FUSED_MAX_M],
+    /// Their 32-value block sums.
+    pub xsum: [*const f32; FUSED_MAX_M],
+    /// Their 8-bit values (read only by the integer path).
+    pub xq: [*const i8; FUSED_MAX_M],
+    /// The scale of each 32 of those (read only by the integer path).
+    pub xd: [*const f32; FUSED_MAX_M],
+}
+
+/// An activation row as 8-bit integers per 32-value block, as llama.cpp quantizes
+/// activations for its integer dot products: `x ≈ d·q`, `d = max|x| / 127`, `q`
+/// rounded to nearest. `x.len()` is a multiple of 32; `q` as long, `d` a 32nd.
+pub fn quantize_q8(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    for ((xb, qb), db) in x.chunks_exact(32).zip(q.chunks_exact_mut(32)).zip(d) {
+        let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        *db = amax / 127.0;
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for (o, v) in qb.iter_mut().zip(xb) {
+            *o = (v * id).round().clamp(-127.0, 127.0) as i8;
+        }
+    }
+}
+
+/// Multiplies each group into `M` activation rows: in f32, or (`INT`) as 8-bit
+/// integer dot products against the rows' [`quantize_q8`] form.
+struct Dot<S: Simd, const M: usize, const INT: bool> {
     /// The activation rows at this block's first column.
     x: [*const f32; M],
     /// Their 32-value block sums at this block's first group.
     xsum: [*const f32; M],
+    /// Their 8-bit values at this block's first column.
+    xq: [*const i8; M],
+    /// Their 32-value block scales at this block's first group.
+    xd: [*const f32; M],
     acc: [S::F; M],
+    iacc: [S::D; M],
     mins: [f32; M],
 }
 
-impl<S: Simd, const M: usize> Sink<S> for Dot<S, M> {
+impl<S: Simd, const M: usize, const INT: bool> Sink<S> for Dot<S, M, INT> {
     #[inline(always)]
     unsafe fn group<const F: u8>(&mut self, g: &Group<S>) {
         let n = group_len(F) / S::LANES;
         let d = S::splat(g.scale);
         for i in 0..M {
-            let xp = self.x[i].add(g.at);
-            let mut t = S::mul(values::<S, F>(g, 0), S::load(xp));
-            for c in 1..n {
-                t = S::fma(values::<S, F>(g, c), S::load(xp.add(c * S::LANES)), t);
+            if INT {
+                let dx = *self.xd[i].add(g.at / 32);
+                let xq = self.xq[i].add(g.at);
+                self.iacc[i] = S::idot(g.bytes, xq, group_len(F) == 16, g.scale * dx, self.iacc[i]);
+            } else {
+                let xp = self.x[i].add(g.at);
+                let mut t = S::mul(values::<S, F>(g, 0), S::load(xp));
+                for c in 1..n {
+                    t = S::fma(values::<S, F>(g, c), S::load(xp.add(c * S::LANES)), t);
+                }
+                self.acc[i] = S::fma(t, d, self.acc[i]);
             }
-            self.acc[i] = S::fma(t, d, self.acc[i]);
             // Q4_1's minimums are dotted with the block sums a chunk at a time.
             if F == fmt::Q4K || F == fmt::Q5K {
                 self.mins[i] += g.min * *self.xsum[i].add(g.at / 32);
@@ -422,21 +463,24 @@ impl<S: Simd, const M: usize> Sink<S> for Dot<S, M> {
 /// sums `xsum[i]`) and four weight rows of `nb` blocks of format `F`, the blocks
 /// unpacked in registers. Rows of `x` past `m` repeat the last (results dropped).
 #[inline(always)]
-pub unsafe fn fused<S: Simd, const F: u8, const M: usize>(
+pub unsafe fn fused<S: Simd, const F: u8, const M: usize, const INT: bool>(
     rows: [*const u8; 4],
     nb: usize,
-    x: [*const f32; FUSED_MAX_M],
-    xsum: [*const f32; FUSED_MAX_M],
+    a: &Acts,
     sums: &mut [[f32; 4]],
     m: usize,
 ) {
+    let (x, xsum) = (a.x, a.xsum);
     let be = block_len(F);
     // The four rows' blocks interleaved: four independent accumulation chains, each
     // its own local (an array of them stays in memory, the chains through it).
-    let new_dot = || Dot::<S, M> {
+    let new_dot = || Dot::<S, M, INT> {
         x: std::array::from_fn(|i| x[i]),
         xsum: std::array::from_fn(|i| xsum[i]),
+        xq: std::array::from_fn(|i| a.xq[i]),
+        xd: std::array::from_fn(|i| a.xd[i]),
         acc: [S::zero(); M],
+        iacc: [S::dzero(); M],
         mins: [0.0; M],
     };
     let (mut d0, mut d1, mut d2, mut d3) = (new_dot(), new_dot(), new_dot(), new_dot());
@@ -489,6 +533,10 @@ pub unsafe fn fused<S: Simd, const F: u8, const M: usize>(
                 for i in 0..M {
                     $dot.x[i] = x[i].add(b * be);
                     $dot.xsum[i] = xsum[i].add(b * be / 32);
+                    if INT {
+                        $dot.xq[i] = a.xq[i].add(b * be);
+                        $dot.xd[i] = a.xd[i].add(b * be / 32);
+                    }
                 }
                 groups::<S, F, _>(rows[$r], nb, b, dm($r), &mut $dot);
             };
@@ -507,7 +555,12 @@ pub unsafe fn fused<S: Simd, const F: u8, const M: usize>(
                 } else {
                     -$dot.mins[i]
                 };
-                sums[i][$r] += S::sum($dot.acc[i]) + mterm;
+                let dot = if INT {
+                    S::dsum($dot.iacc[i])
+                } else {
+                    S::sum($dot.acc[i])
+                };
+                sums[i][$r] += dot + mterm;
             }
         };
     }
@@ -521,19 +574,20 @@ pub unsafe fn fused<S: Simd, const F: u8, const M: usize>(
 /// the four rows, then per block the activation vectors loaded once for the four
 /// rows, every accumulator a local (the generic group walk keeps them in memory).
 #[inline(always)]
-unsafe fn fused_planar<S: Simd, const F: u8, const M: usize>(
+unsafe fn fused_planar<S: Simd, const F: u8, const M: usize, const INT: bool>(
     rows: [*const u8; 4],
     nb: usize,
-    x: [*const f32; FUSED_MAX_M],
-    xsum: [*const f32; FUSED_MAX_M],
+    a: &Acts,
     sums: &mut [[f32; 4]],
     m: usize,
 ) {
+    let (x, xsum) = (a.x, a.xsum);
     let ns = if F == fmt::Q4_1 { 2 } else { 1 };
     let vb = if F == fmt::Q8_0 { 32 } else { 16 };
     let nv = 32 / S::LANES;
     let lo4 = S::splat8(0x0F);
     let mut acc = [[S::zero(); M]; 4];
+    let mut iacc = [[S::dzero(); M]; 4];
     let mut qmins = [[0.0f32; M]; 4];
     let mut scales = [
         Scales::uninit(),
@@ -573,7 +627,7 @@ unsafe fn fused_planar<S: Simd, const F: u8, const M: usize>(
             let b = b0 + j;
             let xv: [[S::F; 4]; M] = std::array::from_fn(|i| {
                 std::array::from_fn(|c| {
-                    if c < nv {
+                    if c < nv && !INT {
                         S::load(x[i].add(32 * b + c * S::LANES))
                     } else {
                         S::zero()
@@ -594,6 +648,14 @@ unsafe fn fused_planar<S: Simd, const F: u8, const M: usize>(
                         [lo, hi]
                     }
                 };
+                if INT {
+                    let d = (*sp[r]).d[j];
+                    for (i, acc) in iacc[r].iter_mut().enumerate() {
+                        let (xq, dx) = (a.xq[i].add(32 * b), *a.xd[i].add(b));
+                        *acc = S::idot(bytes, xq, false, d * dx, *acc);
+                    }
+                    continue;
+                }
                 let g = Group::<S> {
                     at: 0,
                     bytes,
@@ -622,7 +684,12 @@ unsafe fn fused_planar<S: Simd, const F: u8, const M: usize>(
     for r in 0..4 {
         for i in 0..m.min(M) {
             let mterm = if F == fmt::Q4_1 { qmins[r][i] } else { 0.0 };
-            sums[i][r] += S::sum(acc[r][i]) + mterm;
+            let dot = if INT {
+                S::dsum(iacc[r][i])
+            } else {
+                S::sum(acc[r][i])
+            };
+            sums[i][r] += dot + mterm;
         }
     }
 }
@@ -651,19 +718,28 @@ macro_rules! fused_entry {
             q: QType,
             rows: [*const u8; 4],
             nb: usize,
-            x: [*const f32; FUSED_MAX_M],
-            xsum: [*const f32; FUSED_MAX_M],
+            a: &Acts,
+            int: bool,
             sums: &mut [[f32; 4]],
             m: usize,
         ) {
-            match q {
-                QType::Q4_0 => fused_planar::<S, { fmt::Q4_0 }, $m>(rows, nb, x, xsum, sums, m),
-                QType::Q4_1 => fused_planar::<S, { fmt::Q4_1 }, $m>(rows, nb, x, xsum, sums, m),
-                QType::Q8_0 => fused_planar::<S, { fmt::Q8_0 }, $m>(rows, nb, x, xsum, sums, m),
-                QType::Q4K => fused::<S, { fmt::Q4K }, $m>(rows, nb, x, xsum, sums, m),
-                QType::Q5K => fused::<S, { fmt::Q5K }, $m>(rows, nb, x, xsum, sums, m),
-                QType::Q6K => fused::<S, { fmt::Q6K }, $m>(rows, nb, x, xsum, sums, m),
-                _ => {}
+            macro_rules! by_format {
+                ($int:literal) => {
+                    match q {
+                        QType::Q4_0 => fused_planar::<S, { fmt::Q4_0 }, $m, $int>(rows, nb, a, sums, m),
+                        QType::Q4_1 => fused_planar::<S, { fmt::Q4_1 }, $m, $int>(rows, nb, a, sums, m),
+                        QType::Q8_0 => fused_planar::<S, { fmt::Q8_0 }, $m, $int>(rows, nb, a, sums, m),
+                        QType::Q4K => fused::<S, { fmt::Q4K }, $m, $int>(rows, nb, a, sums, m),
+                        QType::Q5K => fused::<S, { fmt::Q5K }, $m, $int>(rows, nb, a, sums, m),
+                        QType::Q6K => fused::<S, { fmt::Q6K }, $m, $int>(rows, nb, a, sums, m),
+                        _ => {}
+                    }
+                };
+            }
+            if int {
+                by_format!(true)
+            } else {
+                by_format!(false)
             }
         }
     )*};
@@ -684,8 +760,8 @@ macro_rules! fused_on {
                 q: QType,
                 rows: [*const u8; 4],
                 nb: usize,
-                x: [*const f32; FUSED_MAX_M],
-                xsum: [*const f32; FUSED_MAX_M],
+                a: &Acts,
+                int: bool,
                 sums: &mut [[f32; 4]],
                 m: usize,
             ) = $kernel;

@@ -390,12 +390,61 @@ const TASKS_PER_THREAD: usize = 4;
 /// `out[m, n] (+)= x[m, k] · wᵀ` where the output columns are the rows of `parts`
 /// one after the other (fused q/k/v or gate/up whose formats may differ).
 pub fn linear(out: &mut [f32], x: &[f32], parts: &[QMatrix], m: usize, accumulate: bool) {
-    linear_on(isa(), out, x, parts, m, accumulate)
+    linear_on(isa(), numerics(), out, x, parts, m, accumulate)
 }
 
-/// [`linear`] with the kernels of instruction set `on`.
+/// How decode-sized quantized products treat their activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Numerics {
+    /// f32 activations times exactly dequantized weights (the default: the
+    /// transformers goldens' greedy tokens, logits within 1e-3).
+    Exact,
+    /// Activations quantized to 8 bits per 32 values and integer dot products, as
+    /// llama.cpp does (`--cpu-numerics fast`): fewer instructions per weight, logits
+    /// off by the activations' rounding.
+    Fast,
+}
+
+impl Numerics {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Numerics::Exact => "exact",
+            Numerics::Fast => "fast",
+        }
+    }
+
+    /// The numerics a `--cpu-numerics` value names.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "exact" => Some(Numerics::Exact),
+            "fast" => Some(Numerics::Fast),
+            _ => None,
+        }
+    }
+}
+
+static FAST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets the numerics of every later quantized product of this process (the server
+/// sets it once at startup, before any model runs).
+pub fn set_numerics(n: Numerics) {
+    FAST.store(n == Numerics::Fast, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The numerics quantized products use.
+pub fn numerics() -> Numerics {
+    if FAST.load(std::sync::atomic::Ordering::Relaxed) {
+        Numerics::Fast
+    } else {
+        Numerics::Exact
+    }
+}
+
+/// [`linear`] with the kernels of instruction set `on` and the given numerics.
 pub fn linear_on(
     on: Isa,
+    numerics: Numerics,
     out: &mut [f32],
     x: &[f32],
     parts: &[QMatrix],
@@ -444,6 +493,27 @@ pub fn linear_on(
     } else {
         Vec::new()
     };
+    // The integer path's 8-bit activations, once per call.
+    // Only where it measured faster (`quant_bench --numerics exact,fast`): one row
+    // (with four, the f32 kernels' shared unpacking wins), and not Q6_K (its 16-value
+    // groups halve the integer product's width).
+    let int = numerics == Numerics::Fast
+        && m == 1
+        && !xsum.is_empty()
+        && parts.iter().all(|p| p.qtype != QType::Q6K);
+    let (mut xq, mut xd) = (Vec::new(), Vec::new());
+    if int {
+        xq = vec![0i8; m * k];
+        xd = vec![0f32; m * k / 32];
+        kernels::quantize_q8(&x[..m * k], &mut xq, &mut xd);
+    }
+    let acts = ActRows {
+        x,
+        xsum: &xsum,
+        xq: &xq,
+        xd: &xd,
+        int,
+    };
     tasks.into_par_iter().for_each(|(pi, col, r0, r1)| {
         #[allow(clippy::redundant_locals)]
         let ptr = ptr;
@@ -451,12 +521,23 @@ pub fn linear_on(
         // SAFETY: this task alone writes columns col + r0..col + r1 of out[m, n].
         unsafe {
             if m <= SMALL_M {
-                stream_rows(on, w, x, &xsum, m, k, ptr.0, n, col, r0, r1, accumulate);
+                stream_rows(on, w, &acts, m, k, ptr.0, n, col, r0, r1, accumulate);
             } else {
                 panel_rows(on, w, x, m, k, ptr.0, n, col, r0, r1, accumulate);
             }
         }
     });
+}
+
+/// A product's activation rows and what the fused kernels derive from them once.
+struct ActRows<'a> {
+    x: &'a [f32],
+    /// 32-value block sums (empty when no fused kernel can run).
+    xsum: &'a [f32],
+    /// The integer path's 8-bit values and block scales (empty unless `int`).
+    xq: &'a [i8],
+    xd: &'a [f32],
+    int: bool,
 }
 
 /// Streaming kernel: weight rows `r0..r1` of `w` into output columns `col + r0..`.
@@ -467,8 +548,7 @@ pub fn linear_on(
 unsafe fn stream_rows(
     on: Isa,
     w: &QMatrix,
-    x: &[f32],
-    xsum: &[f32],
+    acts: &ActRows,
     m: usize,
     k: usize,
     out: *mut f32,
@@ -478,6 +558,7 @@ unsafe fn stream_rows(
     r1: usize,
     accumulate: bool,
 ) {
+    let (x, xsum) = (acts.x, acts.xsum);
     let fused = m <= FUSED_MAX_M && !xsum.is_empty() && kernels::has_fused(w.qtype);
     let nb = k / w.qtype.block_elems();
     let mut sums = [[0.0f32; 4]; SMALL_M];
@@ -510,15 +591,23 @@ unsafe fn stream_rows(
             if fused {
                 let wr: [*const u8; 4] = std::array::from_fn(|r| w.row_raw(row(r)).as_ptr());
                 // Rows past `m` repeat the last (their results are dropped).
-                let xr: [*const f32; FUSED_MAX_M] =
-                    std::array::from_fn(|i| x.as_ptr().add(i.min(m - 1) * k));
-                let xs: [*const f32; FUSED_MAX_M] =
-                    std::array::from_fn(|i| xsum.as_ptr().add(i.min(m - 1) * (k / 32)));
-                let (q, s) = (w.qtype, &mut sums[..m]);
+                let row_at = |i: usize| i.min(m - 1);
+                let a = kernels::Acts {
+                    x: std::array::from_fn(|i| x.as_ptr().add(row_at(i) * k)),
+                    xsum: std::array::from_fn(|i| xsum.as_ptr().add(row_at(i) * (k / 32))),
+                    xq: std::array::from_fn(|i| {
+                        // Dangling but never read unless the integer path runs.
+                        acts.xq.as_ptr().wrapping_add(row_at(i) * k)
+                    }),
+                    xd: std::array::from_fn(|i| {
+                        acts.xd.as_ptr().wrapping_add(row_at(i) * (k / 32))
+                    }),
+                };
+                let (q, s, int) = (w.qtype, &mut sums[..m], acts.int);
                 match m {
-                    1 => kernels::fused1_on(on, q, wr, nb, xr, xs, s, m),
-                    2 => kernels::fused2_on(on, q, wr, nb, xr, xs, s, m),
-                    _ => kernels::fused4_on(on, q, wr, nb, xr, xs, s, m),
+                    1 => kernels::fused1_on(on, q, wr, nb, &a, int, s, m),
+                    2 => kernels::fused2_on(on, q, wr, nb, &a, int, s, m),
+                    _ => kernels::fused4_on(on, q, wr, nb, &a, int, s, m),
                 }
             } else {
                 let mut c0 = 0;

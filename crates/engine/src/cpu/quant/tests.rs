@@ -150,7 +150,15 @@ fn every_format_multiplies_like_dequantize_then_multiply() {
                         let init: Vec<f32> =
                             (0..m * rows).map(|_| rng.random_range(-1.0..1.0)).collect();
                         let mut out = init.clone();
-                        linear_on(on, &mut out, &x, std::slice::from_ref(&w), m, accumulate);
+                        linear_on(
+                            on,
+                            Numerics::Exact,
+                            &mut out,
+                            &x,
+                            std::slice::from_ref(&w),
+                            m,
+                            accumulate,
+                        );
                         for (idx, (&got, &w0)) in out.iter().zip(&want).enumerate() {
                             let want = w0
                                 + if accumulate {
@@ -278,6 +286,7 @@ fn batch_size_does_not_change_a_rows_bits_within_a_kernel() {
             let mut out = vec![0.0f32; m * rows];
             linear_on(
                 on,
+                Numerics::Exact,
                 &mut out,
                 &x[..m * cols],
                 std::slice::from_ref(&w),
@@ -312,4 +321,106 @@ fn batch_size_does_not_change_a_rows_bits_within_a_kernel() {
             );
         }
     }
+}
+
+/// The integer path (`--cpu-numerics fast`) on every fused format and ISA: each
+/// output within the bound its 8-bit activations allow (each value off by at most
+/// half its block's step, so a row's error is at most Σ|w|·step/2), and the ISAs
+/// agreeing with each other (the same integer products, summed in another order).
+#[test]
+fn fast_numerics_stay_within_the_activation_rounding_bound() {
+    let mut rng = StdRng::seed_from_u64(9);
+    for q in [
+        QType::Q4_0,
+        QType::Q4_1,
+        QType::Q8_0,
+        QType::Q4K,
+        QType::Q5K,
+    ] {
+        let (rows, cols) = (7, 512);
+        let raw = random_raw(q, rows, cols, &mut rng);
+        let w = QMatrix::from_raw(q, rows, cols, &raw).unwrap();
+        let wv = reference_values(q, &raw, rows * cols);
+        // The integer path runs for one activation row (where it is faster).
+        for m in [1] {
+            let x: Vec<f32> = (0..m * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let mut exact = vec![0.0f32; m * rows];
+            linear_on(
+                Isa::Scalar,
+                Numerics::Exact,
+                &mut exact,
+                &x,
+                std::slice::from_ref(&w),
+                m,
+                false,
+            );
+            let mut first: Option<Vec<f32>> = None;
+            for on in Isa::available() {
+                let mut fast = vec![0.0f32; m * rows];
+                let mut differs = false;
+                linear_on(
+                    on,
+                    Numerics::Fast,
+                    &mut fast,
+                    &x,
+                    std::slice::from_ref(&w),
+                    m,
+                    false,
+                );
+                for i in 0..m {
+                    for r in 0..rows {
+                        let xr = &x[i * cols..(i + 1) * cols];
+                        let bound: f32 = (0..cols)
+                            .map(|j| {
+                                let blk = &xr[j / 32 * 32..j / 32 * 32 + 32];
+                                let step = blk.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
+                                wv[r * cols + j].abs() * step / 2.0
+                            })
+                            .sum();
+                        let (f, e) = (fast[i * rows + r], exact[i * rows + r]);
+                        assert!(
+                            (f - e).abs() <= bound * 1.01 + 1e-4 * (1.0 + e.abs()),
+                            "{q:?} on {on:?} m {m} [{i},{r}]: fast {f} exact {e} bound {bound}"
+                        );
+                        differs |= f != e;
+                    }
+                }
+                // The integer path ran: rounded activations change some output.
+                assert!(
+                    differs,
+                    "{q:?} on {on:?} m {m}: fast equals exact everywhere"
+                );
+                match &first {
+                    None => first = Some(fast),
+                    Some(a) => {
+                        for (a, b) in a.iter().zip(&fast) {
+                            assert!(
+                                (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                                "{q:?} {on:?}: {a} vs {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn activations_quantize_to_eight_bits_per_block() {
+    let x: Vec<f32> = (0..64).map(|i| (i as f32 - 20.0) * 0.25).collect();
+    let (mut q, mut d) = (vec![0i8; 64], vec![0f32; 2]);
+    kernels::quantize_q8(&x, &mut q, &mut d);
+    assert_eq!(d[0], 20.0 * 0.25 / 127.0);
+    assert_eq!(q[0], -127);
+    for (j, v) in x.iter().enumerate() {
+        let back = f32::from(q[j]) * d[j / 32];
+        assert!(
+            (back - v).abs() <= d[j / 32] / 2.0 + 1e-6,
+            "{j}: {back} vs {v}"
+        );
+    }
+    let (mut q, mut d) = (vec![1i8; 32], vec![1f32; 1]);
+    kernels::quantize_q8(&[0.0; 32], &mut q, &mut d);
+    assert!(d[0] == 0.0 && q.iter().all(|&v| v == 0));
 }
