@@ -251,6 +251,8 @@ fn gguf_config(g: &Gguf, meta: &ModelMeta) -> Result<ModelConfig, ModelError> {
         attention_bias: g.tensors.contains_key("blk.0.attn_q.bias"),
         qk_norm: family == Family::Qwen3,
         max_position_embeddings: meta.max_model_len,
+        // llama.cpp's Llama-architecture GGUFs (Mistral's included) name no window.
+        sliding_window: None,
         bos_token_id: meta.bos_token_id,
         eos_token_ids: meta.eos_token_ids.clone(),
     };

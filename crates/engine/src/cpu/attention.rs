@@ -136,6 +136,16 @@ pub struct AttnShape {
     pub head_dim: usize,
     /// Tokens per block.
     pub block_size: usize,
+    /// Keys per query when the window slides (see `ModelConfig::sliding_window`).
+    pub window: Option<usize>,
+}
+
+impl AttnShape {
+    /// The first key position a query `visible` keys into its sequence attends to.
+    #[inline]
+    pub fn first_key(&self, visible: usize) -> usize {
+        self.window.map_or(0, |w| visible.saturating_sub(w))
+    }
 }
 
 /// Raw output pointer shared by tasks that write disjoint (row, head) cells.
@@ -150,7 +160,8 @@ const GEMM_MIN_ROWS: usize = 8;
 /// Query rows per GEMM tile; bounds wasted work above the causal diagonal.
 const Q_TILE: usize = 128;
 
-/// Causal attention for every sequence and head, reading K/V through block tables.
+/// Causal attention (within the window, if it slides) for every sequence and head,
+/// reading K/V through block tables.
 ///
 /// `q` holds one row per new token (`q_stride` floats apart, heads contiguous at the
 /// row start); `out` gets `n_heads * head_dim` floats per row. K/V for the new
@@ -169,6 +180,7 @@ pub fn paged_attention(
         n_kv_heads,
         head_dim: hd,
         block_size: bs,
+        window: _,
     } = shape;
     let group = n_heads / n_kv_heads;
     let out_stride = n_heads * hd;
@@ -228,7 +240,7 @@ pub fn paged_attention(
                 for r in 0..rows {
                     let visible = seq.start_pos + i0 + r + 1;
                     let row = &mut scores[r * keys..(r + 1) * keys];
-                    softmax_prefix(row, visible);
+                    softmax_range(row, shape.first_key(visible), visible);
                 }
                 // SAFETY: this task owns rows seq.row+i0.. and columns h*hd..(h+1)*hd of out.
                 unsafe {
@@ -258,14 +270,15 @@ pub fn paged_attention(
             let mut acc = vec![0.0f32; hd];
             for i in 0..seq.n_new {
                 let visible = seq.start_pos + i + 1;
+                let lo = shape.first_key(visible);
                 let qrow = &q[(seq.row + i) * q_stride + h * hd..][..hd];
-                for (p, sc) in scores[..visible].iter_mut().enumerate() {
+                for (p, sc) in scores[..visible].iter_mut().enumerate().skip(lo) {
                     let off = slot(p) * row_len + kvh * hd;
                     *sc = dot(qrow, &k_cache[off..off + hd]) * scale;
                 }
-                softmax_prefix(&mut scores[..visible], visible);
+                softmax_range(&mut scores[..visible], lo, visible);
                 acc.fill(0.0);
-                for (p, &w) in scores[..visible].iter().enumerate() {
+                for (p, &w) in scores[..visible].iter().enumerate().skip(lo) {
                     let off = slot(p) * row_len + kvh * hd;
                     axpy(&mut acc, w, &v_cache[off..off + hd]);
                 }
@@ -279,10 +292,13 @@ pub fn paged_attention(
     });
 }
 
-/// Softmax over the first `visible` entries; the rest become 0 (causal mask).
-fn softmax_prefix(row: &mut [f32], visible: usize) {
+/// Softmax over entries `lo..visible`; the rest become 0 (the causal mask, and
+/// the keys that slid out of the window).
+fn softmax_range(row: &mut [f32], lo: usize, visible: usize) {
     let (live, masked) = row.split_at_mut(visible);
     masked.fill(0.0);
+    let (early, live) = live.split_at_mut(lo);
+    early.fill(0.0);
     let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum = exp_sub_sum(live, max);
     let inv = 1.0 / sum;
@@ -294,24 +310,32 @@ mod tests {
     use super::*;
 
     /// Naive attention over contiguous K/V for checking the paged kernel.
-    fn naive(q: &[f32], k: &[f32], v: &[f32], n: usize, start: usize, hd: usize) -> Vec<f32> {
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        n: usize,
+        start: usize,
+        hd: usize,
+        window: Option<usize>,
+    ) -> Vec<f32> {
         let mut out = vec![0.0; n * hd];
         for i in 0..n {
             let vis = start + i + 1;
+            let lo = window.map_or(0, |w| vis.saturating_sub(w));
             let mut s: Vec<f32> = (0..vis)
                 .map(|j| {
                     (0..hd).map(|d| q[i * hd + d] * k[j * hd + d]).sum::<f32>() / (hd as f32).sqrt()
                 })
                 .collect();
-            let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let z: f32 = s
-                .iter_mut()
-                .map(|x| {
-                    *x = (*x - m).exp();
-                    *x
-                })
-                .sum();
-            for j in 0..vis {
+            let m = s[lo..].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            s.iter_mut().for_each(|x| *x = (*x - m).exp());
+            for x in &mut s[..lo] {
+                *x = 0.0;
+            }
+            let z: f32 = s.iter().sum();
+            for j in lo..vis {
                 for d in 0..hd {
                     out[i * hd + d] += s[j] / z * v[j * hd + d];
                 }
@@ -332,28 +356,36 @@ mod tests {
             let slot = table[p / bs] as usize * bs + p % bs;
             cache.write(0, slot, &k[p * hd..(p + 1) * hd], &v[p * hd..(p + 1) * hd]);
         }
-        let shape = AttnShape {
-            n_heads: 1,
-            n_kv_heads: 1,
-            head_dim: hd,
-            block_size: bs,
-        };
-        for &(start, n) in &[(0usize, 23usize), (20, 3), (22, 1), (5, 18), (0, 5)] {
-            let q: Vec<f32> = (0..n * hd)
-                .map(|i| val(i / hd + 100, i % hd, 0.13))
-                .collect();
-            let mut out = vec![0.0; n * hd];
-            let seqs = [AttnSeq {
-                row: 0,
-                n_new: n,
-                start_pos: start,
-                block_table: &table,
-            }];
-            let (kc, vc) = cache.layer(0);
-            paged_attention(&mut out, &q, hd, &seqs, kc, vc, shape);
-            let want = naive(&q, &k, &v, n, start, hd);
-            for (a, b) in out.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-5, "start {start} n {n}: {a} vs {b}");
+        // No window, one wider than every context, and windows that slide (the GEMM
+        // path for 8+ new rows, the per-row path below that).
+        for window in [None, Some(64), Some(5), Some(1)] {
+            let shape = AttnShape {
+                n_heads: 1,
+                n_kv_heads: 1,
+                head_dim: hd,
+                block_size: bs,
+                window,
+            };
+            for &(start, n) in &[(0usize, 23usize), (20, 3), (22, 1), (5, 18), (0, 5)] {
+                let q: Vec<f32> = (0..n * hd)
+                    .map(|i| val(i / hd + 100, i % hd, 0.13))
+                    .collect();
+                let mut out = vec![0.0; n * hd];
+                let seqs = [AttnSeq {
+                    row: 0,
+                    n_new: n,
+                    start_pos: start,
+                    block_table: &table,
+                }];
+                let (kc, vc) = cache.layer(0);
+                paged_attention(&mut out, &q, hd, &seqs, kc, vc, shape);
+                let want = naive(&q, &k, &v, n, start, hd, window);
+                for (a, b) in out.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "window {window:?} start {start} n {n}: {a} vs {b}"
+                    );
+                }
             }
         }
     }

@@ -445,6 +445,7 @@ impl Transformer {
             n_kv_heads: nkv,
             head_dim: hd,
             block_size: bs,
+            window: c.sliding_window,
         };
 
         for (li, layer) in self.layers.iter().enumerate() {

@@ -468,6 +468,7 @@ pub fn self_test(ordinal: usize, seed: u64) -> Result<Vec<CheckResult>, ModelErr
             n_kv_heads: nkv,
             head_dim: hd,
             block_size: bs,
+            window: None,
         };
         let stride = tables.iter().map(Vec::len).max().unwrap_or(0);
         let flat: Vec<i32> = tables

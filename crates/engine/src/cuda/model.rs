@@ -80,6 +80,14 @@ impl CudaModel {
                 cfg.head_dim
             )));
         }
+        if let Some(w) = cfg
+            .sliding_window
+            .filter(|&w| w < cfg.max_position_embeddings)
+        {
+            return Err(ModelError::Config(format!(
+                "sliding-window attention (window {w}) is not in the CUDA kernels yet; serve this model on cpu"
+            )));
+        }
         let group = cfg.num_heads / cfg.num_kv_heads.max(1);
         if group > kernels::MAX_GROUP {
             return Err(ModelError::Config(format!(

@@ -260,6 +260,7 @@ mod tests {
                 n_kv_heads: n_kv,
                 head_dim: hd,
                 block_size: bs,
+                window: None,
             },
         }
     }

@@ -7,7 +7,8 @@ use serde_json::Value;
 /// The model family; decides which optional pieces (biases, q/k norms) exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
-    /// Llama, Llama 3, SmolLM2, Mistral-style dense models.
+    /// Llama, Llama 3, SmolLM2, and Mistral (the same blocks, with its sliding
+    /// window read from config.json).
     Llama,
     /// Qwen2 / Qwen2.5: q/k/v biases.
     Qwen2,
@@ -81,6 +82,10 @@ pub struct ModelConfig {
     pub qk_norm: bool,
     /// Longest supported context.
     pub max_position_embeddings: usize,
+    /// Keys a query attends to when the model slides its attention window: its own
+    /// position and the `w - 1` before it (Mistral's `sliding_window`); `None`, the
+    /// whole prefix.
+    pub sliding_window: Option<usize>,
     /// BOS token id.
     pub bos_token_id: Option<u32>,
     /// EOS token ids.
@@ -134,6 +139,36 @@ pub(crate) fn parse_rope_scaling(v: &Value) -> Result<Option<RopeScaling>, Model
     }
 }
 
+/// The attention window of a config.json: Mistral's `sliding_window` (null or absent:
+/// none). Other families that name one either disable it (Qwen2's
+/// `use_sliding_window: false`) or are refused, rather than served as if unwindowed.
+fn sliding_window(v: &Value, model_type: &str) -> Result<Option<usize>, ModelError> {
+    let w = match v.get("sliding_window") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(w) => w.as_u64().ok_or_else(|| {
+            ModelError::Config(format!("config.json: sliding_window {w} is not an integer"))
+        })?,
+    };
+    let enabled = v
+        .get("use_sliding_window")
+        .and_then(Value::as_bool)
+        .unwrap_or(model_type.eq_ignore_ascii_case("mistral"));
+    if !enabled {
+        return Ok(None);
+    }
+    if !model_type.eq_ignore_ascii_case("mistral") {
+        return Err(ModelError::Config(format!(
+            "config.json: sliding-window attention is supported for mistral only, not {model_type:?}"
+        )));
+    }
+    if w == 0 {
+        return Err(ModelError::Config(
+            "config.json: sliding_window is 0".into(),
+        ));
+    }
+    Ok(Some(w as usize))
+}
+
 impl ModelConfig {
     /// Parses an HF `config.json` value.
     pub fn from_hf_json(v: &Value) -> Result<Self, ModelError> {
@@ -169,8 +204,10 @@ impl ModelConfig {
                 None => None,
             },
         };
+        let sliding_window = sliding_window(v, model_type)?;
         let cfg = ModelConfig {
             family,
+            sliding_window,
             vocab_size: get_usize(v, "vocab_size")?,
             hidden_size,
             intermediate_size: get_usize(v, "intermediate_size")?,
@@ -280,6 +317,37 @@ mod tests {
         assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { .. })));
         assert_eq!(c.eos_token_ids, vec![1, 2]);
         assert_eq!(c.head_dim, 16);
+    }
+
+    #[test]
+    fn mistral_reads_its_window_and_qwen2_ignores_a_disabled_one() {
+        let base = serde_json::json!({
+            "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
+            "num_hidden_layers": 2, "vocab_size": 100
+        });
+        let with = |extra: Value| {
+            let mut v = base.clone();
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            ModelConfig::from_hf_json(&v)
+        };
+        let m = with(serde_json::json!({"model_type": "mistral", "sliding_window": 64})).unwrap();
+        assert_eq!(m.sliding_window, Some(64));
+        let m = with(serde_json::json!({"model_type": "mistral", "sliding_window": null})).unwrap();
+        assert_eq!(m.sliding_window, None);
+        let q = with(
+            serde_json::json!({"model_type": "qwen2", "sliding_window": 32768,
+            "use_sliding_window": false}),
+        )
+        .unwrap();
+        assert_eq!(q.sliding_window, None);
+        assert!(with(
+            serde_json::json!({"model_type": "qwen2", "sliding_window": 4096,
+            "use_sliding_window": true})
+        )
+        .is_err());
+        assert!(with(serde_json::json!({"model_type": "mistral", "sliding_window": 0})).is_err());
     }
 
     #[test]

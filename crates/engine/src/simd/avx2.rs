@@ -1,26 +1,11 @@
 //! [`Simd`] for x86-64 AVX2 with FMA and F16C: eight f32 lanes.
 
-use super::vector::Simd;
+use super::vector::{Simd, EXP_HI, EXP_LO, EXP_P, LN2_HI, LN2_LO, LOG2E};
 use std::arch::x86_64::*;
 
 /// AVX2 + FMA + F16C.
 #[derive(Clone, Copy, Debug)]
 pub struct Avx2;
-
-// Cephes expf: exp(x) = 2^n · e^r with n = round(x / ln 2), |r| ≤ ln 2 / 2.
-pub(super) const EXP_HI: f32 = 88.376_26;
-pub(super) const EXP_LO: f32 = -87.336_55;
-pub(super) const LOG2E: f32 = std::f32::consts::LOG2_E;
-pub(super) const LN2_HI: f32 = 0.693_359_4;
-pub(super) const LN2_LO: f32 = -2.121_944_4e-4;
-pub(super) const EXP_P: [f32; 6] = [
-    1.987_569_1e-4,
-    1.398_2e-3,
-    8.333_452e-3,
-    4.166_579_6e-2,
-    0.166_666_65,
-    0.5,
-];
 
 impl Simd for Avx2 {
     const LANES: usize = 8;

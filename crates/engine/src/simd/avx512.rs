@@ -1,7 +1,8 @@
 //! [`Simd`] for x86-64 AVX-512 (F, BW, VL, with AVX2, FMA and F16C): sixteen f32 lanes.
 
-use super::avx2::{idot256, EXP_HI, EXP_LO, EXP_P, LN2_HI, LN2_LO, LOG2E};
+use super::avx2::idot256;
 use super::vector::Simd;
+use super::vector::{EXP_HI, EXP_LO, EXP_P, LN2_HI, LN2_LO, LOG2E};
 use std::arch::x86_64::*;
 
 /// AVX-512F/BW/VL.

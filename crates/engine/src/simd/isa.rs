@@ -12,6 +12,8 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 (F, BW, VL) beside AVX2, FMA and F16C.
     Avx512,
+    /// aarch64 Advanced SIMD (NEON).
+    Neon,
 }
 
 impl Isa {
@@ -21,6 +23,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
         }
     }
 
@@ -30,15 +33,33 @@ impl Isa {
             "scalar" | "portable" | "none" => Some(Isa::Scalar),
             "avx2" => Some(Isa::Avx2),
             "avx512" | "avx-512" => Some(Isa::Avx512),
+            "neon" | "asimd" => Some(Isa::Neon),
             _ => None,
+        }
+    }
+
+    /// How wide: what `REPRISE_CPU_ISA` caps (on another architecture, a name
+    /// caps at its level: `avx2` on aarch64 still runs NEON).
+    fn level(self) -> u8 {
+        match self {
+            Isa::Scalar => 0,
+            Isa::Avx2 | Isa::Neon => 1,
+            Isa::Avx512 => 2,
         }
     }
 
     /// Every instruction set this CPU can run, best first (tests run each).
     pub fn available() -> Vec<Isa> {
-        [Isa::Avx512, Isa::Avx2, Isa::Scalar]
-            .into_iter()
-            .filter(|&i| i <= detect())
+        let best = detect();
+        let family: &[Isa] = if best == Isa::Neon {
+            &[Isa::Neon, Isa::Scalar]
+        } else {
+            &[Isa::Avx512, Isa::Avx2, Isa::Scalar]
+        };
+        family
+            .iter()
+            .copied()
+            .filter(|i| i.level() <= best.level())
             .collect()
     }
 }
@@ -60,12 +81,16 @@ pub fn detect() -> Isa {
             return Isa::Avx2;
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        return Isa::Neon;
+    }
     Isa::Scalar
 }
 
 /// The instruction set every kernel of this process uses: the CPU's best, or a lower
-/// one named by `REPRISE_CPU_ISA` (`scalar`, `avx2`, `avx512`; never above what the
-/// CPU has). Decided once.
+/// one named by `REPRISE_CPU_ISA` (`scalar`, `avx2`, `avx512`, `neon`; never above
+/// what the CPU has). Decided once.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
@@ -75,10 +100,13 @@ pub fn isa() -> Isa {
             .as_deref()
             .map(Isa::parse)
         {
-            Some(Some(asked)) => asked.min(best),
+            Some(Some(asked)) => Isa::available()
+                .into_iter()
+                .find(|i| i.level() <= asked.level())
+                .unwrap_or(Isa::Scalar),
             Some(None) => {
                 tracing::warn!(
-                    "REPRISE_CPU_ISA is not one of scalar, avx2, avx512; using {}",
+                    "REPRISE_CPU_ISA is not one of scalar, avx2, avx512, neon; using {}",
                     best.name()
                 );
                 best

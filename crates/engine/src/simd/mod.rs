@@ -1,13 +1,13 @@
 //! The ISA seam (candle's `cpu/` shape): one trait of vector primitives, [`Simd`],
-//! implemented once per instruction set (`avx512.rs`, `avx2.rs`, `scalar.rs`), and
+//! implemented once per instruction set (`avx512.rs`, `avx2.rs`, `neon.rs`, `scalar.rs`), and
 //! the host kernels written once over it (`kernels.rs`: dot, axpy, the softmax's
 //! `exp`, the register tiles, the fused decode and the exact dequantizers of the
 //! quantized weights in `cpu/quant`). Which instruction set runs is decided once for
 //! the process ([`isa`]), capped by `REPRISE_CPU_ISA` so every path can be tested on
 //! any machine; an entry point here dispatches to the kernel compiled for it.
 //!
-//! aarch64 builds use the scalar implementation (the compiler's own vectorisation of
-//! it); a NEON implementation of the trait is the one file a port adds.
+//! aarch64 builds run `neon.rs`; any other target the scalar implementation (the
+//! compiler's own vectorisation of it).
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -15,6 +15,8 @@ pub mod avx2;
 pub mod avx512;
 mod isa;
 pub mod kernels;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod scalar;
 mod vector;
 
@@ -57,6 +59,15 @@ macro_rules! isa_fn {
                     #[allow(clippy::too_many_arguments)]
                     unsafe fn on($($a: $t),*) $(-> $r)? {
                         $($kernel)::+::<$crate::simd::avx2::Avx2>($($a),*)
+                    }
+                    on($($a),*)
+                }
+                #[cfg(target_arch = "aarch64")]
+                $crate::simd::Isa::Neon => {
+                    #[target_feature(enable = "neon")]
+                    #[allow(clippy::too_many_arguments)]
+                    unsafe fn on($($a: $t),*) $(-> $r)? {
+                        $($kernel)::+::<$crate::simd::neon::Neon>($($a),*)
                     }
                     on($($a),*)
                 }

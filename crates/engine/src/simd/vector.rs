@@ -1,5 +1,20 @@
 //! The seam itself: the vector primitives every ISA file implements.
 
+// Cephes expf: exp(x) = 2^n · e^r with n = round(x / ln 2), |r| ≤ ln 2 / 2.
+pub(super) const EXP_HI: f32 = 88.376_26;
+pub(super) const EXP_LO: f32 = -87.336_55;
+pub(super) const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(super) const LN2_HI: f32 = 0.693_359_4;
+pub(super) const LN2_LO: f32 = -2.121_944_4e-4;
+pub(super) const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_2e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
+
 /// Vector primitives of one instruction set: `LANES` f32 lanes, and 16-byte vectors
 /// for unpacking quantized weights. Every method is `unsafe`: it may only run on a
 /// CPU that has the instruction set, inside a function compiled for it (the

@@ -561,6 +561,7 @@ unsafe fn stream_rows(
     let (x, xsum) = (acts.x, acts.xsum);
     let fused = m <= FUSED_MAX_M && !xsum.is_empty() && kernels::has_fused(w.qtype);
     let nb = k / w.qtype.block_elems();
+    let spread = fused && kernels::spreads_prefetch(w.qtype);
     let mut sums = [[0.0f32; 4]; SMALL_M];
     TILE.with(|cell| {
         let mut tile = cell.borrow_mut();
@@ -576,12 +577,17 @@ unsafe fn stream_rows(
                 *s = [0.0; 4];
             }
             // The next group's rows into the cache while this one computes: every row
-            // starts a new stream the hardware prefetcher has not seen yet.
+            // starts a new stream the hardware prefetcher has not seen yet. Either the
+            // fused kernel spreads it over its blocks, or it goes out here in one burst.
+            let next_len = if o + 4 < r1 {
+                (r1 - o - 4).min(4) * w.row_bytes()
+            } else {
+                0
+            };
+            let next = w.raw().as_ptr().wrapping_add((o + 4) * w.row_bytes());
             #[cfg(target_arch = "x86_64")]
-            if o + 4 < r1 {
-                let next = w.raw().as_ptr().add((o + 4) * w.row_bytes());
-                let len = (r1 - o - 4).min(4) * w.row_bytes();
-                for off in (0..len).step_by(64) {
+            if !spread {
+                for off in (0..next_len).step_by(64) {
                     std::arch::x86_64::_mm_prefetch(
                         next.add(off).cast(),
                         std::arch::x86_64::_MM_HINT_T0,
@@ -602,6 +608,8 @@ unsafe fn stream_rows(
                     xd: std::array::from_fn(|i| {
                         acts.xd.as_ptr().wrapping_add(row_at(i) * (k / 32))
                     }),
+                    next,
+                    next_len: if spread { next_len } else { 0 },
                 };
                 let (q, s, int) = (w.qtype, &mut sums[..m], acts.int);
                 match m {
