@@ -223,6 +223,9 @@ fn gguf_config(g: &Gguf, meta: &ModelMeta) -> Result<ModelConfig, ModelError> {
     if num_heads == 0 {
         return Err(ModelError::Config("attention.head_count is 0".into()));
     }
+    let head_dim = g
+        .usize(&k("attention.key_length"))
+        .unwrap_or(hidden / num_heads);
     let cfg = ModelConfig {
         family,
         vocab_size: meta.vocab_size,
@@ -231,9 +234,7 @@ fn gguf_config(g: &Gguf, meta: &ModelMeta) -> Result<ModelConfig, ModelError> {
         num_layers: need(k("block_count"))?,
         num_heads,
         num_kv_heads: g.usize(&k("attention.head_count_kv")).unwrap_or(num_heads),
-        head_dim: g
-            .usize(&k("attention.key_length"))
-            .unwrap_or(hidden / num_heads),
+        head_dim,
         rope_theta: g.f32(&k("rope.freq_base")).unwrap_or(10_000.0),
         rope_scaling: match (
             g.str(&k("rope.scaling.type")),
@@ -251,8 +252,10 @@ fn gguf_config(g: &Gguf, meta: &ModelMeta) -> Result<ModelConfig, ModelError> {
         attention_bias: g.tensors.contains_key("blk.0.attn_q.bias"),
         qk_norm: family == Family::Qwen3,
         max_position_embeddings: meta.max_model_len,
-        // llama.cpp's Llama-architecture GGUFs (Mistral's included) name no window.
-        sliding_window: None,
+        // llama.cpp's Llama-architecture GGUFs (Mistral's included) name no window;
+        // its Phi-3 files do.
+        sliding_window: g.usize(&k("attention.sliding_window")).filter(|&w| w > 0),
+        rotary_dim: g.usize(&k("rope.dimension_count")).unwrap_or(head_dim),
         bos_token_id: meta.bos_token_id,
         eos_token_ids: meta.eos_token_ids.clone(),
     };

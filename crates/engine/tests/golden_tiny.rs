@@ -1,4 +1,4 @@
-//! Random-weight Llama / Qwen2 / Qwen3 / Mistral checkpoints in the HF layout against
+//! Random-weight Llama / Qwen2 / Qwen3 / Mistral / Phi-3 checkpoints in the HF layout against
 //! transformers: greedy tokens (32, EOS ignored) and last-position top-10 logits.
 
 use reprise_engine::loader;
@@ -63,23 +63,15 @@ fn greedy<M: Model>(m: &M, prompt: &[u32], max_new: usize) -> (Vec<f32>, Vec<u32
     (first, out)
 }
 
-fn check(family: &str) {
-    let d = dir(family);
-    let golden: Value =
-        serde_json::from_str(&std::fs::read_to_string(d.join("golden.json")).expect("golden.json"))
-            .expect("json");
-    let lm = loader::load(d.to_str()).expect("load");
-    assert_eq!(lm.meta.eos_token_ids, vec![2]);
-    assert!(lm.meta.chat_template.is_some());
+/// Every case of `golden` (greedy tokens, last-position top-10 logits within 1e-3)
+/// on the model `lm`; returns the largest logit difference.
+fn check_cases(lm: &loader::LoadedModel, golden: &Value) -> f32 {
+    let model = lm.cpu_model().expect("cpu model");
     let mut worst = 0f32;
     for case in golden["cases"].as_array().expect("cases") {
         let prompt = ids(&case["prompt_token_ids"]);
         let want = ids(&case["greedy_token_ids"]);
-        let (logits, toks) = greedy(
-            lm.cpu_model().expect("cpu model").as_ref(),
-            &prompt,
-            want.len(),
-        );
+        let (logits, toks) = greedy(model.as_ref(), &prompt, want.len());
         for pair in case["last_logits_top10"].as_array().expect("top10") {
             let id = pair[0].as_u64().expect("id") as usize;
             let w = pair[1].as_f64().expect("logit") as f32;
@@ -93,6 +85,18 @@ fn check(family: &str) {
         }
         assert_eq!(toks, want, "case {}", case["id"]);
     }
+    worst
+}
+
+fn check(family: &str) {
+    let d = dir(family);
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("golden.json")).expect("golden.json"))
+            .expect("json");
+    let lm = loader::load(d.to_str()).expect("load");
+    assert_eq!(lm.meta.eos_token_ids, vec![2]);
+    assert!(lm.meta.chat_template.is_some());
+    let worst = check_cases(&lm, &golden);
     eprintln!("{family}: max |logit diff| {worst:.2e}");
 }
 
@@ -116,6 +120,45 @@ fn tiny_qwen3() {
 #[test]
 fn tiny_mistral() {
     check("mistral");
+}
+
+/// Fused `qkv_proj` and `gate_up_proj`, loaded as they are.
+#[test]
+fn tiny_phi3() {
+    check("phi3");
+}
+
+/// Phi-4-mini's partial rotary (`partial_rotary_factor` 0.75: rope on the first 12 of
+/// each head's 16 dimensions) on the tiny Phi-3 weights, against an independent numpy
+/// forward (`scripts/phi3-partial-rotary-reference.py`, which reproduces the
+/// transformers golden above at factor 1.0). Rotating the whole head changes every case.
+#[test]
+fn tiny_phi3_partial_rotary() {
+    let src = dir("phi3");
+    let want: Value = serde_json::from_str(
+        &std::fs::read_to_string(src.with_file_name("phi3-partial-rotary.json"))
+            .expect("reference"),
+    )
+    .expect("json");
+    let tmp = std::env::temp_dir().join(format!("reprise-phi3-partial-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("tmp dir");
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(src.join(f), tmp.join(f)).expect("copy");
+    }
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).expect("config"))
+            .expect("json");
+    cfg["partial_rotary_factor"] = want["partial_rotary_factor"].clone();
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).expect("write config");
+    let lm = loader::load(tmp.to_str()).expect("load");
+    assert_eq!(lm.model.config().rotary_dim, 12);
+    check_cases(&lm, &want);
+    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 #[test]

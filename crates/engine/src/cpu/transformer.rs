@@ -5,7 +5,7 @@
 use super::attention::{paged_attention, AttnSeq, AttnShape, PagedKvCache};
 use super::ops::{rms_norm, rms_norm_inplace, rope_half, swiglu};
 use super::quant::{self, QMatrix};
-use crate::model::{Logits, ModelConfig, ModelError, SeqInput};
+use crate::model::{Family, Logits, ModelConfig, ModelError, SeqInput};
 
 /// A 1-D tensor's shape and its f32 values.
 pub(crate) type NamedTensor = (Vec<usize>, Vec<f32>);
@@ -42,6 +42,9 @@ impl Naming {
     fn layer(self, i: usize, what: &str) -> String {
         let (hf, gg) = match what {
             "attn_norm" => ("input_layernorm.weight", "attn_norm.weight"),
+            "qkv" => ("self_attn.qkv_proj.weight", "attn_qkv.weight"),
+            // llama.cpp stores Phi-3's fused gate and up rows as `ffn_up`.
+            "gate_up" => ("mlp.gate_up_proj.weight", "ffn_up.weight"),
             "q" => ("self_attn.q_proj.weight", "attn_q.weight"),
             "k" => ("self_attn.k_proj.weight", "attn_k.weight"),
             "v" => ("self_attn.v_proj.weight", "attn_v.weight"),
@@ -187,13 +190,19 @@ impl Transformer {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let name = |w: &str| naming.layer(i, w);
-            let mut q = need_matrix(src, &name("q"), nh * hd, h)?;
-            let mut k = need_matrix(src, &name("k"), nkv * hd, h)?;
-            let v = need_matrix(src, &name("v"), nkv * hd, h)?;
-            if unpermute_qk {
-                q = q.reorder_rows(&q_order);
-                k = k.reorder_rows(&k_order);
-            }
+            let fused = cfg.family == Family::Phi3;
+            let wqkv = if fused {
+                vec![need_matrix(src, &name("qkv"), (nh + 2 * nkv) * hd, h)?]
+            } else {
+                let mut q = need_matrix(src, &name("q"), nh * hd, h)?;
+                let mut k = need_matrix(src, &name("k"), nkv * hd, h)?;
+                let v = need_matrix(src, &name("v"), nkv * hd, h)?;
+                if unpermute_qk {
+                    q = q.reorder_rows(&q_order);
+                    k = k.reorder_rows(&k_order);
+                }
+                fuse(vec![q, k, v])
+            };
             let bqkv = if cfg.attention_bias {
                 let mut qb = need(src, &name("qb"), nh * hd)?;
                 let mut kb = need(src, &name("kb"), nkv * hd)?;
@@ -215,17 +224,22 @@ impl Transformer {
             } else {
                 (None, None)
             };
-            let gate = need_matrix(src, &name("gate"), inter, h)?;
-            let up = need_matrix(src, &name("up"), inter, h)?;
+            let wgu = if fused {
+                vec![need_matrix(src, &name("gate_up"), 2 * inter, h)?]
+            } else {
+                let gate = need_matrix(src, &name("gate"), inter, h)?;
+                let up = need_matrix(src, &name("up"), inter, h)?;
+                fuse(vec![gate, up])
+            };
             layers.push(Layer {
                 attn_norm: need(src, &name("attn_norm"), h)?,
-                wqkv: fuse(vec![q, k, v]),
+                wqkv,
                 bqkv,
                 q_norm,
                 k_norm,
                 wo: need_matrix(src, &name("o"), h, nh * hd)?,
                 mlp_norm: need(src, &name("mlp_norm"), h)?,
-                wgu: fuse(vec![gate, up]),
+                wgu,
                 wdown: need_matrix(src, &name("down"), h, inter)?,
             });
         }
@@ -400,7 +414,8 @@ impl Transformer {
             c.num_kv_heads,
             c.intermediate_size,
         );
-        let half = hd / 2;
+        // Rotary pairs per head: `rotary_dim / 2` (the rest of the head passes through).
+        let half = self.inv_freq.len();
         let qkv_w = (nh + 2 * nkv) * hd;
         let bs = cache.block_size();
 
@@ -466,8 +481,10 @@ impl Transformer {
                     &cos[r * half..(r + 1) * half],
                     &sin[r * half..(r + 1) * half],
                 );
-                q.chunks_exact_mut(hd).for_each(|hq| rope_half(hq, cr, sr));
-                k.chunks_exact_mut(hd).for_each(|hk| rope_half(hk, cr, sr));
+                q.chunks_exact_mut(hd)
+                    .for_each(|hq| rope_half(&mut hq[..2 * half], cr, sr));
+                k.chunks_exact_mut(hd)
+                    .for_each(|hk| rope_half(&mut hk[..2 * half], cr, sr));
                 let (kk, vv) = rest.split_at(nkv * hd);
                 cache.write(li, slots[r], kk, &vv[..nkv * hd]);
             }

@@ -80,6 +80,12 @@ impl CudaModel {
                 cfg.head_dim
             )));
         }
+        if cfg.rotary_dim != cfg.head_dim {
+            return Err(ModelError::Config(format!(
+                "partial rotary ({} of {} dimensions) is not in the CUDA kernels yet; serve this model on cpu",
+                cfg.rotary_dim, cfg.head_dim
+            )));
+        }
         if let Some(w) = cfg
             .sliding_window
             .filter(|&w| w < cfg.max_position_embeddings)

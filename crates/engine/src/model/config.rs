@@ -14,6 +14,8 @@ pub enum Family {
     Qwen2,
     /// Qwen3: per-head RMSNorm on q and k before rotary.
     Qwen3,
+    /// Phi-3 / Phi-4-mini: fused `qkv_proj` and `gate_up_proj`, partial rotary.
+    Phi3,
 }
 
 impl Family {
@@ -23,6 +25,7 @@ impl Family {
             "llama" | "mistral" | "smollm" | "smollm2" => Ok(Family::Llama),
             "qwen2" => Ok(Family::Qwen2),
             "qwen3" => Ok(Family::Qwen3),
+            "phi3" => Ok(Family::Phi3),
             other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
         }
     }
@@ -68,6 +71,9 @@ pub struct ModelConfig {
     pub num_kv_heads: usize,
     /// Per-head width (may differ from hidden / heads, as in Qwen3).
     pub head_dim: usize,
+    /// Leading dimensions of each head that rotary rotates (half-split within them);
+    /// `head_dim` unless `partial_rotary_factor` says less (Phi-4-mini: 3/4).
+    pub rotary_dim: usize,
     /// Rotary base.
     pub rope_theta: f32,
     /// Optional rotary scaling.
@@ -139,8 +145,8 @@ pub(crate) fn parse_rope_scaling(v: &Value) -> Result<Option<RopeScaling>, Model
     }
 }
 
-/// The attention window of a config.json: Mistral's `sliding_window` (null or absent:
-/// none). Other families that name one either disable it (Qwen2's
+/// The attention window of a config.json: Mistral's and Phi-3's `sliding_window`
+/// (null or absent: none). Other families that name one either disable it (Qwen2's
 /// `use_sliding_window: false`) or are refused, rather than served as if unwindowed.
 fn sliding_window(v: &Value, model_type: &str) -> Result<Option<usize>, ModelError> {
     let w = match v.get("sliding_window") {
@@ -152,13 +158,16 @@ fn sliding_window(v: &Value, model_type: &str) -> Result<Option<usize>, ModelErr
     let enabled = v
         .get("use_sliding_window")
         .and_then(Value::as_bool)
-        .unwrap_or(model_type.eq_ignore_ascii_case("mistral"));
+        .unwrap_or(matches!(
+            model_type.to_ascii_lowercase().as_str(),
+            "mistral" | "phi3"
+        ));
     if !enabled {
         return Ok(None);
     }
-    if !model_type.eq_ignore_ascii_case("mistral") {
+    if !matches!(model_type.to_ascii_lowercase().as_str(), "mistral" | "phi3") {
         return Err(ModelError::Config(format!(
-            "config.json: sliding-window attention is supported for mistral only, not {model_type:?}"
+            "config.json: sliding-window attention is supported for mistral and phi3, not {model_type:?}"
         )));
     }
     if w == 0 {
@@ -205,9 +214,13 @@ impl ModelConfig {
             },
         };
         let sliding_window = sliding_window(v, model_type)?;
+        let factor = get_f32(v, "partial_rotary_factor")
+            .or_else(|| rope_params.and_then(|p| get_f32(p, "partial_rotary_factor")))
+            .unwrap_or(1.0);
         let cfg = ModelConfig {
             family,
             sliding_window,
+            rotary_dim: (head_dim as f32 * factor) as usize,
             vocab_size: get_usize(v, "vocab_size")?,
             hidden_size,
             intermediate_size: get_usize(v, "intermediate_size")?,
@@ -259,12 +272,21 @@ impl ModelConfig {
                 self.head_dim
             ));
         }
+        if self.rotary_dim == 0
+            || !self.rotary_dim.is_multiple_of(2)
+            || self.rotary_dim > self.head_dim
+        {
+            return bad(format!(
+                "rotary dimensions {} (partial_rotary_factor × head_dim {}) must be even, non-zero and at most head_dim",
+                self.rotary_dim, self.head_dim
+            ));
+        }
         Ok(())
     }
 
-    /// Rotary inverse frequencies (length `head_dim / 2`), scaled as configured.
+    /// Rotary inverse frequencies (length `rotary_dim / 2`), scaled as configured.
     pub fn inv_freqs(&self) -> Vec<f32> {
-        let d = self.head_dim;
+        let d = self.rotary_dim;
         // f32 like transformers, so long positions round the same way.
         let mut inv: Vec<f32> = (0..d / 2)
             .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f32 / d as f32))
@@ -348,6 +370,21 @@ mod tests {
         )
         .is_err());
         assert!(with(serde_json::json!({"model_type": "mistral", "sliding_window": 0})).is_err());
+    }
+
+    #[test]
+    fn partial_rotary_narrows_the_frequencies() {
+        let v: Value = serde_json::json!({
+            "model_type": "phi3", "hidden_size": 128, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "intermediate_size": 128, "num_hidden_layers": 2,
+            "vocab_size": 100, "partial_rotary_factor": 0.75, "sliding_window": null
+        });
+        let c = ModelConfig::from_hf_json(&v).unwrap();
+        assert_eq!((c.family, c.head_dim, c.rotary_dim), (Family::Phi3, 32, 24));
+        assert_eq!(c.inv_freqs().len(), 12);
+        let mut bad = v.clone();
+        bad["partial_rotary_factor"] = serde_json::json!(0.01);
+        assert!(ModelConfig::from_hf_json(&bad).is_err());
     }
 
     #[test]
