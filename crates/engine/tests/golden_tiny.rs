@@ -13,6 +13,16 @@ fn dir(family: &str) -> PathBuf {
         .join(family)
 }
 
+/// A temporary directory holding `files` copied from `from` (removed by the caller).
+fn copy_to_tmp(from: &std::path::Path, files: &[&str], tag: &str) -> PathBuf {
+    let tmp = std::env::temp_dir().join(format!("reprise-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("tmp dir");
+    for f in files {
+        std::fs::copy(from.join(f), tmp.join(f)).expect("copy");
+    }
+    tmp
+}
+
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
         .expect("array")
@@ -140,16 +150,16 @@ fn tiny_phi3_partial_rotary() {
             .expect("reference"),
     )
     .expect("json");
-    let tmp = std::env::temp_dir().join(format!("reprise-phi3-partial-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).expect("tmp dir");
-    for f in [
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ] {
-        std::fs::copy(src.join(f), tmp.join(f)).expect("copy");
-    }
+    let tmp = copy_to_tmp(
+        &src,
+        &[
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+        ],
+        "phi3-partial",
+    );
     let mut cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).expect("config"))
             .expect("json");
@@ -190,17 +200,16 @@ fn metadata_only_load_needs_no_weights() {
     for family in ["llama", "qwen2", "qwen3"] {
         let d = dir(family);
         let full = loader::load(d.to_str()).expect("load");
-        let tmp =
-            std::env::temp_dir().join(format!("reprise-meta-{family}-{}", std::process::id()));
-        std::fs::create_dir_all(&tmp).expect("tmp dir");
-        for f in [
-            "config.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "generation_config.json",
-        ] {
-            std::fs::copy(d.join(f), tmp.join(f)).expect("copy");
-        }
+        let tmp = copy_to_tmp(
+            &d,
+            &[
+                "config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "generation_config.json",
+            ],
+            &format!("meta-{family}"),
+        );
         let meta = reprise_text::meta::load_meta(tmp.to_str()).expect("load_meta without weights");
         assert!(
             loader::load(tmp.to_str()).is_err(),

@@ -155,17 +155,15 @@ fn sliding_window(v: &Value, model_type: &str) -> Result<Option<usize>, ModelErr
             ModelError::Config(format!("config.json: sliding_window {w} is not an integer"))
         })?,
     };
+    let windowed = matches!(model_type.to_ascii_lowercase().as_str(), "mistral" | "phi3");
     let enabled = v
         .get("use_sliding_window")
         .and_then(Value::as_bool)
-        .unwrap_or(matches!(
-            model_type.to_ascii_lowercase().as_str(),
-            "mistral" | "phi3"
-        ));
+        .unwrap_or(windowed);
     if !enabled {
         return Ok(None);
     }
-    if !matches!(model_type.to_ascii_lowercase().as_str(), "mistral" | "phi3") {
+    if !windowed {
         return Err(ModelError::Config(format!(
             "config.json: sliding-window attention is supported for mistral and phi3, not {model_type:?}"
         )));

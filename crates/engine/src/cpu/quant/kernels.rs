@@ -861,7 +861,7 @@ unsafe fn fused_q6k<S: Simd, const M: usize>(
     m: usize,
 ) {
     let x = a.x;
-    let per = 16 / S::LANES.min(16);
+    let per = 16 / S::LANES;
     let (lo4, three, off) = (S::splat8(0x0F), S::splat8(3), S::splat8(32));
     let mut acc = [[S::zero(); M]; 4];
     for b in 0..nb {
