@@ -212,6 +212,14 @@ fn gguf_with(path: &Path, place: &mut Place) -> Result<LoadedModel, ModelError> 
 fn gguf_config(g: &Gguf, meta: &ModelMeta) -> Result<ModelConfig, ModelError> {
     let arch = meta.architecture.as_str();
     let family = Family::from_name(arch)?;
+    if !matches!(
+        family,
+        Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Phi3
+    ) {
+        return Err(ModelError::Config(format!(
+            "GGUF files of the {arch} architecture are not supported yet; serve its HF checkpoint (a directory or repo id)"
+        )));
+    }
     let k = |s: &str| format!("{arch}.{s}");
     let need = |key: String| {
         g.usize(&key).ok_or_else(|| {
@@ -258,6 +266,7 @@ fn gguf_config(g: &Gguf, meta: &ModelMeta) -> Result<ModelConfig, ModelError> {
         rotary_dim: g.usize(&k("rope.dimension_count")).unwrap_or(head_dim),
         bos_token_id: meta.bos_token_id,
         eos_token_ids: meta.eos_token_ids.clone(),
+        arch: Default::default(),
     };
     cfg.validate()?;
     Ok(cfg)

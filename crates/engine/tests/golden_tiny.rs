@@ -1,4 +1,4 @@
-//! Random-weight Llama / Qwen2 / Qwen3 / Mistral / Phi-3 checkpoints in the HF layout against
+//! Random-weight checkpoints of every supported family in the HF layout against
 //! transformers: greedy tokens (32, EOS ignored) and last-position top-10 logits.
 
 use reprise_engine::loader;
@@ -136,6 +136,40 @@ fn tiny_mistral() {
 #[test]
 fn tiny_phi3() {
     check("phi3");
+}
+
+/// Sandwich norms with `1 + w` gains, scaled embeddings, `query_pre_attn_scalar`,
+/// attention and final soft-caps, GeGLU, sliding window on layers 0 and 2.
+#[test]
+fn tiny_gemma2() {
+    check("gemma2");
+}
+
+/// Gemma 2's block without soft-caps, plus q/k norms and local layers (2 of every 3)
+/// at their own rope base.
+#[test]
+fn tiny_gemma3() {
+    check("gemma3");
+}
+
+/// 8 experts, top 2 of the softmax over all, not renormalised; q/k norms.
+#[test]
+fn tiny_qwen3_moe() {
+    check("qwen3-moe");
+}
+
+/// 4 experts, top 2, renormalised.
+#[test]
+fn tiny_mixtral() {
+    check("mixtral");
+}
+
+/// Attention sinks, q/k/v/o biases, sliding window on even layers, yarn rope, biased
+/// router with the softmax over the top 2 logits, biased experts stored fused and
+/// interleaved, clamped SwiGLU.
+#[test]
+fn tiny_gpt_oss() {
+    check("gpt-oss");
 }
 
 /// Phi-4-mini's partial rotary (`partial_rotary_factor` 0.75: rope on the first 12 of

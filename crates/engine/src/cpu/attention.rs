@@ -5,7 +5,7 @@
 //! keys for all kv heads are one contiguous row and a block is the unit the
 //! KV cache manager hands out. [`paged_attention`] is the kernel.
 
-use super::ops::{axpy, dot, gemm_f32};
+use super::ops::{axpy, dot, gemm_f32, softcap};
 use crate::model::KvStorage;
 use crate::simd::exp_sub_sum;
 use rayon::prelude::*;
@@ -127,7 +127,7 @@ pub struct AttnSeq<'a> {
 
 /// Attention geometry.
 #[derive(Clone, Copy, Debug)]
-pub struct AttnShape {
+pub struct AttnShape<'a> {
     /// Query heads.
     pub n_heads: usize,
     /// Key/value heads.
@@ -138,9 +138,15 @@ pub struct AttnShape {
     pub block_size: usize,
     /// Keys per query when the window slides (see `ModelConfig::sliding_window`).
     pub window: Option<usize>,
+    /// Factor on `q·k` (`head_dim^-1/2`, or Gemma's `query_pre_attn_scalar^-1/2`).
+    pub scale: f32,
+    /// Scores become `cap·tanh(s / cap)` before the softmax (Gemma 2).
+    pub softcap: Option<f32>,
+    /// Per query head, a logit that joins the softmax's denominator only (gpt-oss).
+    pub sinks: Option<&'a [f32]>,
 }
 
-impl AttnShape {
+impl AttnShape<'_> {
     /// The first key position a query `visible` keys into its sequence attends to.
     #[inline]
     pub fn first_key(&self, visible: usize) -> usize {
@@ -180,7 +186,8 @@ pub fn paged_attention(
         n_kv_heads,
         head_dim: hd,
         block_size: bs,
-        window: _,
+        scale,
+        ..
     } = shape;
     let group = n_heads / n_kv_heads;
     let out_stride = n_heads * hd;
@@ -188,7 +195,6 @@ pub fn paged_attention(
     assert!(out.len() >= total_rows * out_stride);
     assert!(q.len() >= total_rows.saturating_sub(1) * q_stride + n_heads * hd || total_rows == 0);
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let scale = 1.0 / (hd as f32).sqrt();
     let row_len = n_kv_heads * hd;
     let tasks: Vec<(usize, usize)> = (0..seqs.len())
         .flat_map(|s| (0..n_heads).map(move |h| (s, h)))
@@ -196,6 +202,7 @@ pub fn paged_attention(
     tasks.par_iter().for_each(|&(s, h)| {
         let seq = &seqs[s];
         let kvh = h / group;
+        let sink = shape.sinks.map(|s| s[h]);
         let ctx = seq.start_pos + seq.n_new;
         let slot = |p: usize| seq.block_table[p / bs] as usize * bs + p % bs;
         // Rebinding makes the closure capture the whole Send wrapper rather than its
@@ -240,7 +247,7 @@ pub fn paged_attention(
                 for r in 0..rows {
                     let visible = seq.start_pos + i0 + r + 1;
                     let row = &mut scores[r * keys..(r + 1) * keys];
-                    softmax_range(row, shape.first_key(visible), visible);
+                    softmax_range(row, shape.first_key(visible), visible, shape.softcap, sink);
                 }
                 // SAFETY: this task owns rows seq.row+i0.. and columns h*hd..(h+1)*hd of out.
                 unsafe {
@@ -276,7 +283,7 @@ pub fn paged_attention(
                     let off = slot(p) * row_len + kvh * hd;
                     *sc = dot(qrow, &k_cache[off..off + hd]) * scale;
                 }
-                softmax_range(&mut scores[..visible], lo, visible);
+                softmax_range(&mut scores[..visible], lo, visible, shape.softcap, sink);
                 acc.fill(0.0);
                 for (p, &w) in scores[..visible].iter().enumerate().skip(lo) {
                     let off = slot(p) * row_len + kvh * hd;
@@ -292,15 +299,22 @@ pub fn paged_attention(
     });
 }
 
-/// Softmax over entries `lo..visible`; the rest become 0 (the causal mask, and
-/// the keys that slid out of the window).
-fn softmax_range(row: &mut [f32], lo: usize, visible: usize) {
+/// Softmax over entries `lo..visible`, soft-capped first if `cap`, with `sink` as one
+/// more logit in the denominator; the rest become 0 (the causal mask, and the keys
+/// that slid out of the window).
+fn softmax_range(row: &mut [f32], lo: usize, visible: usize, cap: Option<f32>, sink: Option<f32>) {
     let (live, masked) = row.split_at_mut(visible);
     masked.fill(0.0);
     let (early, live) = live.split_at_mut(lo);
     early.fill(0.0);
-    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum = exp_sub_sum(live, max);
+    if let Some(cap) = cap {
+        softcap(live, cap);
+    }
+    let max = live
+        .iter()
+        .copied()
+        .fold(sink.unwrap_or(f32::NEG_INFINITY), f32::max);
+    let sum = exp_sub_sum(live, max) + sink.map_or(0.0, |s| (s - max).exp());
     let inv = 1.0 / sum;
     live.iter_mut().for_each(|x| *x *= inv);
 }
@@ -319,6 +333,7 @@ mod tests {
         start: usize,
         hd: usize,
         window: Option<usize>,
+        (scale, cap, sink): (f32, Option<f32>, Option<f32>),
     ) -> Vec<f32> {
         let mut out = vec![0.0; n * hd];
         for i in 0..n {
@@ -326,15 +341,19 @@ mod tests {
             let lo = window.map_or(0, |w| vis.saturating_sub(w));
             let mut s: Vec<f32> = (0..vis)
                 .map(|j| {
-                    (0..hd).map(|d| q[i * hd + d] * k[j * hd + d]).sum::<f32>() / (hd as f32).sqrt()
+                    let s = (0..hd).map(|d| q[i * hd + d] * k[j * hd + d]).sum::<f32>() * scale;
+                    cap.map_or(s, |c| c * (s / c).tanh())
                 })
                 .collect();
-            let m = s[lo..].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let m = s[lo..]
+                .iter()
+                .copied()
+                .fold(sink.unwrap_or(f32::NEG_INFINITY), f32::max);
             s.iter_mut().for_each(|x| *x = (*x - m).exp());
             for x in &mut s[..lo] {
                 *x = 0.0;
             }
-            let z: f32 = s.iter().sum();
+            let z: f32 = s.iter().sum::<f32>() + sink.map_or(0.0, |k| (k - m).exp());
             for j in lo..vis {
                 for d in 0..hd {
                     out[i * hd + d] += s[j] / z * v[j * hd + d];
@@ -358,13 +377,29 @@ mod tests {
         }
         // No window, one wider than every context, and windows that slide (the GEMM
         // path for 8+ new rows, the per-row path below that).
-        for window in [None, Some(64), Some(5), Some(1)] {
+        // Also Gemma's scale and soft-cap (tight enough to change the weights).
+        // And a sink logit (gpt-oss), large enough to take most of the weight.
+        let plain = (1.0 / (hd as f32).sqrt(), None, None);
+        let sinks = [2.5f32];
+        for (window, scaling) in [
+            (None, plain),
+            (Some(64), plain),
+            (Some(5), plain),
+            (Some(1), plain),
+            (None, (1.3, Some(0.8), None)),
+            (Some(5), (1.3, Some(0.8), None)),
+            (None, (0.4, None, Some(sinks[0]))),
+            (Some(5), (0.4, None, Some(sinks[0]))),
+        ] {
             let shape = AttnShape {
                 n_heads: 1,
                 n_kv_heads: 1,
                 head_dim: hd,
                 block_size: bs,
                 window,
+                scale: scaling.0,
+                softcap: scaling.1,
+                sinks: scaling.2.map(|_| &sinks[..]),
             };
             for &(start, n) in &[(0usize, 23usize), (20, 3), (22, 1), (5, 18), (0, 5)] {
                 let q: Vec<f32> = (0..n * hd)
@@ -379,11 +414,11 @@ mod tests {
                 }];
                 let (kc, vc) = cache.layer(0);
                 paged_attention(&mut out, &q, hd, &seqs, kc, vc, shape);
-                let want = naive(&q, &k, &v, n, start, hd, window);
+                let want = naive(&q, &k, &v, n, start, hd, window, scaling);
                 for (a, b) in out.iter().zip(&want) {
                     assert!(
                         (a - b).abs() < 1e-5,
-                        "window {window:?} start {start} n {n}: {a} vs {b}"
+                        "window {window:?} {scaling:?} start {start} n {n}: {a} vs {b}"
                     );
                 }
             }

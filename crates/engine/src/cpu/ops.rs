@@ -1,7 +1,8 @@
 //! f32 CPU kernels for the forward pass: GEMM (through the `gemm` crate, which
 //! dispatches to AVX2/AVX-512 at run time), the weight-streaming linear over the
-//! register tiles of `crate::simd`, RMSNorm, rotary and SwiGLU.
+//! register tiles of `crate::simd`, RMSNorm, rotary, gated activations and soft-capping.
 
+use crate::model::Activation;
 use crate::simd::{isa, tile_on, Isa};
 use gemm::Parallelism;
 
@@ -195,14 +196,39 @@ pub fn rope_half(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// SwiGLU: `out[t, j] = silu(gu[t, j]) * gu[t, inter + j]` for rows of `2 * inter`.
-pub fn swiglu(out: &mut [f32], gu: &[f32], inter: usize) {
+/// A gated MLP's activation: `out[t, j] = act(gu[t, j]) * gu[t, inter + j]` for rows
+/// of `2 * inter` (gate half, then up half).
+pub fn gated_act(out: &mut [f32], gu: &[f32], inter: usize, act: Activation) {
     for (o, row) in out.chunks_exact_mut(inter).zip(gu.chunks_exact(2 * inter)) {
         let (g, u) = row.split_at(inter);
-        for ((oi, &gi), &ui) in o.iter_mut().zip(g).zip(u) {
-            *oi = gi / (1.0 + (-gi).exp()) * ui;
+        match act {
+            Activation::Silu => {
+                for ((oi, &gi), &ui) in o.iter_mut().zip(g).zip(u) {
+                    *oi = gi / (1.0 + (-gi).exp()) * ui;
+                }
+            }
+            Activation::GeluTanh => {
+                // torch's `gelu(approximate="tanh")`, in f32.
+                const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+                for ((oi, &gi), &ui) in o.iter_mut().zip(g).zip(u) {
+                    let inner = C * (gi + 0.044_715 * gi * gi * gi);
+                    *oi = 0.5 * gi * (1.0 + inner.tanh()) * ui;
+                }
+            }
+            Activation::ClampedSwiglu { limit } => {
+                for ((oi, &gi), &ui) in o.iter_mut().zip(g).zip(u) {
+                    let g = gi.min(limit);
+                    let glu = g / (1.0 + (-(g * 1.702)).exp());
+                    *oi = (ui.clamp(-limit, limit) + 1.0) * glu;
+                }
+            }
         }
     }
+}
+
+/// Soft-capping: `x = cap * tanh(x / cap)` (Gemma 2's attention and final logits).
+pub fn softcap(x: &mut [f32], cap: f32) {
+    x.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
 }
 
 #[cfg(test)]

@@ -469,6 +469,9 @@ pub fn self_test(ordinal: usize, seed: u64) -> Result<Vec<CheckResult>, ModelErr
             head_dim: hd,
             block_size: bs,
             window: None,
+            scale: 1.0 / (hd as f32).sqrt(),
+            softcap: None,
+            sinks: None,
         };
         let stride = tables.iter().map(Vec::len).max().unwrap_or(0);
         let flat: Vec<i32> = tables

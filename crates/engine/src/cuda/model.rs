@@ -61,7 +61,7 @@ impl CudaModel {
             final_norm,
             lm_head,
             inv_freq,
-        } = t.into_host_weights();
+        } = t.into_host_weights()?;
         Self::upload(cfg, ctx, embed, layers, final_norm, lm_head, inv_freq)
     }
 

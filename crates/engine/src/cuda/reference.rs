@@ -232,7 +232,7 @@ mod tests {
         cache: PagedKvCache,
         tables: Vec<Vec<u32>>,
         ctxs: Vec<usize>,
-        shape: AttnShape,
+        shape: AttnShape<'static>,
     }
 
     fn setup(seed: u64, bs: usize, n_heads: usize, n_kv: usize, hd: usize) -> Setup {
@@ -261,6 +261,9 @@ mod tests {
                 head_dim: hd,
                 block_size: bs,
                 window: None,
+                scale: 1.0 / (hd as f32).sqrt(),
+                softcap: None,
+                sinks: None,
             },
         }
     }

@@ -1,5 +1,6 @@
 //! Model hyper-parameters, from HF config.json or GGUF metadata.
 
+use super::arch::{Arch, LayerAttn};
 use super::ModelError;
 use reprise_text::meta::id_list;
 use serde_json::Value;
@@ -16,6 +17,16 @@ pub enum Family {
     Qwen3,
     /// Phi-3 / Phi-4-mini: fused `qkv_proj` and `gate_up_proj`, partial rotary.
     Phi3,
+    /// Gemma 2: sandwich norms, soft-caps, alternating sliding and global layers.
+    Gemma2,
+    /// Gemma 3 text: as Gemma 2 without soft-caps, with q/k norms and local rope.
+    Gemma3,
+    /// Qwen3-MoE: Qwen3 attention, mixture-of-experts MLP.
+    Qwen3Moe,
+    /// Mixtral: Mistral attention, mixture-of-experts MLP.
+    Mixtral,
+    /// gpt-oss: attention sinks, alternating sliding window, yarn rope, biased experts.
+    GptOss,
 }
 
 impl Family {
@@ -26,6 +37,11 @@ impl Family {
             "qwen2" => Ok(Family::Qwen2),
             "qwen3" => Ok(Family::Qwen3),
             "phi3" => Ok(Family::Phi3),
+            "gemma2" => Ok(Family::Gemma2),
+            "gemma3_text" | "gemma3" => Ok(Family::Gemma3),
+            "qwen3_moe" => Ok(Family::Qwen3Moe),
+            "mixtral" => Ok(Family::Mixtral),
+            "gpt_oss" | "gpt-oss" => Ok(Family::GptOss),
             other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
         }
     }
@@ -50,6 +66,33 @@ pub enum RopeScaling {
         /// Scale factor.
         factor: f32,
     },
+    /// YaRN: low frequencies interpolated by `factor`, high ones kept, a linear ramp
+    /// between (by rotations per original context), and cos/sin scaled by an
+    /// attention factor.
+    Yarn {
+        /// Scale factor (transformers uses `max_position_embeddings / original` instead
+        /// when the original length is given).
+        factor: f32,
+        /// Context length the model was pre-trained with.
+        original_max_position_embeddings: Option<usize>,
+        /// Rotations per original context above which a frequency is kept.
+        beta_fast: f32,
+        /// Rotations per original context below which a frequency is interpolated.
+        beta_slow: f32,
+        /// Round the ramp's ends to whole dimensions.
+        truncate: bool,
+        /// Explicit factor on cos/sin (default `0.1 ln(factor) + 1`).
+        attention_factor: Option<f32>,
+    },
+}
+
+/// YaRN's constants for one config.
+struct Yarn {
+    factor: f64,
+    /// Ramp ends, in half-dimensions.
+    low: f64,
+    high: f64,
+    attention_factor: f32,
 }
 
 /// Hyper-parameters of a decoder-only transformer.
@@ -96,6 +139,8 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     /// EOS token ids.
     pub eos_token_ids: Vec<u32>,
+    /// The family's block beyond Llama's (per-layer attention, norms, soft-caps, MoE).
+    pub arch: Arch,
 }
 
 fn get_usize(v: &Value, key: &str) -> Result<usize, ModelError> {
@@ -139,8 +184,31 @@ pub(crate) fn parse_rope_scaling(v: &Value) -> Result<Option<RopeScaling>, Model
                 .and_then(Value::as_u64)
                 .unwrap_or(8192) as usize,
         })),
+        "yarn" => {
+            if obj.get("mscale").is_some_and(|m| !m.is_null())
+                || obj.get("mscale_all_dim").is_some_and(|m| !m.is_null())
+            {
+                return Err(ModelError::Config(
+                    "yarn rope scaling with mscale / mscale_all_dim is not supported".into(),
+                ));
+            }
+            Ok(Some(RopeScaling::Yarn {
+                factor: f("factor", 1.0),
+                original_max_position_embeddings: obj
+                    .get("original_max_position_embeddings")
+                    .and_then(Value::as_u64)
+                    .map(|x| x as usize),
+                beta_fast: f("beta_fast", 32.0),
+                beta_slow: f("beta_slow", 1.0),
+                truncate: obj.get("truncate").and_then(Value::as_bool).unwrap_or(true),
+                attention_factor: obj
+                    .get("attention_factor")
+                    .and_then(Value::as_f64)
+                    .map(|x| x as f32),
+            }))
+        }
         other => Err(ModelError::Config(format!(
-            "unsupported rope scaling type {other:?} (supported: default, linear, llama3)"
+            "unsupported rope scaling type {other:?} (supported: default, linear, llama3, yarn)"
         ))),
     }
 }
@@ -155,7 +223,10 @@ fn sliding_window(v: &Value, model_type: &str) -> Result<Option<usize>, ModelErr
             ModelError::Config(format!("config.json: sliding_window {w} is not an integer"))
         })?,
     };
-    let windowed = matches!(model_type.to_ascii_lowercase().as_str(), "mistral" | "phi3");
+    let windowed = matches!(
+        model_type.to_ascii_lowercase().as_str(),
+        "mistral" | "phi3" | "gemma2" | "gemma3" | "gemma3_text" | "gpt_oss"
+    );
     let enabled = v
         .get("use_sliding_window")
         .and_then(Value::as_bool)
@@ -165,7 +236,7 @@ fn sliding_window(v: &Value, model_type: &str) -> Result<Option<usize>, ModelErr
     }
     if !windowed {
         return Err(ModelError::Config(format!(
-            "config.json: sliding-window attention is supported for mistral and phi3, not {model_type:?}"
+            "config.json: sliding-window attention is supported for mistral, phi3, gemma2, gemma3 and gpt_oss, not {model_type:?}"
         )));
     }
     if w == 0 {
@@ -200,7 +271,10 @@ impl ModelConfig {
             .map(|x| x as usize)
             .unwrap_or(hidden_size / num_heads);
         // transformers 5 moves rope settings into `rope_parameters`.
-        let rope_params = v.get("rope_parameters");
+        // Keyed by layer type when local layers have their own (Gemma 3): the global one.
+        let rope_params = v
+            .get("rope_parameters")
+            .map(|p| p.get("full_attention").unwrap_or(p));
         let rope_theta = get_f32(v, "rope_theta")
             .or_else(|| rope_params.and_then(|p| get_f32(p, "rope_theta")))
             .unwrap_or(10_000.0);
@@ -215,14 +289,17 @@ impl ModelConfig {
         let factor = get_f32(v, "partial_rotary_factor")
             .or_else(|| rope_params.and_then(|p| get_f32(p, "partial_rotary_factor")))
             .unwrap_or(1.0);
+        let num_layers = get_usize(v, "num_hidden_layers")?;
+        let arch = Arch::from_hf_json(v, &model_type.to_ascii_lowercase(), num_layers)?;
         let cfg = ModelConfig {
             family,
+            arch,
             sliding_window,
             rotary_dim: (head_dim as f32 * factor) as usize,
             vocab_size: get_usize(v, "vocab_size")?,
             hidden_size,
             intermediate_size: get_usize(v, "intermediate_size")?,
-            num_layers: get_usize(v, "num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -237,7 +314,7 @@ impl ModelConfig {
                 .get("attention_bias")
                 .and_then(Value::as_bool)
                 .unwrap_or(family == Family::Qwen2),
-            qk_norm: family == Family::Qwen3,
+            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3 | Family::Qwen3Moe),
             max_position_embeddings: v
                 .get("max_position_embeddings")
                 .and_then(Value::as_u64)
@@ -279,18 +356,113 @@ impl ModelConfig {
                 self.rotary_dim, self.head_dim
             ));
         }
+        let types = &self.arch.layer_types;
+        if !types.is_empty() && types.len() != self.num_layers {
+            return bad(format!(
+                "{} layer types for {} layers",
+                types.len(),
+                self.num_layers
+            ));
+        }
+        if self.sliding_window.is_none() && types.contains(&LayerAttn::Sliding) {
+            return bad("sliding-attention layers but no sliding_window".into());
+        }
         Ok(())
+    }
+
+    /// The attention window of layer `layer` (`None`: the whole prefix).
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        match self.arch.layer_types.get(layer) {
+            Some(LayerAttn::Full) => None,
+            _ => self.sliding_window,
+        }
+    }
+
+    /// Whether some layer attends through a sliding window.
+    pub fn has_sliding_layers(&self) -> bool {
+        (0..self.num_layers).any(|l| self.window(l).is_some())
     }
 
     /// Rotary inverse frequencies (length `rotary_dim / 2`), scaled as configured.
     pub fn inv_freqs(&self) -> Vec<f32> {
+        self.inv_freqs_at(self.rope_theta, self.rope_scaling.as_ref())
+    }
+
+    /// Factor on rotary cos and sin (YaRN's attention factor; 1 otherwise).
+    pub fn rope_attention_factor(&self) -> f32 {
+        self.yarn().map_or(1.0, |y| y.attention_factor)
+    }
+
+    /// YaRN's derived constants, as transformers' `_compute_yarn_parameters` gets them.
+    fn yarn(&self) -> Option<Yarn> {
+        let Some(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            truncate,
+            attention_factor,
+        }) = &self.rope_scaling
+        else {
+            return None;
+        };
+        let (factor, original) = match original_max_position_embeddings {
+            Some(o) => (self.max_position_embeddings as f64 / *o as f64, *o),
+            None => (*factor as f64, self.max_position_embeddings),
+        };
+        let d = self.rotary_dim as f64;
+        let base = self.rope_theta as f64;
+        let dim_of = |rot: f64| {
+            d * (original as f64 / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+        };
+        let (mut low, mut high) = (dim_of(*beta_fast as f64), dim_of(*beta_slow as f64));
+        if *truncate {
+            (low, high) = (low.floor(), high.ceil());
+        }
+        let (low, mut high) = (low.max(0.0), high.min(d - 1.0));
+        if low == high {
+            high += 0.001;
+        }
+        let mscale = if factor <= 1.0 {
+            1.0
+        } else {
+            0.1 * factor.ln() + 1.0
+        };
+        Some(Yarn {
+            factor,
+            low,
+            high,
+            attention_factor: attention_factor.unwrap_or(mscale as f32),
+        })
+    }
+
+    /// The sliding layers' frequencies when they have their own base (Gemma 3).
+    pub fn local_inv_freqs(&self) -> Option<Vec<f32>> {
+        self.arch
+            .local_rope_theta
+            .map(|theta| self.inv_freqs_at(theta, None))
+    }
+
+    fn inv_freqs_at(&self, theta: f32, scaling: Option<&RopeScaling>) -> Vec<f32> {
         let d = self.rotary_dim;
         // f32 like transformers, so long positions round the same way.
         let mut inv: Vec<f32> = (0..d / 2)
-            .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f32 / d as f32))
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32))
             .collect();
-        match &self.rope_scaling {
+        match scaling {
             None => {}
+            Some(RopeScaling::Yarn { .. }) => {
+                let y = self.yarn().expect("yarn scaling");
+                for (i, f) in inv.iter_mut().enumerate() {
+                    // In f32 and in transformers' order, ramp over the half dimension.
+                    let pos = theta.powf((2 * i) as f32 / d as f32);
+                    let interp = 1.0 / (y.factor as f32 * pos);
+                    let ramp =
+                        ((i as f32 - y.low as f32) / (y.high - y.low) as f32).clamp(0.0, 1.0);
+                    let keep = 1.0 - ramp;
+                    *f = interp * (1.0 - keep) + *f * keep;
+                }
+            }
             Some(RopeScaling::Linear { factor }) => inv.iter_mut().for_each(|f| *f /= factor),
             Some(RopeScaling::Llama3 {
                 factor,
@@ -382,6 +554,37 @@ mod tests {
         assert_eq!(c.inv_freqs().len(), 12);
         let mut bad = v.clone();
         bad["partial_rotary_factor"] = serde_json::json!(0.01);
+        assert!(ModelConfig::from_hf_json(&bad).is_err());
+    }
+
+    #[test]
+    fn yarn_as_transformers_computes_it() {
+        // gpt-oss's published rope: factor 32 over 4096 original positions.
+        let v: Value = serde_json::json!({
+            "model_type": "llama", "hidden_size": 128, "num_attention_heads": 2,
+            "intermediate_size": 64, "num_hidden_layers": 1, "vocab_size": 10,
+            "rope_theta": 150000.0, "max_position_embeddings": 131072,
+            "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                "beta_slow": 1.0, "original_max_position_embeddings": 4096, "truncate": false}
+        });
+        let c = ModelConfig::from_hf_json(&v).unwrap();
+        assert!((c.rope_attention_factor() - (0.1 * 32f32.ln() + 1.0)).abs() < 1e-6);
+        let plain = ModelConfig {
+            rope_scaling: None,
+            ..c.clone()
+        }
+        .inv_freqs();
+        let yarn = c.inv_freqs();
+        // High frequencies kept, low ones divided by the factor, a ramp between.
+        assert_eq!(yarn[0], plain[0]);
+        let last = plain.len() - 1;
+        assert!((yarn[last] * 32.0 / plain[last] - 1.0).abs() < 1e-6);
+        assert!(yarn
+            .iter()
+            .zip(&plain)
+            .any(|(y, p)| y < p && y * 32.0 > *p * 1.001));
+        let mut bad = v.clone();
+        bad["rope_scaling"]["mscale"] = serde_json::json!(1.0);
         assert!(ModelConfig::from_hf_json(&bad).is_err());
     }
 

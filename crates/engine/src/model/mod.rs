@@ -1,10 +1,12 @@
 //! The model seam: the [`Model`] trait every backend implements (the CPU
 //! transformer in `cpu/`, the CUDA one in `cuda/`), its configuration, the logits it
-//! returns and its errors. One decoder-only architecture covers Llama (SmolLM2,
-//! Llama 3), Qwen2 and Qwen3 through family flags in [`ModelConfig`].
+//! returns and its errors. One decoder-only forward per backend covers every family
+//! through the description in [`ModelConfig`] and its [`Arch`].
 
+pub(crate) mod arch;
 pub(crate) mod config;
 
+pub use arch::{Activation, Arch, LayerAttn, Moe};
 pub use config::{Family, ModelConfig, RopeScaling};
 
 use crate::executor::Executor;
@@ -28,7 +30,7 @@ pub enum ModelError {
     #[error(transparent)]
     Meta(#[from] MetaError),
     /// The architecture is not one we implement.
-    #[error("unsupported model architecture {0:?} (supported: llama, qwen2, qwen3)")]
+    #[error("unsupported model architecture {0:?} (supported: llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3, qwen3_moe, mixtral)")]
     UnsupportedArchitecture(String),
     /// A config or metadata field is missing or has the wrong type.
     #[error("invalid model config: {0}")]
