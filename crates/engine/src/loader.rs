@@ -5,7 +5,7 @@
 use crate::cpu::quant::{QMatrix, QType};
 use crate::cpu::transformer::{Naming, TensorSource, Transformer};
 use crate::model::config::parse_rope_scaling;
-use crate::model::{AnyModel, Family, ModelConfig, ModelError};
+use crate::model::{AnyModel, Arch, Family, ModelConfig, ModelError, Moe};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use reprise_text::gguf::Gguf;
@@ -161,6 +161,37 @@ impl TensorSource for GgufSource<'_> {
         Ok(Some((dims, m)))
     }
 
+    fn experts(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<QMatrix>)>, ModelError> {
+        let Some(q) = self.read(name)? else {
+            return Ok(None);
+        };
+        let dims = q.shape().dims().to_vec();
+        let bad = |e: String| malformed(self.path, format!("tensor {name}: {e}"));
+        let &[n, rows, cols] = dims.as_slice() else {
+            return Err(bad(format!("shape {dims:?} is not a stack of matrices")));
+        };
+        // Each expert's rows are contiguous in the stack, in any format.
+        let mats = match QType::from_ggml(q.dtype()) {
+            Some(qt) => {
+                let raw = q.data().map_err(|e| bad(e.to_string()))?;
+                if n == 0 || raw.len() % n != 0 {
+                    return Err(bad(format!("{} bytes for {n} experts", raw.len())));
+                }
+                raw.chunks_exact(raw.len() / n)
+                    .map(|r| QMatrix::from_raw(qt, rows, cols, r).map_err(|e| bad(e.to_string())))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            None => {
+                let t = q.dequantize(&Device::Cpu).map_err(|e| bad(e.to_string()))?;
+                let all = tensor_to_f32(self.path, name, t)?.1;
+                all.chunks_exact(rows * cols)
+                    .map(|c| QMatrix::f32(rows, cols, c.to_vec()))
+                    .collect()
+            }
+        };
+        Ok(Some((dims, mats)))
+    }
+
     fn vector(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
         let Some(q) = self.read(name)? else {
             return Ok(None);
@@ -199,7 +230,7 @@ fn gguf_with(path: &Path, place: &mut Place) -> Result<LoadedModel, ModelError> 
         None
     };
     // llama.cpp permutes llama-arch q/k rows for its interleaved rotary; qwen archs use NeoX.
-    let unpermute = family == Family::Llama;
+    let unpermute = matches!(family, Family::Llama | Family::Mixtral);
     let model =
         Transformer::from_source(cfg, &mut src, Naming::Gguf, unpermute, rope_freq_factors)?;
     Ok(LoadedModel {
@@ -211,16 +242,26 @@ fn gguf_with(path: &Path, place: &mut Place) -> Result<LoadedModel, ModelError> 
 /// A GGUF's hyper-parameters, from its metadata.
 fn gguf_config(g: &Gguf, meta: &ModelMeta) -> Result<ModelConfig, ModelError> {
     let arch = meta.architecture.as_str();
-    let family = Family::from_name(arch)?;
+    let k = |s: &str| format!("{arch}.{s}");
+    let experts = g.usize(&k("expert_count")).filter(|&n| n > 0);
+    let family = match Family::from_name(arch)? {
+        // llama.cpp writes Mixtral as the llama architecture with experts.
+        Family::Llama if experts.is_some() => Family::Mixtral,
+        f => f,
+    };
     if !matches!(
         family,
-        Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Phi3
+        Family::Llama
+            | Family::Qwen2
+            | Family::Qwen3
+            | Family::Phi3
+            | Family::Qwen3Moe
+            | Family::Mixtral
     ) {
         return Err(ModelError::Config(format!(
             "GGUF files of the {arch} architecture are not supported yet; serve its HF checkpoint (a directory or repo id)"
         )));
     }
-    let k = |s: &str| format!("{arch}.{s}");
     let need = |key: String| {
         g.usize(&key).ok_or_else(|| {
             ModelError::Config(format!("GGUF metadata: missing or non-integer {key:?}"))
@@ -258,7 +299,7 @@ fn gguf_config(g: &Gguf, meta: &ModelMeta) -> Result<ModelConfig, ModelError> {
             .unwrap_or(1e-5),
         tie_word_embeddings: !g.tensors.contains_key("output.weight"),
         attention_bias: g.tensors.contains_key("blk.0.attn_q.bias"),
-        qk_norm: family == Family::Qwen3,
+        qk_norm: matches!(family, Family::Qwen3 | Family::Qwen3Moe),
         max_position_embeddings: meta.max_model_len,
         // llama.cpp's Llama-architecture GGUFs (Mistral's included) name no window;
         // its Phi-3 files do.
@@ -266,8 +307,39 @@ fn gguf_config(g: &Gguf, meta: &ModelMeta) -> Result<ModelConfig, ModelError> {
         rotary_dim: g.usize(&k("rope.dimension_count")).unwrap_or(head_dim),
         bos_token_id: meta.bos_token_id,
         eos_token_ids: meta.eos_token_ids.clone(),
-        arch: Default::default(),
+        arch: Arch {
+            moe: match experts {
+                None if family == Family::Qwen3Moe => {
+                    return Err(ModelError::Config(format!(
+                        "GGUF metadata: missing {:?}",
+                        k("expert_count")
+                    )))
+                }
+                None => None,
+                Some(num_experts) => Some(Moe {
+                    num_experts,
+                    top_k: need(k("expert_used_count"))?,
+                    // llama.cpp renormalises the chosen experts' weights for both.
+                    norm_topk_prob: true,
+                    intermediate_size: match g.usize(&k("expert_feed_forward_length")) {
+                        Some(n) => n,
+                        None => need(k("feed_forward_length"))?,
+                    },
+                    softmax_after_top_k: false,
+                    dense_layers: Vec::new(),
+                }),
+            },
+            ..Arch::default()
+        },
     };
+    if let Some(m) = &cfg.arch.moe {
+        if m.top_k == 0 || m.top_k > m.num_experts {
+            return Err(ModelError::Config(format!(
+                "GGUF metadata: {} experts per token of {}",
+                m.top_k, m.num_experts
+            )));
+        }
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -309,6 +381,14 @@ impl TensorSource for SafetensorsSource {
             _ => QMatrix::f32(rows, cols, tensor_to_f32(&path, name, t)?.1),
         };
         Ok(Some((dims, m)))
+    }
+
+    fn experts(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<QMatrix>)>, ModelError> {
+        // HF checkpoints store experts one by one (gpt-oss's stacks are read as vectors).
+        Err(ModelError::Tensor {
+            name: name.to_string(),
+            reason: "stacked experts are read from GGUF files only".into(),
+        })
     }
 
     fn vector(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {

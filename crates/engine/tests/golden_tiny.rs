@@ -1,8 +1,11 @@
 //! Random-weight checkpoints of every supported family in the HF layout against
 //! transformers: greedy tokens (32, EOS ignored) and last-position top-10 logits.
 
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use gguf_file::Value as GValue;
 use reprise_engine::loader;
-use reprise_engine::model::{Model, ModelError, SeqInput};
+use reprise_engine::model::{Family, Model, ModelError, SeqInput};
 use reprise_text::meta::MetaError;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -263,4 +266,290 @@ fn metadata_only_load_needs_no_weights() {
         );
         let _ = std::fs::remove_dir_all(&tmp);
     }
+}
+
+/// Writes the tiny HF checkpoint in `dir` as a GGUF in llama.cpp's layout for `arch`
+/// (its tensor names, metadata keys and, for the llama architecture, its q/k row
+/// permutation; experts stacked into `ffn_{gate,up,down}_exps`), weights in `dtype`
+/// or, `as_f32`, rounded to `dtype` and stored as f32.
+fn write_gguf(
+    dir: &std::path::Path,
+    arch: &str,
+    (dtype, as_f32): (GgmlDType, bool),
+    out: &std::path::Path,
+) {
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).expect("config"))
+            .expect("json");
+    let n = |k: &str| cfg[k].as_u64().expect(k) as usize;
+    let (h, nh, nkv, layers) = (
+        n("hidden_size"),
+        n("num_attention_heads"),
+        n("num_key_value_heads"),
+        n("num_hidden_layers"),
+    );
+    let hd = cfg["head_dim"].as_u64().map_or(h / nh, |x| x as usize);
+    let experts = cfg["num_local_experts"]
+        .as_u64()
+        .or(cfg["num_experts"].as_u64())
+        .expect("experts") as usize;
+    let expert_inter = cfg["moe_intermediate_size"]
+        .as_u64()
+        .map_or(n("intermediate_size"), |x| x as usize);
+    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
+        .expect("safetensors");
+    let get = |name: &str| -> (Vec<usize>, Vec<f32>) {
+        let t = weights.get(name).unwrap_or_else(|| panic!("{name}"));
+        let v = t
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("f32");
+        (t.dims().to_vec(), v)
+    };
+    // llama.cpp's permutation for its interleaved rotary: GGUF row 2i + j of a head is
+    // HF row j * d/2 + i.
+    let permute = |v: Vec<f32>, heads: usize| -> Vec<f32> {
+        if arch != "llama" {
+            return v;
+        }
+        let half = hd / 2;
+        let mut out = vec![0.0; v.len()];
+        for hh in 0..heads {
+            for i in 0..half {
+                for j in 0..2 {
+                    let (dst, src) = (hh * hd + 2 * i + j, hh * hd + j * half + i);
+                    out[dst * h..(dst + 1) * h].copy_from_slice(&v[src * h..(src + 1) * h]);
+                }
+            }
+        }
+        out
+    };
+    let qt = |dims: &[usize], v: Vec<f32>, dt: GgmlDType| {
+        let t = Tensor::from_vec(v, dims, &Device::Cpu).expect("tensor");
+        let q = QTensor::quantize(&t, dt).expect("quantize");
+        if as_f32 && dt != GgmlDType::F32 {
+            let back = q.dequantize(&Device::Cpu).expect("dequantize");
+            QTensor::quantize(&back, GgmlDType::F32).expect("f32")
+        } else {
+            q
+        }
+    };
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let put = |gg: String, hf: &str, dt: GgmlDType| {
+        let (d, v) = get(hf);
+        (gg, qt(&d, v, dt))
+    };
+    tensors.push(put(
+        "token_embd.weight".into(),
+        "model.embed_tokens.weight",
+        dtype,
+    ));
+    tensors.push(put("output.weight".into(), "lm_head.weight", dtype));
+    tensors.push(put(
+        "output_norm.weight".into(),
+        "model.norm.weight",
+        GgmlDType::F32,
+    ));
+    let mixtral = arch == "llama";
+    for l in 0..layers {
+        let hf = |s: &str| format!("model.layers.{l}.{s}");
+        let gg = |s: &str| format!("blk.{l}.{s}");
+        for (g, f) in [
+            ("attn_norm.weight", "input_layernorm.weight"),
+            ("ffn_norm.weight", "post_attention_layernorm.weight"),
+            ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+            ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+        ] {
+            if weights.contains_key(&hf(f)) {
+                tensors.push(put(gg(g), &hf(f), GgmlDType::F32));
+            }
+        }
+        for (g, f, heads) in [("q", "q", nh), ("k", "k", nkv)] {
+            let (d, v) = get(&hf(&format!("self_attn.{f}_proj.weight")));
+            tensors.push((
+                gg(&format!("attn_{g}.weight")),
+                qt(&d, permute(v, heads), dtype),
+            ));
+        }
+        tensors.push(put(
+            gg("attn_v.weight"),
+            &hf("self_attn.v_proj.weight"),
+            dtype,
+        ));
+        tensors.push(put(
+            gg("attn_output.weight"),
+            &hf("self_attn.o_proj.weight"),
+            dtype,
+        ));
+        let router = if mixtral {
+            "block_sparse_moe.gate.weight"
+        } else {
+            "mlp.gate.weight"
+        };
+        tensors.push(put(gg("ffn_gate_inp.weight"), &hf(router), GgmlDType::F32));
+        for (what, mx, qw, rows, cols) in [
+            ("gate", "w1", "gate_proj", expert_inter, h),
+            ("up", "w3", "up_proj", expert_inter, h),
+            ("down", "w2", "down_proj", h, expert_inter),
+        ] {
+            let mut all = Vec::new();
+            for e in 0..experts {
+                let name = if mixtral {
+                    hf(&format!("block_sparse_moe.experts.{e}.{mx}.weight"))
+                } else {
+                    hf(&format!("mlp.experts.{e}.{qw}.weight"))
+                };
+                all.extend(get(&name).1);
+            }
+            tensors.push((
+                gg(&format!("ffn_{what}_exps.weight")),
+                qt(&[experts, rows, cols], all, dtype),
+            ));
+        }
+    }
+    let tok: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("tokenizer.json")).expect("tokenizer"),
+    )
+    .expect("json");
+    let vocab = n("vocab_size");
+    let mut tokens = vec![String::new(); vocab];
+    for (t, id) in tok["model"]["vocab"].as_object().expect("vocab") {
+        tokens[id.as_u64().expect("id") as usize] = t.clone();
+    }
+    let merges: Vec<GValue> = tok["model"]["merges"]
+        .as_array()
+        .expect("merges")
+        .iter()
+        .map(|m| {
+            let pair = m.as_array().expect("pair");
+            GValue::String(format!(
+                "{} {}",
+                pair[0].as_str().expect("a"),
+                pair[1].as_str().expect("b")
+            ))
+        })
+        .collect();
+    let k = |s: &str| format!("{arch}.{s}");
+    let u = |x: usize| GValue::U32(x as u32);
+    let mut meta: Vec<(String, GValue)> = vec![
+        ("general.architecture".into(), GValue::String(arch.into())),
+        (k("context_length"), u(4096)),
+        (k("embedding_length"), u(h)),
+        (k("block_count"), u(layers)),
+        (k("feed_forward_length"), u(n("intermediate_size"))),
+        (k("attention.head_count"), u(nh)),
+        (k("attention.head_count_kv"), u(nkv)),
+        (k("attention.key_length"), u(hd)),
+        (k("attention.value_length"), u(hd)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            GValue::F32(cfg["rms_norm_eps"].as_f64().expect("eps") as f32),
+        ),
+        (
+            k("rope.freq_base"),
+            GValue::F32(cfg["rope_theta"].as_f64().expect("theta") as f32),
+        ),
+        (k("expert_count"), u(experts)),
+        (k("expert_used_count"), u(n("num_experts_per_tok"))),
+        ("tokenizer.ggml.model".into(), GValue::String("gpt2".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            GValue::Array(tokens.into_iter().map(GValue::String).collect()),
+        ),
+        ("tokenizer.ggml.merges".into(), GValue::Array(merges)),
+        ("tokenizer.ggml.bos_token_id".into(), u(1)),
+        ("tokenizer.ggml.eos_token_id".into(), u(2)),
+    ];
+    if !mixtral {
+        meta.push((k("expert_feed_forward_length"), u(expert_inter)));
+    }
+    let meta_refs: Vec<(&str, &GValue)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(out).expect("create gguf");
+    gguf_file::write(&mut f, &meta_refs, &tensor_refs).expect("write gguf");
+}
+
+/// Mixtral as llama.cpp writes it (the llama architecture with stacked experts, q/k
+/// permuted), in f32: the transformers golden unchanged.
+#[test]
+fn tiny_mixtral_gguf() {
+    let tmp = copy_to_tmp(&dir("mixtral"), &[], "mixtral-gguf");
+    let path = tmp.join("mixtral.gguf");
+    write_gguf(&dir("mixtral"), "llama", (GgmlDType::F32, false), &path);
+    let lm = loader::load(path.to_str()).expect("load gguf");
+    assert_eq!(lm.model.config().family, Family::Mixtral);
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir("mixtral").join("golden.json")).expect("golden"),
+    )
+    .expect("json");
+    check_cases(&lm, &golden);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Qwen3-MoE as llama.cpp's `qwen3moe`, which always renormalises the chosen experts'
+/// weights: in f32 equal to the HF checkpoint loaded with `norm_topk_prob: true`
+/// (greedy tokens, logits); in Q8_0 (experts split from their stacks in the stored
+/// format) equal to the same values rounded to Q8_0 and stored as f32.
+#[test]
+fn tiny_qwen3_moe_gguf() {
+    let src = dir("qwen3-moe");
+    let tmp = copy_to_tmp(
+        &src,
+        &[
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+        ],
+        "qwen3moe-gguf",
+    );
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).expect("config"))
+            .expect("json");
+    cfg["norm_topk_prob"] = Value::Bool(true);
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).expect("write config");
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("golden.json")).expect("golden"))
+            .expect("json");
+    let load = |form: (GgmlDType, bool)| {
+        let path = tmp.join(format!("qwen3moe-{form:?}.gguf"));
+        write_gguf(&src, "qwen3moe", form, &path);
+        let lm = loader::load(path.to_str()).expect("load gguf");
+        assert_eq!(lm.model.config().family, Family::Qwen3Moe);
+        lm.cpu_model().expect("cpu")
+    };
+    let hf = loader::load(tmp.to_str())
+        .expect("load hf")
+        .cpu_model()
+        .expect("cpu");
+    for (want_model, model, what) in [
+        (hf, load((GgmlDType::F32, false)), "f32 against HF"),
+        (
+            load((GgmlDType::Q8_0, true)),
+            load((GgmlDType::Q8_0, false)),
+            "Q8_0 against its f32 rounding",
+        ),
+    ] {
+        let mut worst = 0f32;
+        for case in golden["cases"].as_array().expect("cases") {
+            let prompt = ids(&case["prompt_token_ids"]);
+            let (want_logits, want) = greedy(want_model.as_ref(), &prompt, 8);
+            let (logits, toks) = greedy(model.as_ref(), &prompt, 8);
+            let diff = want_logits
+                .iter()
+                .zip(&logits)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            worst = worst.max(diff);
+            assert!(
+                diff < 1e-3,
+                "{what}, case {}: logits off by {diff}",
+                case["id"]
+            );
+            assert_eq!(toks, want, "{what}, case {}", case["id"]);
+        }
+        eprintln!("qwen3moe GGUF {what}: max |logit diff| {worst:.2e}");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -17,6 +17,9 @@ pub(crate) trait TensorSource {
     fn matrix(&mut self, name: &str) -> Result<Option<(Vec<usize>, QMatrix)>, ModelError>;
     /// A 1-D tensor (norm weight, bias) as f32, or `None` when absent.
     fn vector(&mut self, name: &str) -> Result<Option<NamedTensor>, ModelError>;
+    /// A 3-D stack of experts' weights (`[experts, out, in]`, llama.cpp's `*_exps`)
+    /// as one matrix per expert in the stored format, with the stack's shape.
+    fn experts(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<QMatrix>)>, ModelError>;
 }
 
 /// How a family's checkpoint names its tensors.
@@ -242,12 +245,38 @@ fn load_moe(
     h: usize,
     moe: &Moe,
 ) -> Result<Mlp, ModelError> {
-    if matches!(naming, Naming::Gguf) {
-        return Err(ModelError::Config(
-            "mixture-of-experts GGUF files are not supported yet".into(),
-        ));
-    }
     let inter = moe.intermediate_size;
+    if matches!(naming, Naming::Gguf) {
+        let ne = moe.num_experts;
+        let router = need_matrix(src, &naming.layer(i, "router"), ne, h)?;
+        let mut stack = |what: &str, rows: usize, cols: usize| {
+            let name = format!("blk.{i}.ffn_{what}_exps.weight");
+            let (got, m) = src.experts(&name)?.ok_or_else(|| missing(&name))?;
+            check_shape(&name, &got, &[ne, rows, cols])?;
+            Ok::<_, ModelError>(m)
+        };
+        let (gate, up, down) = (
+            stack("gate", inter, h)?,
+            stack("up", inter, h)?,
+            stack("down", h, inter)?,
+        );
+        let experts = gate
+            .into_iter()
+            .zip(up)
+            .zip(down)
+            .map(|((g, u), d)| Ffn {
+                wgu: fuse(vec![g, u]),
+                wdown: d,
+                bgu: None,
+                bdown: None,
+            })
+            .collect();
+        return Ok(Mlp::Moe {
+            router,
+            router_bias: None,
+            experts,
+        });
+    }
     if family == Family::GptOss {
         return load_gpt_oss_moe(src, i, h, moe);
     }

@@ -39,7 +39,7 @@ impl Family {
             "phi3" => Ok(Family::Phi3),
             "gemma2" => Ok(Family::Gemma2),
             "gemma3_text" | "gemma3" => Ok(Family::Gemma3),
-            "qwen3_moe" => Ok(Family::Qwen3Moe),
+            "qwen3_moe" | "qwen3moe" => Ok(Family::Qwen3Moe),
             "mixtral" => Ok(Family::Mixtral),
             "gpt_oss" | "gpt-oss" => Ok(Family::GptOss),
             other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
