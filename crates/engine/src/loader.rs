@@ -3,7 +3,7 @@
 //! the CPU transformer and, for a GPU, uploaded to the CUDA backend.
 
 use crate::cpu::quant::{QMatrix, QType};
-use crate::cpu::transformer::{Naming, TensorSource, Transformer};
+use crate::cpu::transformer::{ExpertStack, Naming, TensorSource, Transformer};
 use crate::model::config::parse_rope_scaling;
 use crate::model::{AnyModel, Arch, Family, ModelConfig, ModelError, Moe};
 use candle_core::quantized::gguf_file;
@@ -161,7 +161,7 @@ impl TensorSource for GgufSource<'_> {
         Ok(Some((dims, m)))
     }
 
-    fn experts(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<QMatrix>)>, ModelError> {
+    fn experts(&mut self, name: &str) -> Result<Option<ExpertStack>, ModelError> {
         let Some(q) = self.read(name)? else {
             return Ok(None);
         };
@@ -383,7 +383,7 @@ impl TensorSource for SafetensorsSource {
         Ok(Some((dims, m)))
     }
 
-    fn experts(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<QMatrix>)>, ModelError> {
+    fn experts(&mut self, name: &str) -> Result<Option<ExpertStack>, ModelError> {
         // HF checkpoints store experts one by one (gpt-oss's stacks are read as vectors).
         Err(ModelError::Tensor {
             name: name.to_string(),

@@ -11,6 +11,9 @@ use crate::model::{Activation, Arch, Family, Logits, ModelConfig, ModelError, Mo
 /// A 1-D tensor's shape and its f32 values.
 pub(crate) type NamedTensor = (Vec<usize>, Vec<f32>);
 
+/// A stack's shape (`[experts, out, in]`) and one matrix per expert.
+pub(crate) type ExpertStack = (Vec<usize>, Vec<QMatrix>);
+
 /// Where weights come from: named tensors in HF `[out, in]` layout.
 pub(crate) trait TensorSource {
     /// A 2-D weight in its stored format, with its shape, or `None` when absent.
@@ -19,7 +22,7 @@ pub(crate) trait TensorSource {
     fn vector(&mut self, name: &str) -> Result<Option<NamedTensor>, ModelError>;
     /// A 3-D stack of experts' weights (`[experts, out, in]`, llama.cpp's `*_exps`)
     /// as one matrix per expert in the stored format, with the stack's shape.
-    fn experts(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<QMatrix>)>, ModelError>;
+    fn experts(&mut self, name: &str) -> Result<Option<ExpertStack>, ModelError>;
 }
 
 /// How a family's checkpoint names its tensors.
