@@ -4,8 +4,9 @@
 
 use crate::cpu::quant::{QMatrix, QType};
 use crate::cpu::transformer::{ExpertStack, Naming, TensorSource, Transformer};
+use crate::model::arch::periodic;
 use crate::model::config::parse_rope_scaling;
-use crate::model::{AnyModel, Arch, Family, ModelConfig, ModelError, Moe};
+use crate::model::{Activation, AnyModel, Arch, Family, LayerAttn, ModelConfig, ModelError, Moe};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use reprise_text::gguf::Gguf;
@@ -257,6 +258,8 @@ fn gguf_config(g: &Gguf, meta: &ModelMeta) -> Result<ModelConfig, ModelError> {
             | Family::Phi3
             | Family::Qwen3Moe
             | Family::Mixtral
+            | Family::Gemma2
+            | Family::Gemma3
     ) {
         return Err(ModelError::Config(format!(
             "GGUF files of the {arch} architecture are not supported yet; serve its HF checkpoint (a directory or repo id)"
@@ -299,37 +302,45 @@ fn gguf_config(g: &Gguf, meta: &ModelMeta) -> Result<ModelConfig, ModelError> {
             .unwrap_or(1e-5),
         tie_word_embeddings: !g.tensors.contains_key("output.weight"),
         attention_bias: g.tensors.contains_key("blk.0.attn_q.bias"),
-        qk_norm: matches!(family, Family::Qwen3 | Family::Qwen3Moe),
+        qk_norm: matches!(family, Family::Qwen3 | Family::Qwen3Moe | Family::Gemma3),
         max_position_embeddings: meta.max_model_len,
         // llama.cpp's Llama-architecture GGUFs (Mistral's included) name no window;
-        // its Phi-3 files do.
-        sliding_window: g.usize(&k("attention.sliding_window")).filter(|&w| w > 0),
+        // its Phi-3 and Gemma files do (Gemma 2's defaults to 4096 there).
+        sliding_window: g
+            .usize(&k("attention.sliding_window"))
+            .or((family == Family::Gemma2).then_some(4096))
+            .filter(|&w| w > 0),
         rotary_dim: g.usize(&k("rope.dimension_count")).unwrap_or(head_dim),
         bos_token_id: meta.bos_token_id,
         eos_token_ids: meta.eos_token_ids.clone(),
-        arch: Arch {
-            moe: match experts {
-                None if family == Family::Qwen3Moe => {
-                    return Err(ModelError::Config(format!(
-                        "GGUF metadata: missing {:?}",
-                        k("expert_count")
-                    )))
-                }
-                None => None,
-                Some(num_experts) => Some(Moe {
-                    num_experts,
-                    top_k: need(k("expert_used_count"))?,
-                    // llama.cpp renormalises the chosen experts' weights for both.
-                    norm_topk_prob: true,
-                    intermediate_size: match g.usize(&k("expert_feed_forward_length")) {
-                        Some(n) => n,
-                        None => need(k("feed_forward_length"))?,
-                    },
-                    softmax_after_top_k: false,
-                    dense_layers: Vec::new(),
-                }),
+        arch: match family {
+            Family::Gemma2 | Family::Gemma3 => {
+                gguf_gemma(g, arch, family, hidden, num_heads, head_dim)?
+            }
+            _ => Arch {
+                moe: match experts {
+                    None if family == Family::Qwen3Moe => {
+                        return Err(ModelError::Config(format!(
+                            "GGUF metadata: missing {:?}",
+                            k("expert_count")
+                        )))
+                    }
+                    None => None,
+                    Some(num_experts) => Some(Moe {
+                        num_experts,
+                        top_k: need(k("expert_used_count"))?,
+                        // llama.cpp renormalises the chosen experts' weights for both.
+                        norm_topk_prob: true,
+                        intermediate_size: match g.usize(&k("expert_feed_forward_length")) {
+                            Some(n) => n,
+                            None => need(k("feed_forward_length"))?,
+                        },
+                        softmax_after_top_k: false,
+                        dense_layers: Vec::new(),
+                    }),
+                },
+                ..Arch::default()
             },
-            ..Arch::default()
         },
     };
     if let Some(m) = &cfg.arch.moe {
@@ -342,6 +353,67 @@ fn gguf_config(g: &Gguf, meta: &ModelMeta) -> Result<ModelConfig, ModelError> {
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Gemma 2 / 3 as llama.cpp reads them: sliding layers from
+/// `attention.sliding_window_pattern` (a period or one flag per layer; llama.cpp's
+/// defaults, every 2nd layer global for Gemma 2 and every 6th for Gemma 3, when absent),
+/// local rope base `rope.freq_base_swa` (10000), soft-caps (Gemma 2: 50 and 30 unless
+/// given), the attention scale `attention.scale` or llama.cpp's rule (head_dim, except
+/// hidden / heads for the 27B models, told apart by their layer count). The converter
+/// has already added Gemma's 1 to the norm gains.
+fn gguf_gemma(
+    g: &Gguf,
+    arch: &str,
+    family: Family,
+    hidden: usize,
+    num_heads: usize,
+    head_dim: usize,
+) -> Result<Arch, ModelError> {
+    let k = |s: &str| format!("{arch}.{s}");
+    let layers = g.usize(&k("block_count")).unwrap_or(0);
+    let gemma3 = family == Family::Gemma3;
+    let pattern_key = k("attention.sliding_window_pattern");
+    let layer_types = match g.get(&pattern_key) {
+        Some(v) if v.as_array().is_some() => {
+            let flags = v.as_array().unwrap_or_default();
+            if flags.len() != layers {
+                return Err(ModelError::Config(format!(
+                    "GGUF metadata: {pattern_key:?} has {} flags for {layers} layers",
+                    flags.len()
+                )));
+            }
+            flags
+                .iter()
+                .map(|f| match f.as_bool() {
+                    Some(true) => LayerAttn::Sliding,
+                    _ => LayerAttn::Full,
+                })
+                .collect()
+        }
+        _ => periodic(
+            layers,
+            g.usize(&pattern_key).unwrap_or(if gemma3 { 6 } else { 2 }),
+        ),
+    };
+    let big = layers == if gemma3 { 62 } else { 46 };
+    let scalar = match g.f32(&k("attention.scale")) {
+        Some(s) if s > 0.0 => 1.0 / (s * s),
+        _ if big => (hidden / num_heads) as f32,
+        _ => head_dim as f32,
+    };
+    Ok(Arch {
+        layer_types,
+        local_rope_theta: gemma3.then(|| g.f32(&k("rope.freq_base_swa")).unwrap_or(10_000.0)),
+        norm_plus_one: true,
+        sandwich_norms: true,
+        query_pre_attn_scalar: Some(scalar),
+        attn_softcap: (!gemma3).then(|| g.f32(&k("attn_logit_softcapping")).unwrap_or(50.0)),
+        final_softcap: (!gemma3).then(|| g.f32(&k("final_logit_softcapping")).unwrap_or(30.0)),
+        scale_embeddings: true,
+        activation: Activation::GeluTanh,
+        ..Arch::default()
+    })
 }
 
 struct SafetensorsSource {

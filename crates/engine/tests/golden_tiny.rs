@@ -292,7 +292,8 @@ fn write_gguf(
     let experts = cfg["num_local_experts"]
         .as_u64()
         .or(cfg["num_experts"].as_u64())
-        .expect("experts") as usize;
+        .unwrap_or(0) as usize;
+    let gemma = arch.starts_with("gemma");
     let expert_inter = cfg["moe_intermediate_size"]
         .as_u64()
         .map_or(n("intermediate_size"), |x| x as usize);
@@ -337,7 +338,11 @@ fn write_gguf(
     };
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let put = |gg: String, hf: &str, dt: GgmlDType| {
-        let (d, v) = get(hf);
+        let (d, mut v) = get(hf);
+        // llama.cpp's converter stores Gemma's norm gains as 1 + w.
+        if gemma && hf.ends_with("norm.weight") {
+            v.iter_mut().for_each(|x| *x += 1.0);
+        }
         (gg, qt(&d, v, dt))
     };
     tensors.push(put(
@@ -345,7 +350,9 @@ fn write_gguf(
         "model.embed_tokens.weight",
         dtype,
     ));
-    tensors.push(put("output.weight".into(), "lm_head.weight", dtype));
+    if weights.contains_key("lm_head.weight") {
+        tensors.push(put("output.weight".into(), "lm_head.weight", dtype));
+    }
     tensors.push(put(
         "output_norm.weight".into(),
         "model.norm.weight",
@@ -355,12 +362,27 @@ fn write_gguf(
     for l in 0..layers {
         let hf = |s: &str| format!("model.layers.{l}.{s}");
         let gg = |s: &str| format!("blk.{l}.{s}");
-        for (g, f) in [
-            ("attn_norm.weight", "input_layernorm.weight"),
-            ("ffn_norm.weight", "post_attention_layernorm.weight"),
-            ("attn_q_norm.weight", "self_attn.q_norm.weight"),
-            ("attn_k_norm.weight", "self_attn.k_norm.weight"),
-        ] {
+        let norms: &[(&str, &str)] = if gemma {
+            &[
+                ("attn_norm.weight", "input_layernorm.weight"),
+                (
+                    "post_attention_norm.weight",
+                    "post_attention_layernorm.weight",
+                ),
+                ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
+                ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
+                ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+                ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+            ]
+        } else {
+            &[
+                ("attn_norm.weight", "input_layernorm.weight"),
+                ("ffn_norm.weight", "post_attention_layernorm.weight"),
+                ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+                ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+            ]
+        };
+        for &(g, f) in norms {
             if weights.contains_key(&hf(f)) {
                 tensors.push(put(gg(g), &hf(f), GgmlDType::F32));
             }
@@ -382,6 +404,16 @@ fn write_gguf(
             &hf("self_attn.o_proj.weight"),
             dtype,
         ));
+        if experts == 0 {
+            for w in ["gate", "up", "down"] {
+                tensors.push(put(
+                    gg(&format!("ffn_{w}.weight")),
+                    &hf(&format!("mlp.{w}_proj.weight")),
+                    dtype,
+                ));
+            }
+            continue;
+        }
         let router = if mixtral {
             "block_sparse_moe.gate.weight"
         } else {
@@ -450,8 +482,6 @@ fn write_gguf(
             k("rope.freq_base"),
             GValue::F32(cfg["rope_theta"].as_f64().expect("theta") as f32),
         ),
-        (k("expert_count"), u(experts)),
-        (k("expert_used_count"), u(n("num_experts_per_tok"))),
         ("tokenizer.ggml.model".into(), GValue::String("gpt2".into())),
         (
             "tokenizer.ggml.tokens".into(),
@@ -461,8 +491,23 @@ fn write_gguf(
         ("tokenizer.ggml.bos_token_id".into(), u(1)),
         ("tokenizer.ggml.eos_token_id".into(), u(2)),
     ];
-    if !mixtral {
-        meta.push((k("expert_feed_forward_length"), u(expert_inter)));
+    if experts > 0 {
+        meta.push((k("expert_count"), u(experts)));
+        meta.push((k("expert_used_count"), u(n("num_experts_per_tok"))));
+        if !mixtral {
+            meta.push((k("expert_feed_forward_length"), u(expert_inter)));
+        }
+    }
+    if gemma {
+        meta.push((k("attention.sliding_window"), u(n("sliding_window"))));
+        for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            if let Some(c) = cfg[key].as_f64() {
+                meta.push((k(key), GValue::F32(c as f32)));
+            }
+        }
+        if let Some(p) = cfg["sliding_window_pattern"].as_u64() {
+            meta.push((k("attention.sliding_window_pattern"), u(p as usize)));
+        }
     }
     let meta_refs: Vec<(&str, &GValue)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -484,6 +529,72 @@ fn tiny_mixtral_gguf() {
     )
     .expect("json");
     check_cases(&lm, &golden);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Gemma 3 as llama.cpp's `gemma3` (norm gains stored as 1 + w, tied head, the tiny
+/// model's window pattern of 3 given as `attention.sliding_window_pattern`), in f32:
+/// the transformers golden unchanged.
+#[test]
+fn tiny_gemma3_gguf() {
+    let tmp = copy_to_tmp(&dir("gemma3"), &[], "gemma3-gguf");
+    let path = tmp.join("gemma3.gguf");
+    write_gguf(&dir("gemma3"), "gemma3", (GgmlDType::F32, false), &path);
+    let lm = loader::load(path.to_str()).expect("load gguf");
+    assert_eq!(lm.model.config().family, Family::Gemma3);
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir("gemma3").join("golden.json")).expect("golden"),
+    )
+    .expect("json");
+    check_cases(&lm, &golden);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Gemma 2 as llama.cpp's `gemma2`, whose attention scale is head_dim^-1/2 (the tiny
+/// model's `query_pre_attn_scalar` of 64 has no GGUF key): equal, in f32, to the HF
+/// checkpoint loaded with `query_pre_attn_scalar` = head_dim (greedy tokens, logits).
+#[test]
+fn tiny_gemma2_gguf() {
+    let src = dir("gemma2");
+    let tmp = copy_to_tmp(
+        &src,
+        &[
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+        ],
+        "gemma2-gguf",
+    );
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).expect("config"))
+            .expect("json");
+    cfg["query_pre_attn_scalar"] = cfg["head_dim"].clone();
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).expect("write config");
+    let hf = loader::load(tmp.to_str())
+        .expect("load hf")
+        .cpu_model()
+        .expect("cpu");
+    let path = tmp.join("gemma2.gguf");
+    write_gguf(&src, "gemma2", (GgmlDType::F32, false), &path);
+    let gg = loader::load(path.to_str()).expect("load gguf");
+    assert_eq!(gg.model.config().family, Family::Gemma2);
+    let gg = gg.cpu_model().expect("cpu");
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("golden.json")).expect("golden"))
+            .expect("json");
+    for case in golden["cases"].as_array().expect("cases") {
+        let prompt = ids(&case["prompt_token_ids"]);
+        let (want_logits, want) = greedy(hf.as_ref(), &prompt, 8);
+        let (logits, toks) = greedy(gg.as_ref(), &prompt, 8);
+        let diff = want_logits
+            .iter()
+            .zip(&logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-3, "case {}: logits off by {diff}", case["id"]);
+        assert_eq!(toks, want, "case {}", case["id"]);
+    }
     let _ = std::fs::remove_dir_all(&tmp);
 }
 

@@ -154,7 +154,7 @@ fn layer_types_of(v: &Value, n: usize) -> Result<Option<Vec<LayerAttn>>, ModelEr
 
 /// Layer `i` slides unless `(i + 1)` is a multiple of `every` (Gemma 2: every 2nd
 /// layer global; Gemma 3: every `sliding_window_pattern`-th).
-fn periodic(n: usize, every: usize) -> Vec<LayerAttn> {
+pub(crate) fn periodic(n: usize, every: usize) -> Vec<LayerAttn> {
     (0..n)
         .map(|i| {
             if (i + 1) % every.max(1) == 0 {
