@@ -171,8 +171,10 @@ pub struct Engine<E: Executor> {
 impl<E: Executor> Engine<E> {
     /// An idle engine.
     pub fn new(cfg: EngineConfig, exec: E) -> Result<Self, SchedulerError> {
+        let mut sched = Scheduler::new(cfg.scheduler.clone())?;
+        sched.set_sliding_window(exec.sliding_window());
         Ok(Self {
-            sched: Scheduler::new(cfg.scheduler.clone())?,
+            sched,
             exec,
             cfg,
             requests: HashMap::new(),

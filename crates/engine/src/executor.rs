@@ -55,6 +55,11 @@ pub trait Executor {
     fn add_sequence(&mut self, _seq: SeqId, _new: &NewSequence<'_>) {}
     /// A sequence ended; drop its per-sequence state.
     fn remove_sequence(&mut self, _seq: SeqId) {}
+    /// Keys a query attends to when every layer slides its window (blocks before it
+    /// can be given back); `None` when some layer needs the whole prefix.
+    fn sliding_window(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl<E: Executor + ?Sized> Executor for Box<E> {
@@ -68,6 +73,10 @@ impl<E: Executor + ?Sized> Executor for Box<E> {
 
     fn remove_sequence(&mut self, seq: SeqId) {
         (**self).remove_sequence(seq)
+    }
+
+    fn sliding_window(&self) -> Option<usize> {
+        (**self).sliding_window()
     }
 }
 

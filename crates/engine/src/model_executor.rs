@@ -37,6 +37,10 @@ impl<M: Model> ModelExecutor<M> {
 }
 
 impl<M: Model> Executor for ModelExecutor<M> {
+    fn sliding_window(&self) -> Option<usize> {
+        self.model.config().uniform_window()
+    }
+
     fn execute(&mut self, step: &[StepInput<'_>]) -> Result<Vec<Sampled>, ExecutorError> {
         let batch: Vec<SeqInput> = step
             .iter()

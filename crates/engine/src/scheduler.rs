@@ -194,6 +194,17 @@ impl Scheduler {
         })
     }
 
+    /// Gives back each sequence's blocks that slid out of a window of `w` keys (a
+    /// model whose every layer slides; see [`KvCacheManager::free_slid_out`]).
+    pub fn set_sliding_window(&mut self, w: Option<usize>) {
+        self.kv.set_sliding_window(w);
+    }
+
+    /// The window set by [`Self::set_sliding_window`].
+    pub fn sliding_window(&self) -> Option<usize> {
+        self.kv.sliding_window()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &SchedulerConfig {
         &self.cfg
@@ -220,8 +231,13 @@ impl Scheduler {
         if prompt.is_empty() {
             return Err(SchedulerError::EmptyPrompt);
         }
-        // The prompt plus the first sampled token must fit in the pool at once.
-        let needed = blocks_for(prompt.len() + 1, self.cfg.block_size);
+        // The prompt plus the first sampled token must fit in the pool at once; with a
+        // sliding window, only the window and one step's chunk (older blocks go back).
+        let mut needed = blocks_for(prompt.len() + 1, self.cfg.block_size);
+        if let Some(w) = self.kv.sliding_window() {
+            let chunk = self.cfg.max_num_batched_tokens;
+            needed = needed.min(blocks_for(w + chunk + 1, self.cfg.block_size) + 3);
+        }
         if needed > self.cfg.num_blocks {
             return Err(SchedulerError::TooLong {
                 tokens: prompt.len(),
@@ -454,6 +470,7 @@ impl Scheduler {
             }
             s.num_computed = p.start + p.len;
             self.kv.cache_blocks(p.seq, &s.tokens, s.num_computed);
+            self.kv.free_slid_out(p.seq, s.num_computed);
         }
     }
 

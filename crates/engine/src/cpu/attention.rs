@@ -210,10 +210,11 @@ pub fn paged_attention(
         #[allow(clippy::redundant_locals)]
         let out_ptr = out_ptr;
         if seq.n_new >= GEMM_MIN_ROWS {
-            // Gather this head's K/V contiguous so two GEMMs do the work.
+            // Gather this head's K/V contiguous so two GEMMs do the work; keys before
+            // the first row's window stay zero (masked, and their blocks may be gone).
             let mut kbuf = vec![0.0f32; ctx * hd];
             let mut vbuf = vec![0.0f32; ctx * hd];
-            for p in 0..ctx {
+            for p in shape.first_key(seq.start_pos + 1)..ctx {
                 let off = slot(p) * row_len + kvh * hd;
                 kbuf[p * hd..(p + 1) * hd].copy_from_slice(&k_cache[off..off + hd]);
                 vbuf[p * hd..(p + 1) * hd].copy_from_slice(&v_cache[off..off + hd]);

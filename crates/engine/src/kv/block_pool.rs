@@ -7,7 +7,7 @@
 //! evicts it (that is the moment `BlockRemoved` is emitted); a hit on a block
 //! in the free queue takes it out of the queue (touch-on-hit).
 
-use super::block_table::BlockTable;
+use super::block_table::{BlockTable, FREED};
 use super::prefix_cache::PrefixCache;
 use super::BlockId;
 use reprise_protocol::{BlockKey, EventSequencer, KvEvent, KvEventData, MemoryTier, TokenId};
@@ -146,7 +146,15 @@ impl BlockPool {
     /// queue's tail in reverse table order, so that a request's last
     /// (longest-prefix) block is evicted first.
     pub fn release(&mut self, mut table: BlockTable) {
-        let blocks = table.take();
+        let blocks: Vec<BlockId> = table.take().into_iter().filter(|&b| b != FREED).collect();
+        self.release_ids(&blocks);
+    }
+
+    /// Returns the blocks of a live table's entries `..upto` (they slid out of the
+    /// attention window), leaving [`FREED`] in their place; they stay cached until
+    /// evicted, like any released block.
+    pub fn release_prefix(&mut self, table: &mut BlockTable, upto: usize) {
+        let blocks = table.take_prefix(upto);
         self.release_ids(&blocks);
     }
 

@@ -6,6 +6,10 @@
 
 use super::BlockId;
 
+/// A table entry whose block was given back while the sequence lives on (it slid
+/// out of every layer's attention window); no attention reads it.
+pub const FREED: BlockId = BlockId::MAX;
+
 /// The physical blocks of one sequence, in position order.
 #[must_use = "a block table's blocks return to the pool only through BlockPool::release"]
 #[derive(Debug, Default)]
@@ -41,14 +45,29 @@ impl BlockTable {
     pub(super) fn take(&mut self) -> Vec<BlockId> {
         std::mem::take(&mut self.blocks)
     }
+
+    /// The blocks of entries `..upto` not yet freed, now marked [`FREED`].
+    pub(super) fn take_prefix(&mut self, upto: usize) -> Vec<BlockId> {
+        let upto = upto.min(self.blocks.len());
+        self.blocks[..upto]
+            .iter_mut()
+            .filter(|b| **b != FREED)
+            .map(|b| std::mem::replace(b, FREED))
+            .collect()
+    }
+
+    /// Entries still holding a block.
+    pub fn held(&self) -> impl Iterator<Item = BlockId> + '_ {
+        self.blocks.iter().copied().filter(|&b| b != FREED)
+    }
 }
 
 impl Drop for BlockTable {
     fn drop(&mut self) {
         assert!(
-            self.blocks.is_empty() || std::thread::panicking(),
+            self.held().next().is_none() || std::thread::panicking(),
             "a block table holding {} blocks was dropped without BlockPool::release",
-            self.blocks.len()
+            self.held().count()
         );
     }
 }

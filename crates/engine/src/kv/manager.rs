@@ -42,6 +42,9 @@ pub struct KvCacheManager {
     pool: BlockPool,
     hasher: BlockHasher,
     seqs: HashMap<SeqId, SeqBlocks>,
+    /// Keys a query attends to when every layer of the model slides its window:
+    /// blocks wholly before the next query's window are given back.
+    window: Option<usize>,
 }
 
 fn blocks_for(tokens: usize, block_size: usize) -> usize {
@@ -59,7 +62,35 @@ impl KvCacheManager {
             pool: BlockPool::new(num_blocks, block_size),
             hasher: BlockHasher::new(block_size, algo)?,
             seqs: HashMap::new(),
+            window: None,
         })
+    }
+
+    /// Gives back blocks that slid out of the window of `w` keys (every layer of the
+    /// model slides; `None`: keep a sequence's blocks until it ends).
+    pub fn set_sliding_window(&mut self, w: Option<usize>) {
+        self.window = w.filter(|&w| w > 0);
+    }
+
+    /// The window set by [`Self::set_sliding_window`].
+    pub fn sliding_window(&self) -> Option<usize> {
+        self.window
+    }
+
+    /// With a sliding window, returns the blocks of a sequence that no later query
+    /// reads (the next one, at position `num_computed`, attends to the `window` keys
+    /// ending there), once registered: they stay findable by key until evicted.
+    pub fn free_slid_out(&mut self, seq: SeqId, num_computed: usize) {
+        let (Some(w), bs) = (self.window, self.pool.block_size()) else {
+            return;
+        };
+        let Some(s) = self.seqs.get_mut(&seq) else {
+            return;
+        };
+        let gone = ((num_computed + 1).saturating_sub(w) / bs).min(s.num_registered);
+        if gone > 0 {
+            self.pool.release_prefix(&mut s.table, gone);
+        }
     }
 
     /// The pool, read-only (metrics, tests).
@@ -221,7 +252,7 @@ impl KvCacheManager {
         let n = self.pool.num_blocks();
         let mut refs = vec![0u32; n];
         for s in self.seqs.values() {
-            for &b in s.table.blocks() {
+            for b in s.table.held() {
                 refs[b as usize] += 1;
             }
         }
@@ -273,6 +304,7 @@ impl Drop for KvCacheManager {
 
 #[cfg(test)]
 mod tests {
+    use super::super::block_table::FREED;
     use super::*;
 
     fn toks(n: usize, base: u32) -> Vec<TokenId> {
@@ -294,6 +326,39 @@ mod tests {
         assert_eq!(hit.next_key, None, "the last token's block is never a hit");
         assert!(m.allocate_slots(2, &hit.blocks, 10));
         assert_eq!(m.pool().ref_count(hit.blocks[0]), 2);
+        m.free(1);
+        m.free(2);
+        assert_eq!(m.pool().num_in_use(), 0);
+        m.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn blocks_that_slid_out_go_back_and_stay_findable() {
+        let mut m = KvCacheManager::new(16, 4, HashAlgo::Xxh3).unwrap();
+        m.set_sliding_window(Some(6));
+        let t = toks(30, 500);
+        m.add(1, Vec::new());
+        // Prefill 20 tokens: the next query (position 20) reads keys 15..=20, so
+        // blocks 0..3 (positions 0..12) are no longer needed.
+        assert!(m.allocate_slots(1, &[], 20));
+        m.cache_blocks(1, &t, 20);
+        m.free_slid_out(1, 20);
+        assert_eq!(m.pool().num_in_use(), 2, "blocks 3 and 4 held");
+        assert_eq!(m.block_table(1)[..3], [FREED; 3]);
+        m.check_invariants().unwrap();
+        // Decoding on: a new block for position 20, one more slides out.
+        assert!(m.allocate_slots(1, &[], 21));
+        m.cache_blocks(1, &t, 21);
+        m.free_slid_out(1, 21);
+        assert_eq!(m.block_table(1)[..4], [FREED; 4]);
+        m.check_invariants().unwrap();
+        // The freed blocks stay cached: the same prompt hits all of them.
+        m.add(2, Vec::new());
+        let hit = m.computed_blocks(2, &t[..21]);
+        assert_eq!(hit.blocks.len(), 5);
+        // Releasing a table with holes (preemption) and freeing work.
+        m.release(1);
+        m.check_invariants().unwrap();
         m.free(1);
         m.free(2);
         assert_eq!(m.pool().num_in_use(), 0);

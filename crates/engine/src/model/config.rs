@@ -378,6 +378,15 @@ impl ModelConfig {
         }
     }
 
+    /// The window when every layer slides it (a sequence's older blocks can then be
+    /// given back); `None` when some layer attends to the whole prefix.
+    pub fn uniform_window(&self) -> Option<usize> {
+        let w = self.sliding_window?;
+        (0..self.num_layers)
+            .all(|l| self.window(l).is_some())
+            .then_some(w)
+    }
+
     /// Whether some layer attends through a sliding window.
     pub fn has_sliding_layers(&self) -> bool {
         (0..self.num_layers).any(|l| self.window(l).is_some())

@@ -247,7 +247,11 @@ pub(crate) fn check_batch(
                 s.block_table.len() * bs
             )));
         }
-        if let Some(b) = s.block_table[..end.div_ceil(bs)]
+        // Blocks wholly before the first new token's window may have been given back.
+        let gone = c
+            .uniform_window()
+            .map_or(0, |w| (s.start_pos + 1).saturating_sub(w) / bs);
+        if let Some(b) = s.block_table[gone.min(end.div_ceil(bs))..end.div_ceil(bs)]
             .iter()
             .find(|&&b| b as usize >= num_blocks)
         {

@@ -54,7 +54,20 @@ impl Harness {
             self.s.finish(*id);
         }
         let bs = self.s.config().block_size;
+        let window = self.s.sliding_window();
         for inp in self.s.inputs(&plan) {
+            // Every key the step's queries attend to is still held, with its token.
+            let seq_tokens = self.s.tokens(inp.seq).expect("scheduled sequence");
+            let lo = window.map_or(0, |w| (inp.start_pos + 1).saturating_sub(w));
+            for p in lo..inp.start_pos {
+                let b = inp.block_table[p / bs];
+                assert_ne!(
+                    b,
+                    crate::kv::block_table::FREED,
+                    "position {p} was given back"
+                );
+                assert_eq!(self.contents[b as usize][p % bs], Some(seq_tokens[p]));
+            }
             for (k, t) in inp.tokens.iter().enumerate() {
                 let p = inp.start_pos + k;
                 self.contents[inp.block_table[p / bs] as usize][p % bs] = Some(*t);
@@ -394,9 +407,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
     #[test]
-    fn pool_invariants_hold_under_random_interleavings(ops in proptest::collection::vec(op(), 1..120), budget in 3usize..20) {
+    fn pool_invariants_hold_under_random_interleavings(ops in proptest::collection::vec(op(), 1..120), budget in 3usize..20, window in proptest::option::of(1usize..10)) {
         let bs = 4;
-        let mut h = Harness::new(sched(12, bs, budget));
+        let mut s = sched(12, bs, budget);
+        s.set_sliding_window(window);
+        let mut h = Harness::new(s);
         let mut live: Vec<SeqId> = Vec::new();
         let mut salt = 0u32;
         for op in ops {
