@@ -59,14 +59,14 @@ impl Harness {
             // Every key the step's queries attend to is still held, with its token.
             let seq_tokens = self.s.tokens(inp.seq).expect("scheduled sequence");
             let lo = window.map_or(0, |w| (inp.start_pos + 1).saturating_sub(w));
-            for p in lo..inp.start_pos {
+            for (p, &tok) in seq_tokens.iter().enumerate().take(inp.start_pos).skip(lo) {
                 let b = inp.block_table[p / bs];
                 assert_ne!(
                     b,
                     crate::kv::block_table::FREED,
                     "position {p} was given back"
                 );
-                assert_eq!(self.contents[b as usize][p % bs], Some(seq_tokens[p]));
+                assert_eq!(self.contents[b as usize][p % bs], Some(tok));
             }
             for (k, t) in inp.tokens.iter().enumerate() {
                 let p = inp.start_pos + k;
