@@ -194,6 +194,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> axum::Router {
         .route("/ping", get(ping::<B>).post(ping::<B>))
         .route("/version", get(version))
         .route("/metrics", get(metrics::<B>))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(app.http.max_body_bytes))
@@ -389,6 +390,10 @@ async fn detokenize<B: Backend>(
         .run(move || detokenize_body(&st.model, &body))
         .await
         .map(Json)
+}
+
+async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document(env!("CARGO_PKG_VERSION")))
 }
 
 async fn health<B: Backend>(State(app): State<Arc<App<B>>>) -> Response {

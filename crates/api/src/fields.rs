@@ -177,6 +177,27 @@ const CHAT: &[(&str, Rule)] = &[
     ("verbosity", Only(never, "null")),
 ];
 
+/// Every field `endpoint` accepts, with what it accepts when only its "off" value is
+/// (`None`: read and honoured), for the OpenAPI document.
+pub fn accepted(endpoint: Endpoint) -> Vec<(&'static str, Option<&'static str>)> {
+    let own = match endpoint {
+        Endpoint::Completions => COMPLETIONS,
+        Endpoint::Chat => CHAT,
+    };
+    own.iter()
+        .chain(COMMON)
+        .map(|(n, r)| {
+            (
+                *n,
+                match r {
+                    Used => None,
+                    Only(_, allowed) => Some(*allowed),
+                },
+            )
+        })
+        .collect()
+}
+
 fn rule(endpoint: Endpoint, name: &str) -> Option<Rule> {
     let own = match endpoint {
         Endpoint::Completions => COMPLETIONS,

@@ -19,6 +19,7 @@ pub mod listener;
 pub mod metrics;
 pub mod middleware;
 pub mod model_info;
+pub mod openapi;
 pub mod options;
 pub mod params;
 pub mod prompt;
