@@ -11,10 +11,8 @@
 mod support;
 
 use serde_json::{json, Map, Value};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use support::{metric_total, parse_response, Resp, Server};
+use support::{exchange, metric_total, Resp, Server};
 
 /// xorshift64*: reproducible cases from a seed, no dependency.
 struct Rng(u64);
@@ -307,8 +305,6 @@ fn make_case(r: &mut Rng, doc: &Value, ops: &[(String, String, Value)]) -> Case 
 }
 
 fn send(addr: &str, c: &Case) -> Result<Resp, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
     let mut head = format!(
         "{} {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
         c.method,
@@ -322,19 +318,7 @@ fn send(addr: &str, c: &Case) -> Result<Resp, String> {
     head.push_str("\r\n");
     let mut msg = head.into_bytes();
     msg.extend_from_slice(&c.body);
-    let mut w = s.try_clone().map_err(|e| e.to_string())?;
-    let writer = std::thread::spawn(move || {
-        let _ = w.write_all(&msg);
-    });
-    let mut raw = Vec::new();
-    let read = s.read_to_end(&mut raw);
-    let _ = writer.join();
-    if raw.is_empty() {
-        return Err(format!(
-            "no response ({read:?}): a hang or a dropped connection"
-        ));
-    }
-    Ok(parse_response(&raw))
+    exchange(addr, msg, Duration::from_secs(60))
 }
 
 fn openai_error(resp: &Resp) -> bool {

@@ -285,12 +285,19 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Resp {
-    let mut s = connect(addr);
     let mut msg = head(method, path, headers, body.len()).into_bytes();
     msg.extend_from_slice(body);
+    exchange(addr, msg, Duration::from_secs(600)).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// Sends the raw request `msg` on a fresh connection and reads the whole response;
+/// an error when nothing came back within `timeout` (a hang or a dropped connection).
+pub fn exchange(addr: &str, msg: Vec<u8>, timeout: Duration) -> Result<Resp, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).ok();
     // The server may answer (413) before reading all of a large body; write from
     // another thread so that a refused body never blocks reading the answer.
-    let mut w = s.try_clone().expect("clone");
+    let mut w = s.try_clone().map_err(|e| e.to_string())?;
     let writer = std::thread::spawn(move || {
         let _ = w.write_all(&msg);
     });
@@ -298,9 +305,9 @@ pub fn request(
     let read = s.read_to_end(&mut raw);
     let _ = writer.join();
     if raw.is_empty() {
-        panic!("{method} {path}: no response ({read:?})");
+        return Err(format!("no response ({read:?})"));
     }
-    parse_response(&raw)
+    Ok(parse_response(&raw))
 }
 
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
