@@ -318,3 +318,203 @@ fn a_killed_worker_costs_no_request_and_returns_with_its_blocks_forgotten() {
     assert!(back, "the restarted worker gets traffic again");
     drop(w1);
 }
+
+/// One streamed completion's outcome under chaos.
+struct Outcome {
+    status: u16,
+    worker: Option<usize>,
+    done: bool,
+    error_event: bool,
+    text: String,
+}
+
+fn stream_once(addr: &str, i: usize) -> Outcome {
+    let body = json!({"prompt": long_text(&format!("chaos load {i}"), 20 + i % 30),
+        "max_tokens": 16, "temperature": 0, "stream": true});
+    let mut msg = head("POST", "/v1/completions", &[], body.to_string().len()).into_bytes();
+    msg.extend_from_slice(body.to_string().as_bytes());
+    // A stream that neither ends nor errors within a minute is a hang.
+    let resp = exchange(addr, msg, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("stream {i}: {e} (a hang)"));
+    let events = resp.events();
+    Outcome {
+        status: resp.status,
+        worker: resp.header("x-reprise-worker").and_then(|w| w.parse().ok()),
+        done: events.last().map(String::as_str) == Some("[DONE]"),
+        error_event: events.iter().any(|e| {
+            serde_json::from_str::<Value>(e).is_ok_and(|v| v["error"]["message"].is_string())
+        }),
+        text: resp.text(),
+    }
+}
+
+fn signal(srv: &Server, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &srv.pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {}", srv.pid);
+}
+
+/// Three workers under steady streaming load through `reprise route`: one killed -9
+/// mid-stream, another stopped (SIGSTOP) past the health checks and resumed, the
+/// killed one restarted on its ports. Streams already flowing on the killed worker end
+/// with an error event (never a hang); every other request succeeds; the stopped worker
+/// leaves routing and comes back; the restarted one's old blocks are gone from the
+/// index before it serves (a prompt cached only there is a miss), with and without
+/// KV-event replay.
+fn chaos(replay: bool) {
+    let start = |ports: Option<(&str, &str, &str)>| {
+        let mut args: Vec<String> = vec!["--devices".into(), "cpu".into()];
+        let (http, ev, rp) = ports.unwrap_or(("0", "*", "*"));
+        args.extend(["--port".into(), http.into()]);
+        args.extend(["--kv-events-endpoint".into(), format!("tcp://*:{ev}")]);
+        if replay {
+            args.extend([
+                "--kv-events-replay-endpoint".into(),
+                format!("tcp://*:{rp}"),
+            ]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start(&refs)
+    };
+    let spec_of = |w: &Server| {
+        let (events, rp) = kv_endpoints(w);
+        match rp {
+            Some(rp) if replay => format!("http://{},events={events},replay={rp}", w.addr),
+            _ => format!("http://{},events={events}", w.addr),
+        }
+    };
+    let (w0, w1, mut w2) = (start(None), start(None), start(None));
+    let specs = [spec_of(&w0), spec_of(&w1), spec_of(&w2)];
+    let mut args: Vec<&str> = Vec::new();
+    for s in &specs {
+        args.extend(["--worker", s.as_str()]);
+    }
+    let r = Server::spawn_cmd("route", &args, false);
+    let port_of = |ep: &str| ep.rsplit(':').next().expect("port").to_string();
+    let (events2, replay2) = kv_endpoints(&w2);
+    let ports2 = (
+        w2.addr.rsplit(':').next().expect("port").to_string(),
+        port_of(&events2),
+        replay2.as_deref().map(port_of).unwrap_or_default(),
+    );
+
+    // A prompt whose blocks only worker 2 holds.
+    let mut on_two = None;
+    for i in 0..30 {
+        let p = long_text(&format!("chaos prefix {i}"), 80);
+        let (resp, _) = r.ok("/v1/completions", &json!({"prompt": p, "max_tokens": 1}));
+        if resp.worker() == 2 {
+            on_two = Some(p);
+            break;
+        }
+    }
+    let on_two = on_two.expect("a request reached worker 2");
+    eventually(
+        Duration::from_secs(10),
+        "worker 2's blocks in the index",
+        || metric(&r, "reprise:worker_engine_blocks{worker=\"2\"}") > 0.0,
+    );
+    // The blocks the router matched on the worker it chose, for one request of `p`.
+    let matched = |p: &str| {
+        let before = metric(&r, "reprise:router_matched_blocks_sum{policy=\"cost\"}");
+        let (resp, v) = r.ok("/v1/completions", &json!({"prompt": p, "max_tokens": 1}));
+        let m = metric(&r, "reprise:router_matched_blocks_sum{policy=\"cost\"}") - before;
+        (resp.worker(), m, cached(&v))
+    };
+    let (w, m, _) = matched(&on_two);
+    assert!(
+        w == 2 && m > 0.0,
+        "a hit on worker 2 first: worker {w}, {m} blocks"
+    );
+
+    // Steady streaming load from 4 clients.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|c| {
+            let (addr, stop) = (r.addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut outs = Vec::new();
+                let mut i = c * 10_000;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    outs.push(stream_once(&addr, i));
+                    i += 1;
+                }
+                outs
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = w2.child.kill();
+    let _ = w2.child.wait();
+    eventually(Duration::from_secs(3), "worker 2 out of routing", || {
+        r.ok_get("/health").1["workers_healthy"] == 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&w1, "-STOP");
+    eventually(
+        Duration::from_secs(5),
+        "the stopped worker out of routing",
+        || r.ok_get("/health").1["workers_healthy"] == 1,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&w1, "-CONT");
+    eventually(Duration::from_secs(5), "the resumed worker back", || {
+        r.ok_get("/health").1["workers_healthy"] == 2
+    });
+    // The load stops so that nothing new lands on worker 2 before the check below.
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let outs: Vec<Outcome> = load
+        .into_iter()
+        .flat_map(|h| h.join().expect("load thread"))
+        .collect();
+    let w2 = start(Some((&ports2.0, &ports2.1, &ports2.2)));
+    eventually(Duration::from_secs(20), "worker 2 back in routing", || {
+        r.ok_get("/health").1["workers_healthy"] == 3
+    });
+    // Its old blocks left the index when it came back, before it served anything: the
+    // prompt only the dead process held is a miss everywhere.
+    let (w, m, c) = matched(&on_two);
+    assert_eq!(m, 0.0, "stale hit: {m} blocks matched on worker {w}");
+    if w == 2 {
+        assert_eq!(c, 0, "a restarted worker has nothing cached");
+    }
+    let failed: Vec<&Outcome> = outs
+        .iter()
+        .filter(|o| !(o.status == 200 && o.done && !o.error_event))
+        .collect();
+    for o in &failed {
+        assert!(
+            o.status == 200 && o.worker == Some(2) && o.error_event,
+            "only streams flowing on the killed worker may fail, with an error event: status {} worker {:?}: {}",
+            o.status,
+            o.worker,
+            o.text
+        );
+    }
+    assert!(
+        outs.len() > failed.len() + 8,
+        "load kept flowing: {} streams, {} failed",
+        outs.len(),
+        failed.len()
+    );
+    eprintln!(
+        "chaos (replay {replay}): {} streams, {} ended by the kill with an error event",
+        outs.len(),
+        failed.len()
+    );
+    drop(w2);
+}
+
+#[test]
+fn chaos_under_route_with_replay() {
+    chaos(true);
+}
+
+#[test]
+fn chaos_under_route_without_replay() {
+    chaos(false);
+}

@@ -124,10 +124,28 @@ fn stream_back(
     guards: (crate::worker::InFlight, Routed),
 ) -> Response {
     let (parts, body) = resp.into_parts();
+    let sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     // The guards live as long as the body: a request is in flight until its last byte.
-    let stream = body.into_data_stream().map(move |chunk| {
+    // A worker that dies mid-stream ends an event stream as `serve` ends a failed
+    // one, with an OpenAI-shaped error event and `[DONE]`, never a bare cut.
+    let stream = body.into_data_stream().scan(false, move |ended, chunk| {
         let _ = &guards;
-        chunk
+        let item = match chunk {
+            _ if *ended => None,
+            Err(e) if sse => {
+                *ended = true;
+                let err = ApiError::Upstream(format!("worker {worker} failed mid-stream: {e}"));
+                Some(Ok(axum::body::Bytes::from(format!(
+                    "data: {}\n\ndata: [DONE]\n\n",
+                    err.body()
+                ))))
+            }
+            other => Some(other),
+        };
+        futures_util::future::ready(item)
     });
     let mut out = Response::new(Body::from_stream(stream));
     *out.status_mut() = parts.status;
