@@ -102,14 +102,10 @@ fn check_cases(lm: &loader::LoadedModel, golden: &Value) -> f32 {
 }
 
 fn check(family: &str) {
-    let d = dir(family);
-    let golden: Value =
-        serde_json::from_str(&std::fs::read_to_string(d.join("golden.json")).expect("golden.json"))
-            .expect("json");
-    let lm = loader::load(d.to_str()).expect("load");
+    let lm = loader::load(dir(family).to_str()).expect("load");
     assert_eq!(lm.meta.eos_token_ids, vec![2]);
     assert!(lm.meta.chat_template.is_some());
-    let worst = check_cases(&lm, &golden);
+    let worst = check_cases(&lm, &golden(family));
     eprintln!("{family}: max |logit diff| {worst:.2e}");
 }
 
@@ -181,27 +177,13 @@ fn tiny_gpt_oss() {
 /// transformers golden above at factor 1.0). Rotating the whole head changes every case.
 #[test]
 fn tiny_phi3_partial_rotary() {
-    let src = dir("phi3");
     let want: Value = serde_json::from_str(
-        &std::fs::read_to_string(src.with_file_name("phi3-partial-rotary.json"))
+        &std::fs::read_to_string(dir("phi3").with_file_name("phi3-partial-rotary.json"))
             .expect("reference"),
     )
     .expect("json");
-    let tmp = copy_to_tmp(
-        &src,
-        &[
-            "model.safetensors",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "generation_config.json",
-        ],
-        "phi3-partial",
-    );
-    let mut cfg: Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).expect("config"))
-            .expect("json");
-    cfg["partial_rotary_factor"] = want["partial_rotary_factor"].clone();
-    std::fs::write(tmp.join("config.json"), cfg.to_string()).expect("write config");
+    let factor = want["partial_rotary_factor"].clone();
+    let tmp = hf_with("phi3", "phi3-partial", "partial_rotary_factor", factor);
     let lm = loader::load(tmp.to_str()).expect("load");
     assert_eq!(lm.model.config().rotary_dim, 12);
     check_cases(&lm, &want);
@@ -515,20 +497,80 @@ fn write_gguf(
     gguf_file::write(&mut f, &meta_refs, &tensor_refs).expect("write gguf");
 }
 
+fn golden(family: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir(family).join("golden.json")).expect("golden"))
+        .expect("json")
+}
+
+/// A temporary copy of `family`'s checkpoint with config.json's `key` set to `value`.
+fn hf_with(family: &str, tag: &str, key: &str, value: Value) -> PathBuf {
+    let src = dir(family);
+    let tmp = copy_to_tmp(
+        &src,
+        &[
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+        ],
+        tag,
+    );
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).expect("config"))
+            .expect("json");
+    cfg[key] = value;
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).expect("write config");
+    tmp
+}
+
+/// `family`'s checkpoint written as a GGUF of `arch` in `form` under `tmp`, loaded on
+/// the CPU as a model of `want`.
+fn gguf_model(
+    family: &str,
+    arch: &str,
+    form: (GgmlDType, bool),
+    tmp: &std::path::Path,
+    want: Family,
+) -> loader::LoadedModel {
+    let path = tmp.join(format!("{arch}-{form:?}.gguf"));
+    write_gguf(&dir(family), arch, form, &path);
+    let lm = loader::load(path.to_str()).expect("load gguf");
+    assert_eq!(lm.model.config().family, want);
+    lm
+}
+
+/// `model` against `reference` on every golden prompt: 8 greedy tokens identical, the
+/// first step's logits within 1e-3; returns the largest logit difference.
+fn assert_same<M: Model>(reference: &M, model: &M, golden: &Value, what: &str) -> f32 {
+    let mut worst = 0f32;
+    for case in golden["cases"].as_array().expect("cases") {
+        let prompt = ids(&case["prompt_token_ids"]);
+        let (want_logits, want) = greedy(reference, &prompt, 8);
+        let (logits, toks) = greedy(model, &prompt, 8);
+        let diff = want_logits
+            .iter()
+            .zip(&logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        worst = worst.max(diff);
+        assert!(
+            diff < 1e-3,
+            "{what}, case {}: logits off by {diff}",
+            case["id"]
+        );
+        assert_eq!(toks, want, "{what}, case {}", case["id"]);
+    }
+    worst
+}
+
 /// Mixtral as llama.cpp writes it (the llama architecture with stacked experts, q/k
 /// permuted), in f32: the transformers golden unchanged.
 #[test]
 fn tiny_mixtral_gguf() {
     let tmp = copy_to_tmp(&dir("mixtral"), &[], "mixtral-gguf");
-    let path = tmp.join("mixtral.gguf");
-    write_gguf(&dir("mixtral"), "llama", (GgmlDType::F32, false), &path);
-    let lm = loader::load(path.to_str()).expect("load gguf");
-    assert_eq!(lm.model.config().family, Family::Mixtral);
-    let golden: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir("mixtral").join("golden.json")).expect("golden"),
-    )
-    .expect("json");
-    check_cases(&lm, &golden);
+    let f32_form = (GgmlDType::F32, false);
+    let lm = gguf_model("mixtral", "llama", f32_form, &tmp, Family::Mixtral);
+    check_cases(&lm, &golden("mixtral"));
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
@@ -538,15 +580,9 @@ fn tiny_mixtral_gguf() {
 #[test]
 fn tiny_gemma3_gguf() {
     let tmp = copy_to_tmp(&dir("gemma3"), &[], "gemma3-gguf");
-    let path = tmp.join("gemma3.gguf");
-    write_gguf(&dir("gemma3"), "gemma3", (GgmlDType::F32, false), &path);
-    let lm = loader::load(path.to_str()).expect("load gguf");
-    assert_eq!(lm.model.config().family, Family::Gemma3);
-    let golden: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir("gemma3").join("golden.json")).expect("golden"),
-    )
-    .expect("json");
-    check_cases(&lm, &golden);
+    let f32_form = (GgmlDType::F32, false);
+    let lm = gguf_model("gemma3", "gemma3", f32_form, &tmp, Family::Gemma3);
+    check_cases(&lm, &golden("gemma3"));
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
@@ -555,46 +591,22 @@ fn tiny_gemma3_gguf() {
 /// checkpoint loaded with `query_pre_attn_scalar` = head_dim (greedy tokens, logits).
 #[test]
 fn tiny_gemma2_gguf() {
-    let src = dir("gemma2");
-    let tmp = copy_to_tmp(
-        &src,
-        &[
-            "model.safetensors",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "generation_config.json",
-        ],
-        "gemma2-gguf",
+    let head_dim = golden("gemma2")["config_summary"]["head_dim"].clone();
+    let tmp = hf_with("gemma2", "gemma2-gguf", "query_pre_attn_scalar", head_dim);
+    let hf = loader::load(tmp.to_str()).expect("load hf");
+    let gg = gguf_model(
+        "gemma2",
+        "gemma2",
+        (GgmlDType::F32, false),
+        &tmp,
+        Family::Gemma2,
     );
-    let mut cfg: Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).expect("config"))
-            .expect("json");
-    cfg["query_pre_attn_scalar"] = cfg["head_dim"].clone();
-    std::fs::write(tmp.join("config.json"), cfg.to_string()).expect("write config");
-    let hf = loader::load(tmp.to_str())
-        .expect("load hf")
-        .cpu_model()
-        .expect("cpu");
-    let path = tmp.join("gemma2.gguf");
-    write_gguf(&src, "gemma2", (GgmlDType::F32, false), &path);
-    let gg = loader::load(path.to_str()).expect("load gguf");
-    assert_eq!(gg.model.config().family, Family::Gemma2);
-    let gg = gg.cpu_model().expect("cpu");
-    let golden: Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("golden.json")).expect("golden"))
-            .expect("json");
-    for case in golden["cases"].as_array().expect("cases") {
-        let prompt = ids(&case["prompt_token_ids"]);
-        let (want_logits, want) = greedy(hf.as_ref(), &prompt, 8);
-        let (logits, toks) = greedy(gg.as_ref(), &prompt, 8);
-        let diff = want_logits
-            .iter()
-            .zip(&logits)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(diff < 1e-3, "case {}: logits off by {diff}", case["id"]);
-        assert_eq!(toks, want, "case {}", case["id"]);
-    }
+    assert_same(
+        hf.cpu_model().expect("cpu").as_ref(),
+        gg.cpu_model().expect("cpu").as_ref(),
+        &golden("gemma2"),
+        "f32 against HF",
+    );
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
@@ -604,37 +616,23 @@ fn tiny_gemma2_gguf() {
 /// format) equal to the same values rounded to Q8_0 and stored as f32.
 #[test]
 fn tiny_qwen3_moe_gguf() {
-    let src = dir("qwen3-moe");
-    let tmp = copy_to_tmp(
-        &src,
-        &[
-            "model.safetensors",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "generation_config.json",
-        ],
+    let tmp = hf_with(
+        "qwen3-moe",
         "qwen3moe-gguf",
+        "norm_topk_prob",
+        Value::Bool(true),
     );
-    let mut cfg: Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).expect("config"))
-            .expect("json");
-    cfg["norm_topk_prob"] = Value::Bool(true);
-    std::fs::write(tmp.join("config.json"), cfg.to_string()).expect("write config");
-    let golden: Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("golden.json")).expect("golden"))
-            .expect("json");
-    let load = |form: (GgmlDType, bool)| {
-        let path = tmp.join(format!("qwen3moe-{form:?}.gguf"));
-        write_gguf(&src, "qwen3moe", form, &path);
-        let lm = loader::load(path.to_str()).expect("load gguf");
-        assert_eq!(lm.model.config().family, Family::Qwen3Moe);
-        lm.cpu_model().expect("cpu")
+    let load = |form| {
+        gguf_model("qwen3-moe", "qwen3moe", form, &tmp, Family::Qwen3Moe)
+            .cpu_model()
+            .expect("cpu")
     };
     let hf = loader::load(tmp.to_str())
         .expect("load hf")
         .cpu_model()
         .expect("cpu");
-    for (want_model, model, what) in [
+    let golden = golden("qwen3-moe");
+    for (reference, model, what) in [
         (hf, load((GgmlDType::F32, false)), "f32 against HF"),
         (
             load((GgmlDType::Q8_0, true)),
@@ -642,24 +640,7 @@ fn tiny_qwen3_moe_gguf() {
             "Q8_0 against its f32 rounding",
         ),
     ] {
-        let mut worst = 0f32;
-        for case in golden["cases"].as_array().expect("cases") {
-            let prompt = ids(&case["prompt_token_ids"]);
-            let (want_logits, want) = greedy(want_model.as_ref(), &prompt, 8);
-            let (logits, toks) = greedy(model.as_ref(), &prompt, 8);
-            let diff = want_logits
-                .iter()
-                .zip(&logits)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            worst = worst.max(diff);
-            assert!(
-                diff < 1e-3,
-                "{what}, case {}: logits off by {diff}",
-                case["id"]
-            );
-            assert_eq!(toks, want, "{what}, case {}", case["id"]);
-        }
+        let worst = assert_same(reference.as_ref(), model.as_ref(), &golden, what);
         eprintln!("qwen3moe GGUF {what}: max |logit diff| {worst:.2e}");
     }
     let _ = std::fs::remove_dir_all(&tmp);

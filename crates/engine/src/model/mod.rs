@@ -234,6 +234,7 @@ pub(crate) fn check_batch(
     block_size: usize,
 ) -> Result<(), ModelError> {
     let bs = block_size;
+    let window = c.uniform_window();
     for (i, s) in batch.iter().enumerate() {
         if s.tokens.is_empty() {
             return Err(ModelError::InvalidInput(format!(
@@ -248,9 +249,7 @@ pub(crate) fn check_batch(
             )));
         }
         // Blocks wholly before the first new token's window may have been given back.
-        let gone = c
-            .uniform_window()
-            .map_or(0, |w| (s.start_pos + 1).saturating_sub(w) / bs);
+        let gone = window.map_or(0, |w| (s.start_pos + 1).saturating_sub(w) / bs);
         if let Some(b) = s.block_table[gone.min(end.div_ceil(bs))..end.div_ceil(bs)]
             .iter()
             .find(|&&b| b as usize >= num_blocks)
